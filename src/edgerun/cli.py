@@ -1,0 +1,335 @@
+"""The ``edgerun`` command line (typer + rich).
+
+Errors print one line and exit non-zero; no traceback reaches the user.
+Commands that talk to a cluster find it through --control/--token, the
+EDGERUN_CONTROL/EDGERUN_TOKEN variables, or the state file ``edgerun up``
+writes (``$EDGERUN_HOME/cluster.json``, by default ``~/.edgerun``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgerun.build import BuildError, build_bundle, read_manifest
+from edgerun.client import Client, EdgerunError, invoke
+from edgerun.config import default_topology, load_node_config, load_topology
+from edgerun.errors import ApiError
+from edgerun.models import FunctionConfig, validate_config, validate_name
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="edgerun: run functions at the edge."
+)
+out = Console()
+err = Console(stderr=True)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _home() -> Path:
+    return Path(os.environ.get("EDGERUN_HOME", Path.home() / ".edgerun"))
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except EdgerunError as exc:
+        _fail(f"{exc.message} ({exc.type}, HTTP {exc.status})" if exc.status else exc.message)
+    except (ApiError, BuildError, ValueError, OSError) as exc:
+        _fail(str(getattr(exc, "message", exc)))
+
+
+def _state() -> dict[str, Any]:
+    path = _home() / "cluster.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except ValueError:
+        return {}
+
+
+ControlOpt = Annotated[
+    str, typer.Option("--control", envvar="EDGERUN_CONTROL", help="Control plane URL.")
+]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="EDGERUN_TOKEN", help="Admin token.")]
+
+
+def _client(control: str, token: str) -> Client:
+    state = _state()
+    control = control or state.get("control_url", "")
+    if not control:
+        _fail("no control plane: pass --control, set EDGERUN_CONTROL, or run `edgerun up`")
+    if not token and state.get("token_file"):
+        try:
+            token = Path(state["token_file"]).read_text().strip()
+        except OSError:
+            token = ""
+    return Client(control, token)
+
+
+def _first_pop(pop: str) -> str:
+    if pop:
+        return pop
+    nodes = _state().get("nodes", [])
+    pops = [n["url"] for n in nodes if n["role"] == "pop"]
+    if not pops:
+        _fail("no POP known: pass --pop URL or run `edgerun up`")
+    return str(pops[0])
+
+
+# --- running nodes -------------------------------------------------------------
+
+
+@app.command()
+def node(
+    role: Annotated[str, typer.Option(help="control, region or pop")],
+    config: Annotated[Path, typer.Option(help="Node config (TOML).")],
+) -> None:
+    """Run one node (one per machine in a real deployment)."""
+    from edgerun.server import Server
+
+    with _errors():
+        cfg = load_node_config(config)
+        if cfg.role != role:
+            _fail(f"--role {role} does not match role = {cfg.role!r} in {config}")
+        Server(cfg).run()
+
+
+@app.command()
+def up(
+    config: Annotated[Path | None, typer.Option(help="Topology TOML (default: built in).")] = None,
+    demo: Annotated[bool, typer.Option(help="Deploy the examples once the cluster is up.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Where nodes keep their data.")] = None,
+) -> None:
+    """Start a local topology (control plane, regions, POPs) until Ctrl-C."""
+    from edgerun.cluster import LocalCluster
+
+    with _errors():
+        topology = load_topology(config) if config else default_topology()
+        cluster = LocalCluster(topology, data_dir or _home() / "cluster")
+        stop = False
+
+        def _stop(*_: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            with out.status("starting nodes..."):
+                cluster.start()
+            cluster.write_state(_home() / "cluster.json")
+            table = Table(title="edgerun is up")
+            for col in ("node", "role", "url"):
+                table.add_column(col)
+            for n in cluster.nodes.values():
+                table.add_row(n.config.name, n.config.role, n.url)
+            out.print(table)
+            out.print(f"admin token: {cluster.token_file}")
+            if demo:
+                with _client(cluster.control_url, cluster.token) as client:
+                    for folder in sorted(p for p in EXAMPLES.iterdir() if p.is_dir()):
+                        record = _deploy(client, folder, {})
+                        out.print(f"deployed [bold]{record[0]}[/bold] {record[1][:12]}")
+            out.print("Ctrl-C to stop.")
+            while not stop:
+                time.sleep(0.5)
+                for n in cluster.nodes.values():
+                    if n.proc is not None and n.proc.poll() is not None:
+                        _fail(f"node {n.config.name} exited; see {n.log_path}")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            with out.status("stopping..."):
+                cluster.stop()
+        out.print("stopped.")
+
+
+# --- functions ---------------------------------------------------------------
+
+
+def _deploy(client: Client, folder: Path, overrides: dict[str, Any]) -> tuple[str, str]:
+    manifest = read_manifest(folder)
+    merged = {**manifest, **{k: v for k, v in overrides.items() if v is not None}}
+    name = merged.pop("name", None) or folder.resolve().name
+    validate_name(name)
+    try:
+        config = msgspec.convert(merged, FunctionConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid function config: {exc}") from None
+    validate_config(config)
+    with out.status(f"building {folder}...") as status:
+        bundle = build_bundle(folder, lambda line: status.update(f"pip: {line[:80]}"))
+    record = client.deploy(name, bundle, config)
+    return name, record.aliases["latest"]
+
+
+@app.command()
+def deploy(
+    folder: Path,
+    name: Annotated[str | None, typer.Option(help="Function name (default: folder name).")] = None,
+    handler: Annotated[str | None, typer.Option(help="module.function")] = None,
+    memory: Annotated[int | None, typer.Option(help="Memory in MB.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Timeout in seconds.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    placement: Annotated[str | None, typer.Option(help="auto, edge or region")] = None,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Build a bundle from FOLDER (vendoring requirements.txt) and deploy it."""
+    with _errors():
+        env_vars: dict[str, str] | None = None
+        if env:
+            env_vars = {}
+            for item in env:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    _fail(f"--env {item!r} must be KEY=VALUE")
+                env_vars[key] = value
+        overrides = {
+            "name": name,
+            "handler": handler,
+            "memory_mb": memory,
+            "timeout_s": timeout,
+            "env": env_vars,
+            "placement": placement,
+        }
+        with _client(control, token) as client:
+            fn, sha = _deploy(client, folder, overrides)
+        out.print(f"deployed [bold]{fn}[/bold] version {sha}")
+
+
+@app.command(name="invoke")
+def invoke_cmd(
+    name: Annotated[str, typer.Argument(help="NAME or NAME@ALIAS")],
+    data: Annotated[str, typer.Option(help="JSON payload.")] = "{}",
+    pop: Annotated[str, typer.Option(help="POP (or region) URL.")] = "",
+) -> None:
+    """Invoke a function through a POP and say where it ran."""
+    with _errors():
+        try:
+            payload = json.loads(data)
+        except ValueError as exc:
+            _fail(f"--data is not valid JSON: {exc}")
+        result = invoke(_first_pop(pop), name, payload)
+        body = result.content.decode(errors="replace")
+        where = f"{result.node} {result.placement} ({result.reason}) {result.elapsed_ms:.1f} ms"
+        if result.status >= 400:
+            err.print(body, highlight=False)
+            _fail(f"invocation failed with HTTP {result.status} at {where}")
+        sys.stdout.write(body + ("" if body.endswith("\n") else "\n"))
+        err.print(f"[dim]ran at {where}[/dim]", highlight=False)
+
+
+@app.command(name="ls")
+def ls(control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """List functions."""
+    with _errors(), _client(control, token) as client:
+        table = Table()
+        for col in ("name", "latest", "versions", "aliases", "memory", "placement"):
+            table.add_column(col)
+        for fn in client.list_functions():
+            table.add_row(
+                fn.name,
+                fn.aliases.get("latest", "")[:12],
+                str(len(fn.versions)),
+                ", ".join(a for a in fn.aliases if a != "latest"),
+                f"{fn.config.memory_mb} MB",
+                fn.config.placement,
+            )
+        out.print(table)
+
+
+@app.command()
+def versions(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """List a function's versions."""
+    with _errors(), _client(control, token) as client:
+        table = Table()
+        for col in ("version", "handler", "size", "created", "aliases"):
+            table.add_column(col)
+        for v in client.versions(name):
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["created_at"]))
+            table.add_row(
+                v["sha256"], v["handler"], str(v["size"]), created, ", ".join(v["aliases"])
+            )
+        out.print(table)
+
+
+@app.command()
+def alias(
+    name: str, alias: str, version: str, control: ControlOpt = "", token: TokenOpt = ""
+) -> None:
+    """Point ALIAS at VERSION (a hash or unique prefix); rollback = move an alias."""
+    with _errors(), _client(control, token) as client:
+        record = client.set_alias(name, alias, version)
+        out.print(f"{name}@{alias} -> {record.aliases[alias]}")
+
+
+@app.command()
+def rm(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Delete a function."""
+    with _errors(), _client(control, token) as client:
+        client.delete(name)
+        out.print(f"deleted {name}")
+
+
+@app.command()
+def status() -> None:
+    """Show the local topology: health and what each node holds."""
+    import httpx
+
+    nodes = _state().get("nodes", [])
+    if not nodes:
+        _fail("no cluster known: run `edgerun up` first")
+    table = Table()
+    for col in ("node", "role", "url", "health", "revision", "pool", "warm", "placements"):
+        table.add_column(col)
+    with httpx.Client(timeout=2.0) as http:
+        for n in nodes:
+            try:
+                path = "/v1/health" if n["role"] == "control" else "/v1/status"
+                body = http.get(f"{n['url']}{path}").json()
+            except (httpx.HTTPError, ValueError):
+                table.add_row(n["name"], n["role"], n["url"], "[red]down[/red]", "", "", "", "")
+                continue
+            pool = body.get("pool")
+            table.add_row(
+                n["name"],
+                n["role"],
+                n["url"],
+                "[green]up[/green]",
+                str(body.get("revision")),
+                f"{pool['used']}/{pool['slots']} busy {pool['busy']}" if pool else "",
+                str(len(body.get("warm_versions", []))) if pool else "",
+                ", ".join(
+                    f"{p['function']}:{p['placement']}={p['count']}"
+                    for p in body.get("placements", [])
+                ),
+            )
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

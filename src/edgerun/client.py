@@ -1,0 +1,164 @@
+"""The Python SDK: the control API and invocations, used by the CLI and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+
+from edgerun.models import FunctionConfig, FunctionRecord
+
+_records = msgspec.json.Decoder(FunctionRecord)
+
+
+class EdgerunError(Exception):
+    """An API answered with an error; ``type`` and ``message`` come from its body."""
+
+    def __init__(self, status: int, type: str, message: str, body: Any = None) -> None:
+        super().__init__(f"{type}: {message} (HTTP {status})")
+        self.status = status
+        self.type = type
+        self.message = message
+        self.body = body
+
+
+@dataclass
+class Invocation:
+    status: int
+    headers: httpx.Headers
+    content: bytes
+    elapsed_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node(self) -> str:
+        return str(self.headers.get("x-edgerun-node", ""))
+
+    @property
+    def placement(self) -> str:
+        return str(self.headers.get("x-edgerun-placement", ""))
+
+    @property
+    def reason(self) -> str:
+        return str(self.headers.get("x-edgerun-reason", ""))
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.content)
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+        err = body["error"]
+        raise EdgerunError(resp.status_code, err.get("type", "Error"), err.get("message", ""), body)
+    except (ValueError, KeyError, TypeError):
+        raise EdgerunError(resp.status_code, "HTTPError", resp.text[:200]) from None
+
+
+class Client:
+    def __init__(self, control_url: str, token: str = "", *, timeout: float = 30.0) -> None:
+        self.control_url = control_url.rstrip("/")
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, f"{self.control_url}{path}", **kw)
+        except httpx.HTTPError as exc:
+            raise EdgerunError(
+                0, "ConnectionError", f"cannot reach {self.control_url}: {exc}"
+            ) from None
+        _raise_for(resp)
+        return resp
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/health").json()  # type: ignore[no-any-return]
+
+    def upload_bundle(self, data: bytes) -> str:
+        resp = self._call(
+            "POST", "/v1/bundles", content=data, headers={"content-type": "application/zip"}
+        )
+        return str(resp.json()["sha256"])
+
+    def deploy(self, name: str, bundle: bytes, config: FunctionConfig) -> FunctionRecord:
+        sha = self.upload_bundle(bundle)
+        body = msgspec.json.encode({"bundle_sha256": sha, "config": config})
+        resp = self._call(
+            "PUT",
+            f"/v1/functions/{name}",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        return _records.decode(resp.content)
+
+    def get(self, name: str) -> FunctionRecord:
+        return _records.decode(self._call("GET", f"/v1/functions/{name}").content)
+
+    def list_functions(self, page_size: int = 100) -> Iterator[FunctionRecord]:
+        after = ""
+        while True:
+            resp = self._call("GET", "/v1/functions", params={"limit": page_size, "after": after})
+            page = msgspec.json.decode(resp.content, type=dict[str, Any])
+            for raw in page["functions"]:
+                yield msgspec.convert(raw, FunctionRecord)
+            if not page["next"]:
+                return
+            after = page["next"]
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/functions/{name}/versions").json()["versions"]  # type: ignore[no-any-return]
+
+    def set_alias(self, name: str, alias: str, version: str) -> FunctionRecord:
+        resp = self._call("PUT", f"/v1/functions/{name}/aliases/{alias}", json={"version": version})
+        return _records.decode(resp.content)
+
+    def delete_alias(self, name: str, alias: str) -> FunctionRecord:
+        return _records.decode(
+            self._call("DELETE", f"/v1/functions/{name}/aliases/{alias}").content
+        )
+
+    def delete(self, name: str) -> None:
+        self._call("DELETE", f"/v1/functions/{name}")
+
+
+def invoke(
+    node_url: str,
+    name: str,
+    payload: Any = None,
+    *,
+    qualifier: str | None = None,
+    timeout: float = 60.0,
+    client: httpx.Client | None = None,
+) -> Invocation:
+    """Direct invoke through a node (POP or region); does not raise on 4xx/5xx."""
+    target = f"{name}@{qualifier}" if qualifier else name
+    http = client or httpx.Client(timeout=timeout)
+    try:
+        resp = http.post(
+            f"{node_url.rstrip('/')}/v1/functions/{target}/invocations",
+            content=msgspec.json.encode(payload if payload is not None else {}),
+            headers={"content-type": "application/json"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise EdgerunError(0, "ConnectionError", f"cannot reach {node_url}: {exc}") from None
+    finally:
+        if client is None:
+            http.close()
+    return Invocation(
+        resp.status_code, resp.headers, resp.content, resp.elapsed.total_seconds() * 1000
+    )

@@ -1,0 +1,193 @@
+"""A local topology as real processes on loopback: what ``edgerun up`` runs.
+
+Each node is ``python -m edgerun node --role ... --config FILE`` with its own
+data folder, exactly as on separate machines; only the addresses differ.
+Tests use the same class to start clusters on free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from edgerun.config import NodeConfig, RegionRef, Topology, dump_toml
+
+
+@dataclass
+class NodeProcess:
+    config: NodeConfig
+    config_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.config.data_dir) / "node.log"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalCluster:
+    def __init__(self, topology: Topology, root: Path) -> None:
+        self.topology = topology
+        self.root = root.resolve()
+        self.token_file = self.root / "control" / "admin-token"
+        host = topology.host
+        control = NodeConfig(
+            role="control",
+            name="control",
+            host=host,
+            port=topology.control.port,
+            data_dir=str(self.root / "control"),
+            token_file=str(self.token_file),
+        )
+        self.control_url = f"http://{host}:{control.port}"
+        nodes = [control]
+        region_urls = {r.name: f"http://{host}:{r.port}" for r in topology.region}
+        for r in topology.region:
+            nodes.append(
+                NodeConfig(
+                    role="region",
+                    name=r.name,
+                    host=host,
+                    port=r.port,
+                    data_dir=str(self.root / r.name),
+                    control_url=self.control_url,
+                    token_file=str(self.token_file),
+                    slots=r.slots,
+                    max_memory_mb=r.max_memory_mb,
+                    max_timeout_s=r.max_timeout_s,
+                )
+            )
+        for p in topology.pop:
+            parents = p.regions or list(region_urls)
+            nodes.append(
+                NodeConfig(
+                    role="pop",
+                    name=p.name,
+                    host=host,
+                    port=p.port,
+                    data_dir=str(self.root / p.name),
+                    control_url=self.control_url,
+                    token_file=str(self.token_file),
+                    slots=p.slots,
+                    max_memory_mb=p.max_memory_mb,
+                    max_timeout_s=p.max_timeout_s,
+                    regions=[RegionRef(name=n, url=region_urls[n]) for n in parents],
+                )
+            )
+        self.nodes = {n.name: NodeProcess(n, Path(n.data_dir) / "node.toml") for n in nodes}
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def url(self, name: str) -> str:
+        return self.nodes[name].url
+
+    def by_role(self, role: str) -> list[NodeProcess]:
+        return [n for n in self.nodes.values() if n.config.role == role]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes.values():
+            node.config_path.parent.mkdir(parents=True, exist_ok=True)
+            node.config_path.write_text(dump_toml(node.config))
+        self.start_node("control")
+        self.wait_healthy(["control"], timeout)
+        others = [n for n in self.nodes if n != "control"]
+        for name in others:
+            self.start_node(name)
+        self.wait_healthy(others, timeout)
+
+    def start_node(self, name: str) -> None:
+        node = self.nodes[name]
+        log = open(node.log_path, "ab")  # noqa: SIM115 - the child process owns it
+        node.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgerun",
+                "node",
+                "--role",
+                node.config.role,
+                "--config",
+                str(node.config_path),
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+
+    def wait_healthy(self, names: list[str], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        with httpx.Client(timeout=1.0) as http:
+            while pending:
+                name = pending[0]
+                node = self.nodes[name]
+                if node.proc is not None and node.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"node {name} exited with {node.proc.returncode}; see {node.log_path}:\n"
+                        + node.log_path.read_text()[-2000:]
+                    )
+                try:
+                    ok = http.get(f"{node.url}/v1/health").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    pending.pop(0)
+                    continue
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {name} not healthy after {timeout}s")
+                time.sleep(0.05)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.nodes[name].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(10)
+
+    def stop(self) -> None:
+        procs = [n.proc for n in self.nodes.values() if n.proc and n.proc.poll() is None]
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def describe(self) -> dict[str, object]:
+        """What the CLI needs to find this cluster (written to cluster.json)."""
+        return {
+            "control_url": self.control_url,
+            "token_file": str(self.token_file),
+            "nodes": [
+                {"name": n.config.name, "role": n.config.role, "url": n.url}
+                for n in self.nodes.values()
+            ],
+        }
+
+    def write_state(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.describe(), indent=2))

@@ -1,0 +1,141 @@
+"""Node settings and local topologies, both read from TOML.
+
+A node config describes one process (`edgerun node`); a topology describes a
+whole local cluster (`edgerun up`), which is turned into one node config per
+process so that `up` runs exactly what a multi-machine deployment runs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import msgspec
+
+Role = Literal["control", "region", "pop"]
+_T = TypeVar("_T")
+
+
+class RegionRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    url: str
+
+
+class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    role: Role
+    name: str
+    data_dir: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    control_url: str = ""
+    token_file: str = ""
+    """Where the cluster's admin token lives (generated there by the control plane)."""
+    regions: list[RegionRef] = msgspec.field(default_factory=list)
+    """Parent regions of a POP, in order of preference."""
+    slots: int = 4
+    """How many worker processes this node may run at once."""
+    max_memory_mb: int = 1024
+    """The largest function (memory_mb) this node will run itself."""
+    max_timeout_s: float = 60.0
+    max_queue: int = 64
+    """Requests that may wait for a worker before the node answers 429."""
+    queue_timeout_s: float = 10.0
+    max_payload_bytes: int = 6 * 1024 * 1024
+    max_bundle_bytes: int = 250 * 1024 * 1024
+    """Uncompressed size limit of a bundle."""
+    idle_ttl_s: float = 300.0
+    """How long an idle warm worker is kept."""
+    feed_wait_s: float = 20.0
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    return _load(path, NodeConfig)
+
+
+def dump_toml(cfg: NodeConfig) -> str:
+    """Serialise a node config as TOML (flat keys plus an array of regions)."""
+    lines: list[str] = []
+    for key, value in msgspec.structs.asdict(cfg).items():
+        if key == "regions":
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    for region in cfg.regions:
+        lines += [
+            "",
+            "[[regions]]",
+            f"name = {_toml_value(region.name)}",
+            f"url = {_toml_value(region.url)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return msgspec.json.encode(str(value)).decode()
+
+
+class ControlSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    port: int = 8700
+
+
+class RegionSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    port: int
+    slots: int = 16
+    max_memory_mb: int = 4096
+    max_timeout_s: float = 300.0
+
+
+class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    port: int
+    regions: list[str] = msgspec.field(default_factory=list)
+    """Names of the parent regions, preferred first; all regions when empty."""
+    slots: int = 4
+    max_memory_mb: int = 512
+    max_timeout_s: float = 30.0
+
+
+class Topology(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    control: ControlSpec = msgspec.field(default_factory=ControlSpec)
+    region: list[RegionSpec] = msgspec.field(default_factory=list)
+    pop: list[PopSpec] = msgspec.field(default_factory=list)
+
+
+def default_topology() -> Topology:
+    return Topology(
+        region=[RegionSpec(name="region-1", port=8710), RegionSpec(name="region-2", port=8711)],
+        pop=[
+            PopSpec(name="pop-1", port=8720, regions=["region-1", "region-2"]),
+            PopSpec(name="pop-2", port=8721, regions=["region-2", "region-1"]),
+        ],
+    )
+
+
+def load_topology(path: Path) -> Topology:
+    topo = _load(path, Topology)
+    names = [r.name for r in topo.region] + [p.name for p in topo.pop]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: node names must be unique")
+    known = {r.name for r in topo.region}
+    for pop in topo.pop:
+        missing = [r for r in pop.regions if r not in known]
+        if missing:
+            raise ValueError(f"{path}: pop {pop.name!r} names unknown regions {missing}")
+    return topo
+
+
+def _load(path: Path, type: type[_T]) -> _T:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    try:
+        return msgspec.convert(raw, type)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -1,0 +1,1 @@
+"""The control plane: registry, bundle store, change feed and its HTTP API."""

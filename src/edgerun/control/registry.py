@@ -1,0 +1,286 @@
+"""The function registry: a storage interface and its SQLite implementation.
+
+Every mutation bumps one global, monotonic *revision* and stamps it on the
+function it touched, so the change feed is a single query ("functions whose
+revision is above N"), deletions included as tombstones. The SQL stays in the
+common subset of SQLite and PostgreSQL so a second backend is a new class,
+not a rewrite.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from edgerun.errors import bad_request, not_found
+from edgerun.models import LATEST, FunctionConfig, FunctionRecord, Version, validate_name
+
+
+class Registry(Protocol):
+    def revision(self) -> int: ...
+    def deploy(
+        self, name: str, config: FunctionConfig, sha256: str, size: int
+    ) -> tuple[FunctionRecord, bool]: ...
+    def get(self, name: str) -> FunctionRecord | None: ...
+    def list_functions(self, *, after: str = "", limit: int = 100) -> list[FunctionRecord]: ...
+    def delete(self, name: str) -> FunctionRecord: ...
+    def set_alias(self, name: str, alias: str, sha256: str) -> FunctionRecord: ...
+    def delete_alias(self, name: str, alias: str) -> FunctionRecord: ...
+    def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]: ...
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    revision BIGINT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS functions_revision ON functions (revision);
+CREATE TABLE IF NOT EXISTS versions (
+    function TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (function, sha256)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    function TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (function, alias)
+);
+"""
+
+_encode_config = msgspec.json.Encoder().encode
+_decode_config = msgspec.json.Decoder(FunctionConfig).decode
+
+
+class SqliteRegistry:
+    """Registry in one SQLite file (WAL), safe to share between threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('revision', 0) ON CONFLICT (key) DO NOTHING"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+
+    @staticmethod
+    def _bump(cur: sqlite3.Cursor) -> int:
+        row = cur.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value"
+        ).fetchone()
+        return int(row[0])
+
+    def revision(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        return int(row[0])
+
+    def deploy(
+        self, name: str, config: FunctionConfig, sha256: str, size: int
+    ) -> tuple[FunctionRecord, bool]:
+        validate_name(name)
+        now = time.time()
+        with self._tx() as cur:
+            rev = self._bump(cur)
+            row = cur.execute("SELECT deleted FROM functions WHERE name = ?", (name,)).fetchone()
+            created = row is None or bool(row[0])
+            if row is None:
+                cur.execute(
+                    "INSERT INTO functions"
+                    " (name, config, created_at, updated_at, revision, deleted)"
+                    " VALUES (?, ?, ?, ?, ?, 0)",
+                    (name, _encode_config(config).decode(), now, now, rev),
+                )
+            else:
+                cur.execute(
+                    "UPDATE functions SET config = ?, updated_at = ?, revision = ?, deleted = 0"
+                    + (", created_at = ?" if created else "")
+                    + " WHERE name = ?",
+                    (_encode_config(config).decode(), now, rev, *((now,) if created else ()), name),
+                )
+            exists = cur.execute(
+                "SELECT 1 FROM versions WHERE function = ? AND sha256 = ?", (name, sha256)
+            ).fetchone()
+            if exists:
+                cur.execute(
+                    "UPDATE versions SET handler = ? WHERE function = ? AND sha256 = ?",
+                    (config.handler, name, sha256),
+                )
+            else:
+                cur.execute(
+                    "INSERT INTO versions (function, sha256, handler, size, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (name, sha256, config.handler, size, now),
+                )
+            self._upsert_alias(cur, name, LATEST, sha256)
+            record = self._load(cur, name)
+        assert record is not None
+        return record, created
+
+    @staticmethod
+    def _upsert_alias(cur: sqlite3.Cursor, name: str, alias: str, sha256: str) -> None:
+        cur.execute(
+            "INSERT INTO aliases (function, alias, sha256) VALUES (?, ?, ?)"
+            " ON CONFLICT (function, alias) DO UPDATE SET sha256 = excluded.sha256",
+            (name, alias, sha256),
+        )
+
+    def _load(self, cur: sqlite3.Cursor, name: str) -> FunctionRecord | None:
+        row = cur.execute(
+            "SELECT name, config, created_at, updated_at, revision, deleted"
+            " FROM functions WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return None if row is None else self._record(cur, row)
+
+    @staticmethod
+    def _record(cur: sqlite3.Cursor, row: tuple[object, ...]) -> FunctionRecord:
+        name, config, created_at, updated_at, revision, deleted = row
+        versions = {
+            sha: Version(sha256=sha, handler=handler, size=size, created_at=created)
+            for sha, handler, size, created in cur.execute(
+                "SELECT sha256, handler, size, created_at FROM versions WHERE function = ?"
+                " ORDER BY created_at",
+                (name,),
+            ).fetchall()
+        }
+        aliases = dict(
+            cur.execute(
+                "SELECT alias, sha256 FROM aliases WHERE function = ? ORDER BY alias", (name,)
+            ).fetchall()
+        )
+        return FunctionRecord(
+            name=str(name),
+            config=_decode_config(str(config)),
+            versions=versions,
+            aliases=aliases,
+            created_at=float(created_at),  # type: ignore[arg-type]
+            updated_at=float(updated_at),  # type: ignore[arg-type]
+            revision=int(revision),  # type: ignore[call-overload]
+            deleted=bool(deleted),
+        )
+
+    def get(self, name: str) -> FunctionRecord | None:
+        with self._lock:
+            record = self._load(self._db.cursor(), name)
+        return None if record is None or record.deleted else record
+
+    def _require(self, cur: sqlite3.Cursor, name: str) -> FunctionRecord:
+        record = self._load(cur, name)
+        if record is None or record.deleted:
+            raise not_found(f"function {name!r} does not exist")
+        return record
+
+    def list_functions(self, *, after: str = "", limit: int = 100) -> list[FunctionRecord]:
+        with self._lock:
+            cur = self._db.cursor()
+            rows = cur.execute(
+                "SELECT name, config, created_at, updated_at, revision, deleted FROM functions"
+                " WHERE deleted = 0 AND name > ? ORDER BY name LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            return [self._record(cur, row) for row in rows]
+
+    def delete(self, name: str) -> FunctionRecord:
+        with self._tx() as cur:
+            self._require(cur, name)
+            rev = self._bump(cur)
+            cur.execute("DELETE FROM aliases WHERE function = ?", (name,))
+            cur.execute("DELETE FROM versions WHERE function = ?", (name,))
+            cur.execute(
+                "UPDATE functions SET deleted = 1, revision = ?, updated_at = ? WHERE name = ?",
+                (rev, time.time(), name),
+            )
+            record = self._load(cur, name)
+        assert record is not None
+        return record
+
+    def set_alias(self, name: str, alias: str, sha256: str) -> FunctionRecord:
+        validate_name(alias, "alias")
+        if alias == LATEST:
+            raise bad_request("alias 'latest' always points at the newest deploy; it cannot be set")
+        with self._tx() as cur:
+            record = self._require(cur, name)
+            if sha256 not in record.versions:
+                raise not_found(f"function {name!r} has no version {sha256!r}")
+            rev = self._bump(cur)
+            self._upsert_alias(cur, name, alias, sha256)
+            cur.execute(
+                "UPDATE functions SET revision = ?, updated_at = ? WHERE name = ?",
+                (rev, time.time(), name),
+            )
+            updated = self._load(cur, name)
+        assert updated is not None
+        return updated
+
+    def delete_alias(self, name: str, alias: str) -> FunctionRecord:
+        if alias == LATEST:
+            raise bad_request("alias 'latest' cannot be deleted")
+        with self._tx() as cur:
+            record = self._require(cur, name)
+            if alias not in record.aliases:
+                raise not_found(f"function {name!r} has no alias {alias!r}")
+            rev = self._bump(cur)
+            cur.execute("DELETE FROM aliases WHERE function = ? AND alias = ?", (name, alias))
+            cur.execute(
+                "UPDATE functions SET revision = ?, updated_at = ? WHERE name = ?",
+                (rev, time.time(), name),
+            )
+            updated = self._load(cur, name)
+        assert updated is not None
+        return updated
+
+    def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]:
+        """Functions changed after ``since`` (tombstones included), oldest first.
+
+        The returned revision is the last one included, so a client that
+        passes it back as ``since`` never misses or repeats a change.
+        """
+        with self._lock:
+            cur = self._db.cursor()
+            head = int(cur.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+            rows = cur.execute(
+                "SELECT name, config, created_at, updated_at, revision, deleted FROM functions"
+                " WHERE revision > ? ORDER BY revision LIMIT ?",
+                (since, limit),
+            ).fetchall()
+            records = [self._record(cur, row) for row in rows]
+        if len(records) == limit:
+            head = records[-1].revision
+        return head, records

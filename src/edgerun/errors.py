@@ -1,0 +1,39 @@
+"""One error type for every API answer that is not a success.
+
+Handlers raise :class:`ApiError`; the apps turn it into a JSON body of the
+shape ``{"error": {"type": ..., "message": ...}}`` so clients never have to
+parse HTML or plain-text failures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        type: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.type, "message": self.message, **self.extra}}
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "NotFound", message)

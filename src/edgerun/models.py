@@ -1,0 +1,124 @@
+"""The registry's records, shared by the control plane, nodes and the SDK.
+
+A *function* is a name plus a configuration; a *version* is an immutable
+bundle identified by the sha256 of its bytes, together with the handler that
+was deployed with it. Runtime settings (memory, timeout, env, placement) live
+on the function, so changing them does not mint a new code version, while a
+rollback (moving an alias) brings back the code *and* its handler.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from edgerun.errors import bad_request
+
+Placement = Literal["auto", "edge", "region"]
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ALIAS_RE = NAME_RE
+HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+LATEST = "latest"
+MAX_MEMORY_MB = 10_240
+MAX_TIMEOUT_S = 900.0
+RESERVED_ENV_PREFIXES = ("EDGERUN_", "AWS_LAMBDA_")
+
+
+class FunctionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a user sets when deploying; validated by :func:`validate_config`."""
+
+    handler: str = "handler.handler"
+    memory_mb: int = 128
+    timeout_s: float = 3.0
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    placement: Placement = "auto"
+    network: bool = False
+    idempotent: bool = False
+
+
+class Version(msgspec.Struct, kw_only=True):
+    sha256: str
+    handler: str
+    size: int
+    created_at: float
+
+
+class FunctionRecord(msgspec.Struct, kw_only=True):
+    """A function as nodes see it through the change feed."""
+
+    name: str
+    config: FunctionConfig
+    versions: dict[str, Version]
+    aliases: dict[str, str]
+    created_at: float
+    updated_at: float
+    revision: int
+    deleted: bool = False
+
+    def resolve(self, qualifier: str | None) -> Version:
+        """Map an alias, a full hash or a unique hash prefix to a version."""
+        return self.versions[resolve_qualifier(self, qualifier)]
+
+
+class DeployRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``PUT /v1/functions/{name}``: an uploaded bundle plus config."""
+
+    bundle_sha256: str
+    config: FunctionConfig = msgspec.field(default_factory=FunctionConfig)
+
+
+class AliasRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``PUT /v1/functions/{name}/aliases/{alias}``: a hash or prefix."""
+
+    version: str
+
+
+class UnknownQualifier(LookupError):
+    pass
+
+
+def resolve_qualifier(fn: FunctionRecord, qualifier: str | None) -> str:
+    q = qualifier or LATEST
+    if q in fn.aliases:
+        return fn.aliases[q]
+    if q in fn.versions:
+        return q
+    if len(q) >= 8 and all(c in "0123456789abcdef" for c in q):
+        hits = [sha for sha in fn.versions if sha.startswith(q)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UnknownQualifier(f"version prefix {q!r} of {fn.name!r} is ambiguous")
+    raise UnknownQualifier(f"function {fn.name!r} has no alias or version {q!r}")
+
+
+def validate_name(name: str, what: str = "function name") -> str:
+    if not NAME_RE.match(name):
+        raise bad_request(
+            f"invalid {what} {name!r}: use 1-63 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def validate_config(cfg: FunctionConfig) -> FunctionConfig:
+    if not HANDLER_RE.match(cfg.handler):
+        raise bad_request(
+            f"invalid handler {cfg.handler!r}: expected 'module.function' (e.g. 'app.handler')"
+        )
+    if not 16 <= cfg.memory_mb <= MAX_MEMORY_MB:
+        raise bad_request(f"memory_mb must be between 16 and {MAX_MEMORY_MB}, got {cfg.memory_mb}")
+    if not 0 < cfg.timeout_s <= MAX_TIMEOUT_S:
+        raise bad_request(f"timeout_s must be in (0, {MAX_TIMEOUT_S:g}], got {cfg.timeout_s}")
+    for key in cfg.env:
+        if not ENV_KEY_RE.match(key):
+            raise bad_request(f"invalid environment variable name {key!r}")
+        if key.startswith(RESERVED_ENV_PREFIXES):
+            raise bad_request(f"environment variable {key!r} uses a reserved prefix")
+    return cfg

@@ -1,0 +1,1 @@
+"""A region or POP node: frontend, registry follower, bundle cache, forwarding."""

@@ -1,0 +1,457 @@
+"""The frontend every region and POP serves.
+
+``ANY /fn/{name}[@{qualifier}]/{path}`` is the HTTP trigger (Lambda
+function-URL events); ``POST /v1/functions/{name}/invocations`` is the direct
+invoke. A POP asks :func:`edgerun.placement.decide` where each request runs
+and either runs it in its pool or forwards it to a region; a region always
+runs it. Every answer carries ``x-edgerun-node``, ``x-edgerun-placement`` and
+``x-edgerun-reason``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgerun.config import NodeConfig
+from edgerun.errors import ApiError, bad_request, not_found
+from edgerun.http import EXCEPTION_HANDLERS, check_bearer, json_response, read_body
+from edgerun.lambda_http import build_event
+from edgerun.models import SHA256_RE, FunctionRecord, UnknownQualifier, Version, validate_name
+from edgerun.node.catalog import Catalog, follow
+from edgerun.node.code_cache import BundleUnavailable, CodeCache
+from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
+from edgerun.placement import Decision, FunctionView, NodeLimits, decide
+from edgerun.pool import Pool
+from edgerun.sandbox.base import SandboxError, SandboxFactory, SandboxInitError, SandboxSpec
+from edgerun.sandbox.protocol import Failure, Invoke
+
+log = logging.getLogger("edgerun.node")
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "content-length",
+        "host",
+        "x-edgerun-node",
+        "x-edgerun-placement",
+        "x-edgerun-reason",
+    }
+)
+_INIT_ERROR_TTL_S = 10.0
+
+
+@dataclass(slots=True)
+class _Call:
+    """One invocation, as both trigger kinds describe it."""
+
+    fn: FunctionRecord
+    version: Version
+    mode: Literal["http", "direct"]
+    event: Any
+    request_id: str
+
+
+class NodeApp:
+    def __init__(self, cfg: NodeConfig, token: str, factory: SandboxFactory) -> None:
+        self.cfg = cfg
+        self.token = token
+        data = Path(cfg.data_dir)
+        self.client = httpx.AsyncClient(
+            headers={"authorization": f"Bearer {token}"},
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self.catalog = Catalog(data / "registry.json")
+        upstreams = [r.url.rstrip("/") for r in cfg.regions] if cfg.role == "pop" else []
+        upstreams.append(cfg.control_url.rstrip("/"))
+        self.code = CodeCache(data, self.client, upstreams, max_uncompressed=cfg.max_bundle_bytes)
+        self.pool = Pool(
+            factory,
+            slots=cfg.slots,
+            max_queue=cfg.max_queue,
+            queue_timeout_s=cfg.queue_timeout_s,
+            idle_ttl_s=cfg.idle_ttl_s,
+        )
+        self.regions = Regions(cfg.regions, self.client)
+        self.limits = NodeLimits(cfg.max_memory_mb, cfg.max_timeout_s)
+        self.init_errors: dict[tuple[str, str], tuple[float, SandboxInitError]] = {}
+        self.counters: dict[tuple[str, str], int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        routes = [
+            Route("/v1/health", self.health, methods=["GET"]),
+            Route("/v1/status", self.status, methods=["GET"]),
+            Route("/v1/bundles/{sha}", self.bundle, methods=["GET"]),
+            Route("/v1/functions/{name}/invocations", self.invoke_direct, methods=["POST"]),
+            Route("/fn/{target}", self.invoke_http, methods=_METHODS),
+            Route("/fn/{target}/{path:path}", self.invoke_http, methods=_METHODS),
+        ]
+        self.asgi = Starlette(
+            routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=self._lifespan
+        )
+
+    # --- lifecycle ---------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._tasks = [
+            asyncio.create_task(
+                follow(
+                    self.catalog,
+                    self.client,
+                    self.cfg.control_url.rstrip("/"),
+                    wait_s=self.cfg.feed_wait_s,
+                    on_change=self._prefetch,
+                )
+            ),
+            asyncio.create_task(self._reap_forever()),
+        ]
+        if self.cfg.role == "pop" and self.regions.regions:
+            self._tasks.append(asyncio.create_task(self.regions.monitor()))
+        try:
+            yield
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.pool.close()
+            await self.client.aclose()
+
+    async def _prefetch(self, records: list[FunctionRecord]) -> None:
+        """Fetch the code every alias points at, so the first request is not slowed."""
+        for record in records:
+            for sha in set(record.aliases.values()):
+                if not self.code.ready(sha):
+                    task = asyncio.create_task(self._prefetch_one(sha))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+
+    async def _prefetch_one(self, sha: str) -> None:
+        try:
+            await self.code.ensure(sha)
+        except (BundleUnavailable, ApiError) as exc:
+            log.warning("prefetch of %s failed: %s", sha[:12], exc)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.cfg.idle_ttl_s / 2))
+            await self.pool.reap_idle()
+
+    # --- small endpoints ---------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        return json_response(
+            {
+                "status": "ok",
+                "role": self.cfg.role,
+                "node": self.cfg.name,
+                "revision": self.catalog.revision,
+                "synced": self.catalog.synced,
+                "warm": sorted(self.pool.warm_versions()),
+                "pool": self.pool.snapshot(),
+            }
+        )
+
+    async def status(self, request: Request) -> Response:
+        now = time.monotonic()
+        functions = {}
+        for name, fn in sorted(self.catalog.functions.items()):
+            functions[name] = {
+                "aliases": fn.aliases,
+                "code_cached": sorted(s for s in fn.versions if self.code.ready(s)),
+                "init_errors": {
+                    sha: {"type": err.info.type, "message": err.info.message}
+                    for (n, sha), (at, err) in self.init_errors.items()
+                    if n == name and now - at < _INIT_ERROR_TTL_S * 30
+                },
+            }
+        return json_response(
+            {
+                "node": self.cfg.name,
+                "role": self.cfg.role,
+                "revision": self.catalog.revision,
+                "synced": self.catalog.synced,
+                "pool": self.pool.snapshot(),
+                "warm_versions": sorted(self.pool.warm_versions()),
+                "regions": [
+                    {
+                        "name": r.name,
+                        "url": r.url,
+                        "healthy": r.healthy,
+                        "latency_ms": round(r.latency_ms, 2),
+                    }
+                    for r in self.regions.regions
+                ],
+                "functions": functions,
+                "placements": [
+                    {"function": f, "placement": p, "count": n}
+                    for (f, p), n in sorted(self.counters.items())
+                ],
+            }
+        )
+
+    async def bundle(self, request: Request) -> Response:
+        check_bearer(request, self.token)
+        sha = request.path_params["sha"]
+        if not SHA256_RE.match(sha):
+            raise bad_request(f"{sha!r} is not a sha256 hex digest")
+        try:
+            data = await self.code.zip_bytes(sha)
+        except BundleUnavailable as exc:
+            raise not_found(str(exc)) from None
+        return Response(data, media_type="application/zip")
+
+    # --- triggers ------------------------------------------------------------
+    async def invoke_http(self, request: Request) -> Response:
+        name, qualifier = _split_target(request.path_params["target"])
+        path = "/" + request.path_params.get("path", "")
+        body = await read_body(request, self.cfg.max_payload_bytes)
+        fn, version = self._resolve(name, qualifier, request)
+        request_id = request.headers.get("x-edgerun-request-id") or uuid.uuid4().hex
+        host = request.headers.get("host", self.cfg.name)
+        event = build_event(
+            method=request.method,
+            path=path,
+            query_string=request.url.query,
+            headers=[(k, v) for k, v in request.headers.items() if k != "x-edgerun-version"],
+            body=body,
+            source_ip=request.headers.get("x-forwarded-for")
+            or (request.client.host if request.client else ""),
+            request_id=request_id,
+            domain=host,
+        )
+        call = _Call(fn, version, "http", event, request_id)
+        return await self._dispatch(call, request, body)
+
+    async def invoke_direct(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        qualifier = request.query_params.get("qualifier")
+        if "@" in name:
+            name, qualifier = _split_target(name)
+        body = await read_body(request, self.cfg.max_payload_bytes)
+        try:
+            event = msgspec.json.decode(body) if body.strip() else {}
+        except msgspec.DecodeError as exc:
+            raise bad_request(f"invocation payload is not valid JSON: {exc}") from None
+        fn, version = self._resolve(name, qualifier, request)
+        request_id = request.headers.get("x-edgerun-request-id") or uuid.uuid4().hex
+        return await self._dispatch(_Call(fn, version, "direct", event, request_id), request, body)
+
+    def _resolve(
+        self, name: str, qualifier: str | None, request: Request
+    ) -> tuple[FunctionRecord, Version]:
+        validate_name(name)
+        fn = self.catalog.get(name)
+        if fn is None:
+            raise not_found(f"function {name!r} does not exist (on node {self.cfg.name})")
+        pinned = request.headers.get("x-edgerun-version")
+        if pinned and pinned in fn.versions:
+            return fn, fn.versions[pinned]
+        try:
+            return fn, fn.resolve(qualifier)
+        except UnknownQualifier as exc:
+            raise not_found(str(exc)) from None
+
+    async def _dispatch(self, call: _Call, request: Request, body: bytes) -> Response:
+        if self.cfg.role == "pop":
+            cfg = call.fn.config
+            view = self.pool.view(self._spec(call).key)
+            decision = decide(
+                FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement),
+                has_idle=view.has_idle,
+                can_start=view.can_start,
+                limits=self.limits,
+                regions=self.regions.views(),
+            )
+        else:
+            decision = Decision("local-cold", "region")
+        if decision.action == "reject":
+            self._count(call, "rejected")
+            raise ApiError(
+                503,
+                "Unavailable",
+                "no region is reachable and the function cannot run at this POP",
+                headers=self._headers(decision, call),
+            )
+        if decision.action == "forward":
+            assert decision.region is not None
+            try:
+                return await self._forward(call, request, body, decision)
+            except AllRegionsDown:
+                if call.fn.config.placement != "region" and self._fits(call):
+                    decision = Decision("local-wait", "all-regions-down")
+                else:
+                    self._count(call, "rejected")
+                    raise ApiError(
+                        503,
+                        "Unavailable",
+                        "no region could be reached",
+                        headers=self._headers(decision, call),
+                    ) from None
+        return await self._run_local(call, decision)
+
+    def _fits(self, call: _Call) -> bool:
+        cfg = call.fn.config
+        return (
+            cfg.memory_mb <= self.limits.max_memory_mb
+            and cfg.timeout_s <= self.limits.max_timeout_s
+        )
+
+    def _spec(self, call: _Call) -> SandboxSpec:
+        cfg = call.fn.config
+        return SandboxSpec(
+            function=call.fn.name,
+            version=call.version.sha256,
+            handler=call.version.handler,
+            bundle_dir=self.code.code_dir(call.version.sha256),
+            memory_mb=cfg.memory_mb,
+            timeout_s=cfg.timeout_s,
+            env=cfg.env,
+            network=cfg.network,
+        )
+
+    def _headers(
+        self, decision: Decision, call: _Call, *, cold: bool | None = None
+    ) -> dict[str, str]:
+        placement = decision.label
+        if cold is not None and decision.action != "forward":
+            placement = "local-cold" if cold else "local-warm"
+        return {
+            "x-edgerun-node": self.cfg.name,
+            "x-edgerun-placement": placement,
+            "x-edgerun-reason": decision.reason,
+            "x-edgerun-version": call.version.sha256,
+            "x-edgerun-request-id": call.request_id,
+        }
+
+    def _count(self, call: _Call, placement: str) -> None:
+        key = (call.fn.name, placement)
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    async def _run_local(self, call: _Call, decision: Decision) -> Response:
+        sha = call.version.sha256
+        key = (call.fn.name, sha)
+        cached = self.init_errors.get(key)
+        if cached and time.monotonic() - cached[0] < _INIT_ERROR_TTL_S:
+            raise _init_error(cached[1], self._headers(decision, call))
+        try:
+            await self.code.ensure(sha)
+        except BundleUnavailable as exc:
+            raise ApiError(
+                503, "CodeUnavailable", str(exc), headers=self._headers(decision, call)
+            ) from None
+        spec = self._spec(call)
+        msg = Invoke(id=call.request_id, mode=call.mode, event=call.event, timeout_s=spec.timeout_s)
+        cold: bool | None = None
+        try:
+            async with self.pool.lease(spec) as (sandbox, cold):
+                reply = await sandbox.invoke(msg)
+        except SandboxInitError as exc:
+            self.init_errors[key] = (time.monotonic(), exc)
+            raise _init_error(exc, self._headers(decision, call)) from None
+        except SandboxError as exc:
+            raise ApiError(
+                exc.status, exc.type, str(exc), headers=self._headers(decision, call, cold=cold)
+            ) from None
+        except ApiError as exc:
+            exc.headers.update(self._headers(decision, call))
+            raise
+        self.init_errors.pop(key, None)
+        headers = self._headers(decision, call, cold=cold)
+        self._count(call, headers["x-edgerun-placement"])
+        if isinstance(reply, Failure):
+            err = ApiError(
+                500,
+                reply.error.type,
+                reply.error.message,
+                extra={"traceback": reply.error.traceback},
+                headers=headers,
+            )
+            return json_response(err.body(), 500, headers)
+        if len(reply.body) > self.cfg.max_payload_bytes:
+            raise ApiError(
+                413,
+                "ResponseTooLarge",
+                f"the function's response is larger than the "
+                f"{self.cfg.max_payload_bytes}-byte limit",
+                headers=headers,
+            )
+        response = Response(reply.body, reply.status, headers=headers)
+        for k, v in reply.headers:
+            if k not in _HOP_BY_HOP:
+                response.headers.append(k, v)
+        return response
+
+    async def _forward(
+        self, call: _Call, request: Request, body: bytes, decision: Decision
+    ) -> Response:
+        assert decision.region is not None
+        headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP]
+        headers += [
+            ("x-edgerun-version", call.version.sha256),
+            ("x-edgerun-request-id", call.request_id),
+            ("x-edgerun-forwarded-by", self.cfg.name),
+        ]
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            region, resp = await self.regions.forward(
+                decision.region,
+                request.method,
+                path,
+                headers,
+                body,
+                timeout_s=call.fn.config.timeout_s,
+                idempotent=call.fn.config.idempotent,
+            )
+        except ForwardFailed as exc:
+            raise ApiError(
+                502, "RegionFailed", str(exc), headers=self._headers(decision, call)
+            ) from None
+        if region.name != decision.region:
+            decision = Decision("forward", f"{decision.reason},failover", region.name)
+        out = self._headers(decision, call)
+        self._count(call, out["x-edgerun-placement"])
+        response = Response(resp.content, resp.status_code, headers=out)
+        for k, v in resp.headers.multi_items():
+            if k not in _HOP_BY_HOP and k != "content-encoding":
+                response.headers.append(k, v)
+        if "x-edgerun-placement" in resp.headers:
+            response.headers["x-edgerun-region-placement"] = resp.headers["x-edgerun-placement"]
+        return response
+
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    name, sep, qualifier = target.partition("@")
+    if sep and not qualifier:
+        raise bad_request(f"empty alias or version after '@' in {target!r}")
+    return name, qualifier or None
+
+
+def _init_error(exc: SandboxInitError, headers: dict[str, str]) -> ApiError:
+    return ApiError(
+        500,
+        exc.info.type,
+        f"the function failed to initialise: {exc.info.type}: {exc.info.message}",
+        extra={"traceback": exc.info.traceback, "phase": "init"},
+        headers=headers,
+    )

@@ -1,0 +1,112 @@
+"""A node's copy of the registry, fed by the control plane's change feed.
+
+The copy is saved to disk after every change so a node that restarts while
+the control plane is down still serves what it knew (static stability).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from edgerun.models import FunctionRecord
+
+log = logging.getLogger("edgerun.node.catalog")
+
+
+class _Snapshot(msgspec.Struct):
+    revision: int
+    functions: dict[str, FunctionRecord]
+
+
+class _Changes(msgspec.Struct):
+    revision: int
+    functions: list[FunctionRecord]
+
+
+_decode_changes = msgspec.json.Decoder(_Changes).decode
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.revision = 0
+        self.functions: dict[str, FunctionRecord] = {}
+        self.synced = False
+        """True once the control plane has answered since start-up."""
+        self._loaded = asyncio.Event()
+        self._changed = asyncio.Event()
+        if path.exists():
+            try:
+                snap = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignoring unreadable registry snapshot %s", path)
+            else:
+                self.revision, self.functions = snap.revision, snap.functions
+
+    def get(self, name: str) -> FunctionRecord | None:
+        return self.functions.get(name)
+
+    def apply(self, revision: int, records: list[FunctionRecord]) -> None:
+        for record in records:
+            if record.deleted:
+                self.functions.pop(record.name, None)
+            else:
+                self.functions[record.name] = record
+        self.revision = max(self.revision, revision)
+        self._save()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def _save(self) -> None:
+        data = msgspec.json.encode(_Snapshot(self.revision, self.functions))
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".registry-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self._path)
+
+
+async def follow(
+    catalog: Catalog,
+    client: httpx.AsyncClient,
+    control_url: str,
+    *,
+    wait_s: float,
+    on_change: Callable[[list[FunctionRecord]], Awaitable[None]],
+) -> None:
+    """Long-poll the change feed forever, backing off while it is unreachable."""
+    backoff = 0.2
+    while True:
+        try:
+            resp = await client.get(
+                f"{control_url}/v1/changes",
+                params={"since": catalog.revision, "wait": int(wait_s)},
+                timeout=wait_s + 10,
+            )
+            resp.raise_for_status()
+            changes = _decode_changes(resp.content)
+        except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if catalog.synced:
+                log.warning("change feed unreachable (%s); serving last known state", exc)
+            catalog.synced = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        backoff = 0.2
+        catalog.synced = True
+        if changes.functions or changes.revision != catalog.revision:
+            catalog.apply(changes.revision, changes.functions)
+            await on_change(changes.functions)

@@ -1,0 +1,118 @@
+"""A POP's parent regions: health tracking and forwarding with failover.
+
+Failover is only automatic when the request cannot have run: a refused or
+timed-out *connection* moves on to the next region, while an error after
+the request was sent is retried only for functions declared idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from edgerun.config import RegionRef
+from edgerun.placement import RegionView
+
+log = logging.getLogger("edgerun.node.regions")
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_MAYBE_RAN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+
+
+class AllRegionsDown(Exception):
+    pass
+
+
+class ForwardFailed(Exception):
+    """The request reached a region but no answer came back; it may have run."""
+
+
+@dataclass(slots=True)
+class Region:
+    name: str
+    url: str
+    healthy: bool = True
+    latency_ms: float = 0.0
+    warm: frozenset[str] = field(default_factory=frozenset)
+    checked_at: float = 0.0
+
+
+class Regions:
+    def __init__(self, refs: Sequence[RegionRef], client: httpx.AsyncClient) -> None:
+        self.regions = [Region(r.name, r.url.rstrip("/")) for r in refs]
+        self._client = client
+
+    def views(self) -> list[RegionView]:
+        return [RegionView(r.name, r.healthy) for r in self.regions]
+
+    def by_name(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
+
+    async def check(self, region: Region) -> None:
+        start = time.perf_counter()
+        try:
+            resp = await self._client.get(f"{region.url}/v1/health", timeout=2.0)
+            resp.raise_for_status()
+            body = resp.json()
+        except (httpx.HTTPError, ValueError):
+            if region.healthy:
+                log.warning("region %s is down", region.name)
+            region.healthy = False
+        else:
+            rtt = (time.perf_counter() - start) * 1000
+            region.latency_ms = (
+                rtt if not region.latency_ms else 0.8 * region.latency_ms + 0.2 * rtt
+            )
+            region.warm = frozenset(body.get("warm", []))
+            if not region.healthy:
+                log.info("region %s is back", region.name)
+            region.healthy = True
+        region.checked_at = time.monotonic()
+
+    async def monitor(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.gather(*(self.check(r) for r in self.regions))
+            await asyncio.sleep(interval)
+
+    async def forward(
+        self,
+        first: str,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout_s: float,
+        idempotent: bool,
+    ) -> tuple[Region, httpx.Response]:
+        """Send the request to ``first``, failing over to the other regions."""
+        order = [
+            self.by_name(first),
+            *sorted((r for r in self.regions if r.name != first), key=lambda r: not r.healthy),
+        ]
+        timeout = httpx.Timeout(timeout_s + 5.0, connect=1.0)
+        for region in order:
+            try:
+                resp = await self._client.request(
+                    method, f"{region.url}{path}", headers=headers, content=body, timeout=timeout
+                )
+            except _NOT_SENT as exc:
+                log.warning("region %s unreachable (%s); failing over", region.name, exc)
+                region.healthy = False
+                continue
+            except _MAYBE_RAN as exc:
+                if idempotent:
+                    region.healthy = False
+                    continue
+                raise ForwardFailed(
+                    f"region {region.name} did not answer ({type(exc).__name__}); the request "
+                    "may have run, so it was not retried (declare the function idempotent to "
+                    "allow retries)"
+                ) from None
+            return region, resp
+        raise AllRegionsDown("no region could be reached")

@@ -1,0 +1,1 @@
+"""Where user code runs: the worker process, its IPC protocol and its launcher."""

@@ -1,0 +1,91 @@
+"""The interface between a node's pool and whatever runs user code.
+
+The pool only knows :class:`SandboxFactory` and :class:`Sandbox`; the first
+implementation starts a fresh interpreter per worker
+(:mod:`edgerun.sandbox.process`), and a zygote-based one can replace it
+without the pool or the node changing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from edgerun.sandbox.protocol import ErrorInfo, Failure, Invoke, Result
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything needed to start a sandbox for one function version."""
+
+    function: str
+    version: str
+    handler: str
+    bundle_dir: Path
+    memory_mb: int
+    timeout_s: float
+    env: dict[str, str] = field(default_factory=dict)
+    network: bool = False
+
+    @property
+    def key(self) -> str:
+        """Sandboxes are interchangeable exactly when their keys are equal."""
+        h = hashlib.sha256()
+        for part in (
+            self.function,
+            self.version,
+            self.handler,
+            str(self.memory_mb),
+            str(self.network),
+            *sorted(f"{k}={v}" for k, v in self.env.items()),
+        ):
+            h.update(part.encode() + b"\0")
+        return h.hexdigest()[:32]
+
+
+class SandboxError(Exception):
+    status = 500
+    type = "SandboxError"
+
+
+class SandboxInitError(SandboxError):
+    """The function could not be loaded (import error, missing handler...)."""
+
+    type = "InitError"
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(f"{info.type}: {info.message}")
+        self.info = info
+
+
+class SandboxTimeout(SandboxError):
+    status = 504
+    type = "Timeout"
+
+
+class SandboxCrashed(SandboxError):
+    status = 502
+    type = "SandboxCrashed"
+
+
+class Sandbox(Protocol):
+    spec: SandboxSpec
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def invoke(self, msg: Invoke) -> Result | Failure:
+        """Run one invocation; raise SandboxTimeout or SandboxCrashed when it fails."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SandboxFactory(Protocol):
+    async def start(self, spec: SandboxSpec) -> Sandbox:
+        """Start a ready sandbox, or raise SandboxInitError."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,76 @@
+"""Build a node's ASGI app from its config and serve it with uvicorn.
+
+:class:`Server` is what ``edgerun node`` runs and what tests may embed; the
+same code serves every role, so a local ``edgerun up`` and a multi-machine
+deployment run exactly the same paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from edgerun.config import NodeConfig
+from edgerun.control.app import ControlApp, load_or_create_token
+from edgerun.control.bundles import BundleStore
+from edgerun.control.registry import SqliteRegistry
+from edgerun.node.app import NodeApp
+from edgerun.sandbox.process import ProcessSandboxFactory
+
+log = logging.getLogger("edgerun.server")
+
+
+def token_path(cfg: NodeConfig) -> Path:
+    return Path(cfg.token_file) if cfg.token_file else Path(cfg.data_dir) / "admin-token"
+
+
+def build_app(cfg: NodeConfig) -> Any:
+    data = Path(cfg.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    if cfg.role == "control":
+        token, created = load_or_create_token(token_path(cfg))
+        if created:
+            print(
+                f"edgerun: admin token created at {token_path(cfg)} (shown once): {token}",
+                file=sys.stderr,
+            )
+        registry = SqliteRegistry(data / "registry.db")
+        bundles = BundleStore(data / "bundles")
+        return ControlApp(registry, bundles, token, max_bundle_bytes=cfg.max_bundle_bytes).asgi
+    path = token_path(cfg)
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"edgerun: cannot read the cluster token at {path}: {exc}") from None
+    if not cfg.control_url:
+        raise SystemExit("edgerun: a region or POP needs control_url in its config")
+    factory = ProcessSandboxFactory(data / "logs" / "sandbox.log")
+    return NodeApp(cfg, token, factory).asgi
+
+
+class Server:
+    """One edgerun node on one port."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.app = build_app(cfg)
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host=cfg.host,
+                port=cfg.port,
+                loop="uvloop",
+                http="httptools",
+                lifespan="on",
+                access_log=False,
+                log_level="warning",
+                timeout_graceful_shutdown=5,
+            )
+        )
+
+    def run(self) -> None:
+        self._server.run()
