@@ -57,7 +57,7 @@ def validate_bundle(
             raise BundleError(
                 f"bundle entry {info.filename!r} is a symbolic link; links are refused"
             )
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise BundleError(f"bundle entry {info.filename!r} is not a regular file or folder")
         total += info.file_size
         if total > max_uncompressed:

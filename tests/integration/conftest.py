@@ -1,0 +1,111 @@
+"""Real clusters: every node is its own process talking HTTP on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgerun.build import build_bundle
+from edgerun.client import Client
+from edgerun.cluster import LocalCluster, free_port
+from edgerun.config import ControlSpec, PopSpec, RegionSpec, Topology
+from edgerun.models import FunctionConfig
+from tests.conftest import FUNCTIONS
+
+pytestmark = pytest.mark.integration
+
+
+def make_topology(pop_slots: int = 2) -> Topology:
+    return Topology(
+        control=ControlSpec(port=free_port()),
+        region=[
+            RegionSpec(name="region-1", port=free_port(), slots=8),
+            RegionSpec(name="region-2", port=free_port(), slots=8),
+        ],
+        pop=[
+            PopSpec(
+                name="pop-1", port=free_port(), slots=pop_slots, regions=["region-1", "region-2"]
+            )
+        ],
+    )
+
+
+def start_cluster(root: Path, pop_slots: int = 2) -> LocalCluster:
+    cluster = LocalCluster(make_topology(pop_slots), root)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def deploy_folder(client: Client, name: str, folder: Path, **config: object) -> str:
+    record = client.deploy(name, build_bundle(folder), FunctionConfig(**config))  # type: ignore[arg-type]
+    return record.aliases["latest"]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
+    """Poll until ``predicate`` holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def node_knows(cluster: LocalCluster, node: str, name: str, sha: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            body = httpx.get(f"{cluster.url(node)}/v1/status", timeout=2).json()
+        except httpx.HTTPError:
+            return False
+        fn = body["functions"].get(name)
+        return bool(fn and sha in fn["aliases"].values())
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster.control_url, cluster.token) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def pop(cluster: LocalCluster) -> str:
+    return cluster.url("pop-1")
+
+
+@pytest.fixture(scope="session")
+def deployed(cluster: LocalCluster, client: Client) -> dict[str, str]:
+    """The test functions, deployed once and known to every node."""
+    versions = {
+        "echo": deploy_folder(
+            client, "echo", FUNCTIONS / "echo", handler="main.handler", env={"GREETING": "hi"}
+        ),
+        "raiser": deploy_folder(client, "raiser", FUNCTIONS / "raiser", handler="main.handler"),
+        "sleeper": deploy_folder(
+            client, "sleeper", FUNCTIONS / "sleeper", handler="main.handler", timeout_s=1.0
+        ),
+        "exiter": deploy_folder(client, "exiter", FUNCTIONS / "exiter", handler="main.handler"),
+        "broken-import": deploy_folder(
+            client, "broken-import", FUNCTIONS / "broken-import", handler="main.handler"
+        ),
+    }
+    for name, sha in versions.items():
+        for node in ("pop-1", "region-1", "region-2"):
+            wait_for(node_knows(cluster, node, name, sha), what=f"{node} to learn {name}")
+    return versions

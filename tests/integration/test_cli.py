@@ -1,0 +1,126 @@
+"""The `edgerun` command, run as users run it: as a separate process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgerun.cluster import LocalCluster, free_port
+from tests.conftest import EXAMPLES
+
+pytestmark = pytest.mark.integration
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgerun", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_env(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        "EDGERUN_CONTROL": cluster.control_url,
+        "EDGERUN_TOKEN": cluster.token,
+        "EDGERUN_HOME": str(tmp_path_factory.mktemp("home")),
+        "COLUMNS": "200",
+    }
+
+
+def test_deploy_then_invoke_prints_result_and_where_it_ran(
+    cli_env: dict[str, str], pop: str
+) -> None:
+    deployed = run("deploy", str(EXAMPLES / "hello"), "--name", "cli-hello", env=cli_env)
+    assert deployed.returncode == 0, deployed.stderr
+    assert "deployed cli-hello version" in deployed.stdout
+    for _ in range(100):
+        result = run("invoke", "cli-hello", "--pop", pop, env=cli_env)
+        if result.returncode == 0:
+            break
+        time.sleep(0.05)
+    assert result.returncode == 0, result.stderr
+    assert "hello, world!" in result.stdout
+    assert "ran at pop-1 local-" in result.stderr
+
+
+def test_deploy_vendors_requirements(cli_env: dict[str, str], pop: str) -> None:
+    deployed = run("deploy", str(EXAMPLES / "with-deps"), "--name", "cli-deps", env=cli_env)
+    assert deployed.returncode == 0, deployed.stderr
+    ls = run("ls", env=cli_env)
+    assert "cli-deps" in ls.stdout
+
+
+def test_errors_are_one_line_without_traceback(cli_env: dict[str, str], pop: str) -> None:
+    result = run("invoke", "does-not-exist", "--pop", pop, env=cli_env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "does not exist" in result.stderr
+
+
+def test_deploy_of_missing_folder_fails_clearly(cli_env: dict[str, str]) -> None:
+    result = run("deploy", "/no/such/folder", env=cli_env)
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_env_option_fails_clearly(cli_env: dict[str, str]) -> None:
+    result = run("deploy", str(EXAMPLES / "hello"), "--env", "NOEQUALS", env=cli_env)
+    assert result.returncode == 1
+    assert "KEY=VALUE" in result.stderr
+
+
+def test_up_demo_serves_examples_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(4)]
+    topo = tmp_path / "topology.toml"
+    topo.write_text(
+        f"[control]\nport = {ports[0]}\n\n"
+        f'[[region]]\nname = "r1"\nport = {ports[1]}\n\n'
+        f'[[region]]\nname = "r2"\nport = {ports[2]}\n\n'
+        f'[[pop]]\nname = "p1"\nport = {ports[3]}\n'
+    )
+    env = {**os.environ, "EDGERUN_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgerun", "up", "--demo", "--config", str(topo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        text = "".join(lines)
+        assert "deployed hello" in text, text
+        pop = f"http://127.0.0.1:{ports[3]}"
+        deadline = time.monotonic() + 10
+        while True:
+            resp = httpx.get(f"{pop}/fn/hello/?name=up")
+            if resp.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert resp.json()["message"] == "hello, up!"
+        status = run("status", env=env)
+        assert status.returncode == 0 and "p1" in status.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0
+    assert "stopped." in rest
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{ports[0]}/v1/health")

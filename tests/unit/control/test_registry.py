@@ -1,0 +1,358 @@
+"""SqliteRegistry: functions, versions, aliases, the revision counter and the change feed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgerun.control.registry import SqliteRegistry
+from edgerun.errors import ApiError
+from edgerun.models import FunctionConfig
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+SHA_C = "c" * 64
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "registry.db"
+
+
+@pytest.fixture
+def registry(db_path: Path) -> Iterator[SqliteRegistry]:
+    reg = SqliteRegistry(db_path)
+    yield reg
+    reg.close()
+
+
+def deploy(reg: SqliteRegistry, name: str = "hello", sha: str = SHA_A, **config: object):
+    return reg.deploy(name, FunctionConfig(**config), sha, 100)  # type: ignore[arg-type]
+
+
+# --- deploy -------------------------------------------------------------------
+
+
+def test_deploy_creates_function_with_one_version_and_latest_alias(registry):
+    record, created = deploy(registry, handler="app.main")
+
+    assert created is True
+    assert record.name == "hello"
+    assert record.deleted is False
+    assert list(record.versions) == [SHA_A]
+    assert record.versions[SHA_A].handler == "app.main"
+    assert record.versions[SHA_A].size == 100
+    assert record.aliases == {"latest": SHA_A}
+    assert registry.get("hello") == record
+
+
+def test_deploy_of_existing_function_is_not_reported_as_created(registry):
+    deploy(registry)
+
+    _, created = deploy(registry, sha=SHA_B)
+
+    assert created is False
+
+
+def test_redeploying_the_same_bundle_does_not_duplicate_the_version(registry):
+    deploy(registry)
+
+    record, _ = deploy(registry)
+
+    assert list(record.versions) == [SHA_A]
+    assert record.aliases == {"latest": SHA_A}
+
+
+def test_redeploying_the_same_bundle_updates_its_handler(registry):
+    deploy(registry, handler="app.one")
+
+    record, _ = deploy(registry, handler="app.two")
+
+    assert record.versions[SHA_A].handler == "app.two"
+
+
+def test_deploying_a_new_bundle_adds_a_version_and_moves_latest(registry):
+    deploy(registry)
+
+    record, _ = deploy(registry, sha=SHA_B)
+
+    assert set(record.versions) == {SHA_A, SHA_B}
+    assert record.aliases["latest"] == SHA_B
+
+
+def test_deploy_stores_the_config_on_the_function(registry):
+    record, _ = deploy(registry, memory_mb=512, env={"MODE": "prod"})
+
+    assert record.config.memory_mb == 512
+    assert registry.get("hello").config.env == {"MODE": "prod"}
+
+
+@pytest.mark.parametrize("name", ["Hello", "-hello", "hello-", "he_llo", "", "a" * 64])
+def test_deploy_with_invalid_name_is_a_400(registry, name):
+    with pytest.raises(ApiError) as exc:
+        deploy(registry, name=name)
+
+    assert exc.value.status == 400
+    assert registry.revision() == 0
+
+
+# --- revision -----------------------------------------------------------------
+
+
+def test_new_registry_starts_at_revision_zero(registry):
+    assert registry.revision() == 0
+
+
+def test_revision_increases_with_every_mutation(registry):
+    seen = [registry.revision()]
+    seen.append(deploy(registry)[0].revision)
+    seen.append(deploy(registry, sha=SHA_B)[0].revision)
+    seen.append(registry.set_alias("hello", "prod", SHA_A).revision)
+    seen.append(registry.delete_alias("hello", "prod").revision)
+    seen.append(registry.delete("hello").revision)
+
+    assert seen == sorted(set(seen))
+    assert registry.revision() == seen[-1]
+
+
+def test_mutation_stamps_the_current_revision_on_the_function(registry):
+    record, _ = deploy(registry)
+
+    assert record.revision == registry.revision()
+
+
+def test_failed_mutation_does_not_bump_the_revision(registry):
+    deploy(registry)
+    before = registry.revision()
+
+    with pytest.raises(ApiError):
+        registry.set_alias("hello", "prod", SHA_C)
+
+    assert registry.revision() == before
+
+
+# --- change feed --------------------------------------------------------------
+
+
+def test_changes_returns_only_functions_changed_after_since(registry):
+    deploy(registry, name="one")
+    since = registry.revision()
+    deploy(registry, name="two")
+    deploy(registry, name="three")
+
+    head, records = registry.changes(since)
+
+    assert [r.name for r in records] == ["two", "three"]
+    assert head == registry.revision()
+
+
+def test_changes_since_head_is_empty(registry):
+    deploy(registry)
+    head = registry.revision()
+
+    assert registry.changes(head) == (head, [])
+
+
+def test_changes_reports_a_function_once_at_its_latest_revision(registry):
+    deploy(registry, name="one")
+    deploy(registry, name="two")
+    deploy(registry, name="one", sha=SHA_B)
+
+    _, records = registry.changes(0)
+
+    assert [r.name for r in records] == ["two", "one"]
+
+
+def test_changes_includes_a_deleted_function_as_a_tombstone(registry):
+    deploy(registry)
+    since = registry.revision()
+    registry.delete("hello")
+
+    _, records = registry.changes(since)
+
+    assert len(records) == 1
+    tombstone = records[0]
+    assert tombstone.name == "hello"
+    assert tombstone.deleted is True
+    assert tombstone.versions == {}
+    assert tombstone.aliases == {}
+
+
+def test_changes_with_limit_returns_the_revision_of_the_last_record_included(registry):
+    for name in ("one", "two", "three"):
+        deploy(registry, name=name)
+
+    head, records = registry.changes(0, limit=2)
+
+    assert [r.name for r in records] == ["one", "two"]
+    assert head == records[-1].revision
+    _, rest = registry.changes(head, limit=2)
+    assert [r.name for r in rest] == ["three"]
+
+
+# --- reads --------------------------------------------------------------------
+
+
+def test_get_unknown_function_returns_none(registry):
+    assert registry.get("nope") is None
+
+
+def test_get_deleted_function_returns_none(registry):
+    deploy(registry)
+    registry.delete("hello")
+
+    assert registry.get("hello") is None
+
+
+def test_list_functions_is_sorted_by_name(registry):
+    for name in ("charlie", "alpha", "bravo"):
+        deploy(registry, name=name)
+
+    assert [r.name for r in registry.list_functions()] == ["alpha", "bravo", "charlie"]
+
+
+def test_list_functions_pages_with_after_and_limit(registry):
+    for name in ("a1", "a2", "a3", "a4", "a5"):
+        deploy(registry, name=name)
+
+    first = registry.list_functions(limit=2)
+    second = registry.list_functions(after=first[-1].name, limit=2)
+    third = registry.list_functions(after=second[-1].name, limit=2)
+
+    assert [r.name for r in first] == ["a1", "a2"]
+    assert [r.name for r in second] == ["a3", "a4"]
+    assert [r.name for r in third] == ["a5"]
+
+
+def test_list_functions_skips_deleted_functions(registry):
+    deploy(registry, name="keep")
+    deploy(registry, name="gone")
+    registry.delete("gone")
+
+    assert [r.name for r in registry.list_functions()] == ["keep"]
+
+
+# --- aliases ------------------------------------------------------------------
+
+
+def test_set_alias_points_the_alias_at_a_version(registry):
+    deploy(registry)
+    deploy(registry, sha=SHA_B)
+
+    record = registry.set_alias("hello", "prod", SHA_A)
+
+    assert record.aliases == {"latest": SHA_B, "prod": SHA_A}
+
+
+def test_set_alias_to_an_unknown_version_is_a_404(registry):
+    deploy(registry)
+
+    with pytest.raises(ApiError) as exc:
+        registry.set_alias("hello", "prod", SHA_C)
+
+    assert exc.value.status == 404
+
+
+def test_set_alias_on_an_unknown_function_is_a_404(registry):
+    with pytest.raises(ApiError) as exc:
+        registry.set_alias("nope", "prod", SHA_A)
+
+    assert exc.value.status == 404
+
+
+def test_set_alias_latest_is_a_400(registry):
+    deploy(registry)
+
+    with pytest.raises(ApiError) as exc:
+        registry.set_alias("hello", "latest", SHA_A)
+
+    assert exc.value.status == 400
+
+
+def test_set_alias_with_an_invalid_alias_name_is_a_400(registry):
+    deploy(registry)
+
+    with pytest.raises(ApiError) as exc:
+        registry.set_alias("hello", "Prod", SHA_A)
+
+    assert exc.value.status == 400
+
+
+def test_delete_alias_removes_it(registry):
+    deploy(registry)
+    registry.set_alias("hello", "prod", SHA_A)
+
+    record = registry.delete_alias("hello", "prod")
+
+    assert record.aliases == {"latest": SHA_A}
+
+
+def test_delete_alias_latest_is_a_400(registry):
+    deploy(registry)
+
+    with pytest.raises(ApiError) as exc:
+        registry.delete_alias("hello", "latest")
+
+    assert exc.value.status == 400
+
+
+def test_delete_unknown_alias_is_a_404(registry):
+    deploy(registry)
+
+    with pytest.raises(ApiError) as exc:
+        registry.delete_alias("hello", "prod")
+
+    assert exc.value.status == 404
+
+
+# --- delete and revive --------------------------------------------------------
+
+
+def test_delete_unknown_function_is_a_404(registry):
+    with pytest.raises(ApiError) as exc:
+        registry.delete("nope")
+
+    assert exc.value.status == 404
+
+
+def test_deleting_twice_is_a_404(registry):
+    deploy(registry)
+    registry.delete("hello")
+
+    with pytest.raises(ApiError) as exc:
+        registry.delete("hello")
+
+    assert exc.value.status == 404
+
+
+def test_redeploy_after_delete_revives_the_function_with_only_the_new_version(registry):
+    deploy(registry)
+    registry.delete("hello")
+
+    record, created = deploy(registry, sha=SHA_B)
+
+    assert created is True
+    assert record.deleted is False
+    assert list(record.versions) == [SHA_B]
+    assert record.aliases == {"latest": SHA_B}
+    assert registry.get("hello") == record
+
+
+# --- persistence --------------------------------------------------------------
+
+
+def test_data_persists_across_reopening_the_database_file(db_path):
+    reg = SqliteRegistry(db_path)
+    deploy(reg)
+    reg.set_alias("hello", "prod", SHA_A)
+    record, revision = reg.get("hello"), reg.revision()
+    reg.close()
+
+    reopened = SqliteRegistry(db_path)
+    try:
+        assert reopened.get("hello") == record
+        assert reopened.revision() == revision
+    finally:
+        reopened.close()
