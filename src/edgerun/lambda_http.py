@@ -16,7 +16,13 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/javascript",
+    "application/x-www-form-urlencoded",
+)
 _json_encode = msgspec.json.Encoder().encode
 
 
@@ -45,7 +51,7 @@ def build_event(
     for k, v in parse_qsl(query_string, keep_blank_values=True):
         query[k] = f"{query[k]},{v}" if k in query else v
     content_type = merged.get("content-type", "")
-    is_text = not body or content_type.startswith(_TEXT_TYPES) or _is_utf8(body, content_type)
+    is_text = not body or _is_text(body, content_type)
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
@@ -81,8 +87,10 @@ def build_event(
     return event
 
 
-def _is_utf8(body: bytes, content_type: str) -> bool:
-    if content_type and not content_type.startswith("application/x-www-form-urlencoded"):
+def _is_text(body: bytes, content_type: str) -> bool:
+    """Text goes in the event as-is; anything else (or undecodable) as base64."""
+    textual = content_type.startswith(_TEXT_TYPES)
+    if content_type and not textual:
         return False
     try:
         body.decode()
@@ -127,7 +135,10 @@ def _explicit(value: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]
     if not isinstance(raw_headers, dict):
         raise ResponseError("headers must be an object of header names to values")
     headers = [(str(k).lower(), str(v)) for k, v in raw_headers.items()]
-    for cookie in value.get("cookies") or []:
+    cookies = value.get("cookies") or []
+    if not isinstance(cookies, list):
+        raise ResponseError("cookies must be a list of Set-Cookie strings")
+    for cookie in cookies:
         headers.append(("set-cookie", str(cookie)))
     body = value.get("body")
     if body is None:

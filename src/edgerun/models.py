@@ -18,11 +18,11 @@ from edgerun.errors import bad_request
 
 Placement = Literal["auto", "edge", "region"]
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 ALIAS_RE = NAME_RE
-HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 LATEST = "latest"
 MAX_MEMORY_MB = 10_240

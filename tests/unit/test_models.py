@@ -41,9 +41,6 @@ def test_invalid_name_message_names_what_was_checked():
         validate_name("Prod", "alias")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: NAME_RE ends with '$', which also matches before a trailing newline"
-)
 def test_name_with_a_trailing_newline_is_a_400():
     with pytest.raises(ApiError):
         validate_name("hello\n")
@@ -110,16 +107,10 @@ def test_ordinary_env_keys_are_valid():
     assert validate_config(FunctionConfig(env=env)).env == env
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: ENV_KEY_RE ends with '$', which also matches before a trailing newline"
-)
 def test_env_key_with_a_trailing_newline_is_a_400():
     config_error(env={"FOO\n": "x"})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: HANDLER_RE ends with '$', which also matches before a trailing newline"
-)
 def test_handler_with_a_trailing_newline_is_a_400():
     config_error(handler="app.handler\n")
 

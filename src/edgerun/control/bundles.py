@@ -15,6 +15,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from edgerun.errors import ApiError
@@ -90,20 +91,7 @@ def extract_bundle(data: bytes, dest: Path, *, max_uncompressed: int) -> None:
         written = 0
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             for info in infos:
-                target = tmp / info.filename
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 16):
-                        written += len(chunk)
-                        if written > max_uncompressed:
-                            raise BundleError(
-                                f"bundle expands past {max_uncompressed} bytes while extracting"
-                            )
-                        out.write(chunk)
-                target.chmod(0o644)
+                written += _extract_entry(zf, info, tmp, max_uncompressed - written)
         for root, dirs, _files in os.walk(tmp):
             for d in dirs:
                 Path(root, d).chmod(0o755)
@@ -116,6 +104,27 @@ def extract_bundle(data: bytes, dest: Path, *, max_uncompressed: int) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, budget: int) -> int:
+    """Write one entry under ``root``; returns its size. Corrupt data is a BundleError."""
+    target = root / info.filename
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        with zf.open(info) as src, open(target, "wb") as out:
+            while chunk := src.read(1 << 16):
+                written += len(chunk)
+                if written > budget:
+                    raise BundleError("bundle expands past its size limit while extracting")
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise BundleError(f"bundle entry {info.filename!r} is corrupt: {exc}") from None
+    target.chmod(0o644)
+    return written
 
 
 class BundleStore:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from edgerun.control.bundles import BundleStore, extract_bundle, sha256_hex
+from edgerun.control.bundles import BundleError, BundleStore, extract_bundle, sha256_hex
 
 log = logging.getLogger("edgerun.node.code")
 
@@ -72,7 +72,12 @@ class CodeCache:
             data = await self._download(sha)
             await asyncio.to_thread(self.zips.put, data, sha)
         dest = self.code_dir(sha)
-        await asyncio.to_thread(extract_bundle, data, dest, max_uncompressed=self._max_uncompressed)
+        try:
+            await asyncio.to_thread(
+                extract_bundle, data, dest, max_uncompressed=self._max_uncompressed
+            )
+        except BundleError as exc:
+            raise BundleUnavailable(f"bundle {sha} cannot be unpacked: {exc.message}") from None
         return dest
 
     async def _download(self, sha: str) -> bytes:

@@ -103,6 +103,7 @@ class Pool:
                 self._lru[id(entry)] = (spec.key, entry)
             else:
                 self._total -= 1
+                await sandbox.close()
             await self._wake()
 
     async def _wake(self) -> None:
@@ -122,6 +123,7 @@ class Pool:
                     self._busy[key] = self._busy.get(key, 0) + 1
                     return entry.sandbox, False
                 self._total -= 1
+                await entry.sandbox.close()
             if self._total >= self.slots and self._lru:
                 _, (_victim_key, victim) = self._lru.popitem(last=False)
                 self._idle[_victim_key].remove(victim)

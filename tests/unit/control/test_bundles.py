@@ -190,7 +190,9 @@ def test_extract_refuses_an_invalid_bundle_without_writing_anything(tmp_path):
 
 def test_extract_refuses_a_header_declared_zip_bomb(tmp_path):
     with pytest.raises(BundleError, match="zip bomb"):
-        extract_bundle(make_bundle({"z.bin": b"\0" * 10_000}), tmp_path / "d", max_uncompressed=1000)
+        extract_bundle(
+            make_bundle({"z.bin": b"\0" * 10_000}), tmp_path / "d", max_uncompressed=1000
+        )
 
     assert list(tmp_path.iterdir()) == []
 
@@ -212,18 +214,12 @@ def test_extract_stops_streaming_past_the_limit_and_cleans_up(tmp_path, monkeypa
 def test_extract_of_an_entry_lying_about_its_size_writes_nothing(tmp_path):
     data = lying_bundle(real_size=10_000, claimed_size=10)
 
-    with pytest.raises(Exception):  # noqa: B017 - see the xfail test below for the type
+    with pytest.raises(BundleError):
         extract_bundle(data, tmp_path / "dest", max_uncompressed=1000)
 
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=zipfile.BadZipFile,
-    reason="BUG: extract_bundle lets zipfile.BadZipFile ('Bad CRC-32') escape "
-    "instead of raising BundleError",
-)
 def test_extract_of_an_entry_lying_about_its_size_raises_bundle_error(tmp_path):
     data = lying_bundle(real_size=10_000, claimed_size=10)
 
@@ -304,9 +300,6 @@ def test_path_rejects_anything_but_a_lowercase_sha256_hex_digest(store, sha):
         store.path(sha)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: SHA256_RE ends with '$', which also matches before a trailing newline"
-)
 def test_path_rejects_a_digest_with_a_trailing_newline(store):
     with pytest.raises(ValueError):
         store.path("0" * 64 + "\n")

@@ -1,0 +1,299 @@
+"""The warm pool's bookkeeping, driven by an in-memory fake sandbox factory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from edgerun.pool.pool import Pool, PoolFull, PoolView
+from edgerun.sandbox.base import SandboxSpec
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeSandbox:
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.alive = True
+        self.closed = False
+
+    async def invoke(self, msg: object) -> object:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self.closed = True
+        self.alive = False
+
+
+class FakeFactory:
+    def __init__(self) -> None:
+        self.started: list[FakeSandbox] = []
+        self.failures = 0
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        await anyio.sleep(0)
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("sandbox would not start")
+        sandbox = FakeSandbox(spec)
+        self.started.append(sandbox)
+        return sandbox
+
+    async def close(self) -> None:
+        pass
+
+
+def spec(function: str = "hello", version: str = "v1") -> SandboxSpec:
+    return SandboxSpec(
+        function=function,
+        version=version,
+        handler="app.handler",
+        bundle_dir=Path("/nonexistent"),
+        memory_mb=128,
+        timeout_s=1.0,
+    )
+
+
+def make_pool(factory: FakeFactory, slots: int = 1, **kw: float) -> Pool:
+    return Pool(factory, slots=slots, **kw)  # type: ignore[arg-type]
+
+
+async def use(pool: Pool, s: SandboxSpec) -> tuple[FakeSandbox, bool]:
+    """Lease and release at once."""
+    async with pool.lease(s) as (sandbox, cold):
+        return sandbox, cold  # type: ignore[return-value]
+
+
+# --- reuse --------------------------------------------------------------------------
+
+
+async def test_first_lease_is_cold():
+    factory = FakeFactory()
+
+    _, cold = await use(make_pool(factory), spec())
+
+    assert cold is True
+    assert len(factory.started) == 1
+
+
+async def test_second_lease_of_the_same_spec_is_warm_and_reuses_the_sandbox():
+    factory = FakeFactory()
+    pool = make_pool(factory)
+    first, _ = await use(pool, spec())
+
+    second, cold = await use(pool, spec())
+
+    assert cold is False
+    assert second is first
+    assert len(factory.started) == 1
+
+
+async def test_sandbox_not_alive_after_the_lease_is_discarded():
+    factory = FakeFactory()
+    pool = make_pool(factory)
+    async with pool.lease(spec()) as (sandbox, _):
+        sandbox.alive = False  # e.g. it timed out and was stopped
+
+    again, cold = await use(pool, spec())
+
+    assert cold is True
+    assert again is not sandbox
+    assert pool.snapshot()["used"] == 1
+
+
+async def test_idle_sandbox_that_died_is_not_reused():
+    factory = FakeFactory()
+    pool = make_pool(factory)
+    first, _ = await use(pool, spec())
+    first.alive = False
+
+    again, cold = await use(pool, spec())
+
+    assert cold is True
+    assert again is not first
+    assert pool.snapshot()["used"] == 1
+
+
+# --- eviction -----------------------------------------------------------------------
+
+
+async def test_full_pool_evicts_an_idle_sandbox_of_another_spec():
+    factory = FakeFactory()
+    pool = make_pool(factory, slots=1)
+    old, _ = await use(pool, spec("one"))
+
+    new, cold = await use(pool, spec("two"))
+
+    assert cold is True
+    assert old.closed
+    assert new.spec.function == "two"
+    assert pool.snapshot()["used"] == 1
+
+
+async def test_eviction_picks_the_least_recently_used_idle_sandbox():
+    factory = FakeFactory()
+    pool = make_pool(factory, slots=2)
+    a, _ = await use(pool, spec("a"))
+    b, _ = await use(pool, spec("b"))
+    await use(pool, spec("a"))  # a is now more recently used than b
+
+    await use(pool, spec("c"))
+
+    assert b.closed
+    assert not a.closed
+
+
+# --- waiting and refusing -----------------------------------------------------------
+
+
+async def test_lease_waits_for_a_busy_sandbox_and_gets_it_when_released():
+    factory = FakeFactory()
+    pool = make_pool(factory, slots=1)
+    got: list[tuple[FakeSandbox, bool]] = []
+
+    async def second() -> None:
+        got.append(await use(pool, spec()))
+
+    async with anyio.create_task_group() as tg, pool.lease(spec()) as (first, _):
+        tg.start_soon(second)
+        await anyio.sleep(0.01)
+        assert pool.snapshot()["waiting"] == 1
+        assert got == []
+
+    assert got == [(first, False)]
+    assert pool.snapshot()["waiting"] == 0
+
+
+async def test_full_queue_raises_pool_full_with_429_and_retry_after():
+    pool = make_pool(FakeFactory(), slots=1, max_queue=0)
+
+    async with pool.lease(spec()):
+        with pytest.raises(PoolFull) as exc:
+            await use(pool, spec("other"))
+
+    assert exc.value.status == 429
+    assert exc.value.headers == {"retry-after": "1"}
+    assert "queue is full" in exc.value.message
+
+
+async def test_queue_wait_times_out_with_pool_full():
+    pool = make_pool(FakeFactory(), slots=1, queue_timeout_s=0.05)
+
+    async with pool.lease(spec()):
+        with pytest.raises(PoolFull, match="no worker became free"):
+            await use(pool, spec())
+        assert pool.snapshot()["waiting"] == 0
+
+
+async def test_factory_start_failure_frees_the_slot():
+    factory = FakeFactory()
+    factory.failures = 1
+    pool = make_pool(factory, slots=1)
+
+    with pytest.raises(RuntimeError):
+        await use(pool, spec())
+
+    assert pool.snapshot()["used"] == 0
+    assert pool.view(spec().key).can_start
+    _, cold = await use(pool, spec())
+    assert cold is True
+
+
+# --- housekeeping -------------------------------------------------------------------
+
+
+async def test_reap_idle_stops_sandboxes_idle_longer_than_the_ttl():
+    pool = make_pool(FakeFactory(), slots=2, idle_ttl_s=60.0)
+    sandbox, _ = await use(pool, spec())
+
+    reaped = await pool.reap_idle(now=time.monotonic() + 61.0)
+
+    assert reaped == 1
+    assert sandbox.closed
+    assert pool.snapshot()["used"] == 0
+    assert not pool.view(spec().key).has_idle
+
+
+async def test_reap_idle_keeps_sandboxes_within_the_ttl():
+    pool = make_pool(FakeFactory(), slots=2, idle_ttl_s=60.0)
+    sandbox, _ = await use(pool, spec())
+
+    assert await pool.reap_idle(now=time.monotonic() + 30.0) == 0
+    assert not sandbox.closed
+
+
+async def test_reap_idle_leaves_busy_sandboxes_alone():
+    pool = make_pool(FakeFactory(), slots=2, idle_ttl_s=60.0)
+
+    async with pool.lease(spec()) as (sandbox, _):
+        assert await pool.reap_idle(now=time.monotonic() + 3600.0) == 0
+        assert not sandbox.closed
+
+
+async def test_close_stops_idle_sandboxes():
+    pool = make_pool(FakeFactory(), slots=2)
+    sandbox, _ = await use(pool, spec())
+
+    await pool.close()
+
+    assert sandbox.closed
+    assert pool.snapshot()["used"] == 0
+
+
+# --- views --------------------------------------------------------------------------
+
+
+async def test_view_of_an_empty_pool_can_start_but_has_no_idle():
+    pool = make_pool(FakeFactory(), slots=1)
+
+    assert pool.view(spec().key) == PoolView(has_idle=False, can_start=True)
+
+
+async def test_view_shows_an_idle_sandbox_for_its_key_only():
+    pool = make_pool(FakeFactory(), slots=1)
+    await use(pool, spec("one"))
+
+    assert pool.view(spec("one").key) == PoolView(has_idle=True, can_start=True)
+    assert pool.view(spec("two").key) == PoolView(has_idle=False, can_start=True)
+
+
+async def test_view_cannot_start_when_every_slot_is_busy():
+    pool = make_pool(FakeFactory(), slots=1)
+
+    async with pool.lease(spec("one")):
+        assert pool.view(spec("two").key) == PoolView(has_idle=False, can_start=False)
+
+
+async def test_warm_versions_include_idle_and_busy_sandboxes():
+    pool = make_pool(FakeFactory(), slots=2)
+    await use(pool, spec("one", "v1"))
+
+    async with pool.lease(spec("two", "v2")):
+        assert pool.warm_versions() == {"v1", "v2"}
+
+
+async def test_warm_versions_forget_evicted_and_reaped_sandboxes():
+    pool = make_pool(FakeFactory(), slots=1)
+    await use(pool, spec("one", "v1"))
+    await use(pool, spec("two", "v2"))  # evicts v1
+    assert pool.warm_versions() == {"v2"}
+
+    await pool.reap_idle(now=time.monotonic() + pool.idle_ttl_s + 1)
+
+    assert pool.warm_versions() == set()
+
+
+async def test_snapshot_counts_slots_idle_and_busy():
+    pool = make_pool(FakeFactory(), slots=3)
+    await use(pool, spec("one"))
+
+    async with pool.lease(spec("two")):
+        assert pool.snapshot() == {"slots": 3, "used": 2, "idle": 1, "busy": 1, "waiting": 0}
