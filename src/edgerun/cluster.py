@@ -110,10 +110,11 @@ class LocalCluster:
             node.config_path.write_text(dump_toml(node.config))
         self.start_node("control")
         self.wait_healthy(["control"], timeout)
-        others = [n for n in self.nodes if n != "control"]
-        for name in others:
-            self.start_node(name)
-        self.wait_healthy(others, timeout)
+        for role in ("region", "pop"):  # POPs check their regions as they start
+            names = [n.config.name for n in self.by_role(role)]
+            for name in names:
+                self.start_node(name)
+            self.wait_healthy(names, timeout)
 
     def start_node(self, name: str) -> None:
         node = self.nodes[name]

@@ -47,6 +47,17 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idle_ttl_s: float = 300.0
     """How long an idle warm worker is kept."""
     feed_wait_s: float = 20.0
+    engine: Literal["auto", "zygote", "process"] = "auto"
+    """``zygote`` (Linux: forked, isolated sandboxes) or ``process`` (portable)."""
+    uid_base: int = 200_000
+    uid_count: int = 50_000
+    """Each function runs as its own uid from [uid_base, uid_base + uid_count)."""
+    tmp_mb: int = 64
+    """Size of each function's private /tmp, and the largest file it may write."""
+    pids_max: int = 64
+    nofile: int = 256
+    zygote_ttl_s: float = 600.0
+    """How long the zygote of a version nobody calls is kept."""
 
 
 def load_node_config(path: Path) -> NodeConfig:

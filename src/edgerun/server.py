@@ -8,6 +8,7 @@ deployment run exactly the same paths.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,12 @@ from edgerun.control.app import ControlApp, load_or_create_token
 from edgerun.control.bundles import BundleStore
 from edgerun.control.registry import SqliteRegistry
 from edgerun.node.app import NodeApp
+from edgerun.sandbox.base import SandboxFactory
+from edgerun.sandbox.cgroups import Cgroups
+from edgerun.sandbox.forked import EngineSettings, ZygoteSandboxFactory
+from edgerun.sandbox.isolation import Layer, detect
 from edgerun.sandbox.process import ProcessSandboxFactory
+from edgerun.sandbox.uids import UidMap
 
 log = logging.getLogger("edgerun.server")
 
@@ -48,8 +54,40 @@ def build_app(cfg: NodeConfig) -> Any:
         raise SystemExit(f"edgerun: cannot read the cluster token at {path}: {exc}") from None
     if not cfg.control_url:
         raise SystemExit("edgerun: a region or POP needs control_url in its config")
-    factory = ProcessSandboxFactory(data / "logs" / "sandbox.log")
-    return NodeApp(cfg, token, factory).asgi
+    factory, layers = make_engine(cfg)
+    return NodeApp(cfg, token, factory, isolation=layers).asgi
+
+
+def make_engine(cfg: NodeConfig) -> tuple[SandboxFactory, list[Layer]]:
+    """The sandbox engine for this node, and the isolation layers it achieves."""
+    data = Path(cfg.data_dir)
+    if cfg.engine == "process" or (cfg.engine == "auto" and sys.platform != "linux"):
+        plain = ProcessSandboxFactory(data / "logs" / "sandbox.log")
+        return plain, [Layer("process per worker", True, "engine = process")]
+    root = os.geteuid() == 0
+    cgroups = Cgroups(f"{cfg.name}-{os.getpid()}") if root else None
+    layers = detect(cfg.name, cgroups=cgroups)
+    for layer in layers:
+        if not layer.active:
+            log.warning("isolation layer off: %s (%s)", layer.name, layer.detail)
+    active = {layer.name: layer.active for layer in layers}
+    settings = EngineSettings(
+        namespaces=active["pid namespace"],
+        setuid=active["uid per function"],
+        seccomp=active["seccomp deny-list"],
+        tmp_mb=cfg.tmp_mb,
+        nofile=cfg.nofile,
+        pids_max=cfg.pids_max,
+        zygote_ttl_s=cfg.zygote_ttl_s,
+    )
+    uids = UidMap(data / "uids.json", cfg.uid_base, cfg.uid_count)
+    factory = ZygoteSandboxFactory(
+        node=cfg.name,
+        settings=settings,
+        cgroups=cgroups if cgroups and cgroups.version else None,
+        uids=uids,
+    )
+    return factory, layers
 
 
 class Server:

@@ -38,6 +38,7 @@ from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
 from edgerun.placement import Decision, FunctionView, NodeLimits, decide
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxError, SandboxFactory, SandboxInitError, SandboxSpec
+from edgerun.sandbox.isolation import Layer, as_dicts
 from edgerun.sandbox.protocol import Failure, Invoke
 
 log = logging.getLogger("edgerun.node")
@@ -72,8 +73,17 @@ class _Call:
 
 
 class NodeApp:
-    def __init__(self, cfg: NodeConfig, token: str, factory: SandboxFactory) -> None:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        token: str,
+        factory: SandboxFactory,
+        *,
+        isolation: list[Layer] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.factory = factory
+        self.isolation = isolation or []
         self.token = token
         data = Path(cfg.data_dir)
         self.client = httpx.AsyncClient(
@@ -112,6 +122,7 @@ class NodeApp:
     # --- lifecycle ---------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.factory.open()
         self._tasks = [
             asyncio.create_task(
                 follow(
@@ -154,6 +165,7 @@ class NodeApp:
         while True:
             await asyncio.sleep(min(30.0, self.cfg.idle_ttl_s / 2))
             await self.pool.reap_idle()
+            await self.factory.reap_idle()
 
     # --- small endpoints ---------------------------------------------------
     async def health(self, request: Request) -> Response:
@@ -200,6 +212,7 @@ class NodeApp:
                     for r in self.regions.regions
                 ],
                 "functions": functions,
+                "isolation": as_dicts(self.isolation),
                 "placements": [
                     {"function": f, "placement": p, "count": n}
                     for (f, p), n in sorted(self.counters.items())

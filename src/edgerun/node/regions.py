@@ -24,6 +24,9 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAYBE_RAN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadTimeout)
 
 
+_SLOW_CHECKS_TO_DOWN = 3
+
+
 class AllRegionsDown(Exception):
     pass
 
@@ -40,6 +43,7 @@ class Region:
     latency_ms: float = 0.0
     warm: frozenset[str] = field(default_factory=frozenset)
     checked_at: float = 0.0
+    failures: int = 0
 
 
 class Regions:
@@ -59,11 +63,16 @@ class Regions:
             resp = await self._client.get(f"{region.url}/v1/health", timeout=2.0)
             resp.raise_for_status()
             body = resp.json()
-        except (httpx.HTTPError, ValueError):
-            if region.healthy:
-                log.warning("region %s is down", region.name)
-            region.healthy = False
+        except (httpx.HTTPError, ValueError) as exc:
+            # A refused connection is certain; a slow answer may be load, so
+            # it takes a few in a row before the region counts as down.
+            region.failures += 1
+            refused = isinstance(exc, httpx.ConnectError)
+            if region.healthy and (refused or region.failures >= _SLOW_CHECKS_TO_DOWN):
+                log.warning("region %s is down (%s)", region.name, type(exc).__name__)
+                region.healthy = False
         else:
+            region.failures = 0
             rtt = (time.perf_counter() - start) * 1000
             region.latency_ms = (
                 rtt if not region.latency_ms else 0.8 * region.latency_ms + 0.2 * rtt

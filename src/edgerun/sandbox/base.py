@@ -84,8 +84,16 @@ class Sandbox(Protocol):
 
 
 class SandboxFactory(Protocol):
+    async def open(self) -> None:
+        """Start whatever the factory needs (called once at node start-up)."""
+        ...
+
     async def start(self, spec: SandboxSpec) -> Sandbox:
         """Start a ready sandbox, or raise SandboxInitError."""
+        ...
+
+    async def reap_idle(self, now: float | None = None) -> int:
+        """Release per-version resources nobody used for a while."""
         ...
 
     async def close(self) -> None: ...

@@ -1,4 +1,8 @@
-"""The process that runs user code: ``python -m edgerun.sandbox.worker``.
+"""The code that serves invocations inside a sandbox.
+
+Run as ``python -m edgerun.sandbox.worker`` it is a whole worker process (the
+portable engine); the zygote engine imports it and calls :func:`serve` in
+each forked sandbox.
 
 It imports the handler once, says :class:`Ready` (or :class:`InitFailed`),
 then serves one invocation at a time over the channel the node handed it.
@@ -20,6 +24,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from edgerun.lambda_http import ResponseError, encode_json, to_http_response
@@ -78,7 +83,18 @@ class _CappedBuffer(io.TextIOBase):
         return "".join(self._parts) + (_TRUNCATED if self.truncated else "")
 
 
-def _error_info(exc: BaseException, code_root: str) -> ErrorInfo:
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker knows about the function it serves."""
+
+    function: str
+    version: str
+    memory_mb: int
+    code_root: str
+
+
+def error_info(exc: BaseException, code_root: str) -> ErrorInfo:
+    """The exception with only the user's own stack frames."""
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(code_root)
     ]
@@ -89,9 +105,9 @@ def _error_info(exc: BaseException, code_root: str) -> ErrorInfo:
     )
 
 
-def _load_handler(bundle: str, handler: str) -> Callable[..., Any]:
+def load_handler(code_root: str, handler: str) -> Callable[..., Any]:
     module_name, _, attr = handler.rpartition(".")
-    sys.path.insert(0, bundle)
+    sys.path.insert(0, code_root)
     module = importlib.import_module(module_name)
     fn = getattr(module, attr, None)
     if fn is None:
@@ -101,8 +117,8 @@ def _load_handler(bundle: str, handler: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-def _invoke(fn: Callable[..., Any], msg: Invoke, args: argparse.Namespace) -> Result | Failure:
-    ctx = LambdaContext(args.function, args.version, args.memory_mb, msg.id, msg.timeout_s)
+def _invoke(fn: Callable[..., Any], msg: Invoke, info: WorkerInfo) -> Result | Failure:
+    ctx = LambdaContext(info.function, info.version, info.memory_mb, msg.id, msg.timeout_s)
     buf = _CappedBuffer()
     real_out, real_err = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = buf
@@ -119,10 +135,29 @@ def _invoke(fn: Callable[..., Any], msg: Invoke, args: argparse.Namespace) -> Re
             logs=buf.getvalue(),
         )
     except BaseException as exc:  # user code may raise anything, SystemExit included
-        return Failure(id=msg.id, error=_error_info(exc, args.bundle), logs=buf.getvalue())
+        return Failure(id=msg.id, error=error_info(exc, info.code_root), logs=buf.getvalue())
     finally:
         sys.stdout, sys.stderr = real_out, real_err
     return Result(id=msg.id, status=status, headers=headers, body=body, logs=buf.getvalue())
+
+
+def _cpu_budget(timeout_s: float) -> None:
+    """Let this invocation use at most its timeout in CPU seconds (SIGXCPU after)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CPU, (int(used + timeout_s) + 1, resource.RLIM_INFINITY))
+
+
+def serve(sock: socket.socket, fn: Callable[..., Any], info: WorkerInfo) -> None:
+    """Answer invocations one at a time until the node closes the channel."""
+    while True:
+        try:
+            msg = recv_invoke(sock)
+        except EOFError:
+            return
+        _cpu_budget(msg.timeout_s)
+        send_frame(sock, _invoke(fn, msg, info))
 
 
 def _die_with_parent() -> None:
@@ -159,20 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent()
     _limit_memory(args.memory_mb)
     try:
-        fn = _load_handler(args.bundle, args.handler)
+        fn = load_handler(args.bundle, args.handler)
     except BaseException as exc:
-        info = _error_info(exc, args.bundle)
+        info = error_info(exc, args.bundle)
         if not info.traceback:
             info.traceback = traceback.format_exception_only(exc)
         send_frame(sock, InitFailed(error=info))
         return
     send_frame(sock, Ready(pid=os.getpid()))
-    while True:
-        try:
-            msg = recv_invoke(sock)
-        except EOFError:
-            return
-        send_frame(sock, _invoke(fn, msg, args))
+    serve(sock, fn, WorkerInfo(args.function, args.version, args.memory_mb, args.bundle))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""Per-sandbox memory and pids limits through cgroup v1 or v2.
+
+The node (root) creates one cgroup per sandbox under its own subtree, moves
+the sandbox's process in before any user code runs, and reads the OOM
+counter when a sandbox dies so the caller learns it hit its memory limit.
+Whichever version the kernel offers is used; with neither, the sandbox
+runs without (and ``edgerun doctor`` says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+_ROOT = Path("/sys/fs/cgroup")
+
+
+def _writable(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
+class Cgroups:
+    """A node's cgroup subtree; ``version`` is 1, 2, or 0 when unavailable."""
+
+    def __init__(self, name: str, root: Path = _ROOT) -> None:
+        self.version = 0
+        self._dirs: dict[str, Path] = {}
+        v2 = root / "cgroup.controllers"
+        if v2.exists() and {"memory", "pids"} <= set(v2.read_text().split()):
+            base = root / "edgerun" / name
+            if self._mkdir_v2(root, base):
+                self.version = 2
+                self._dirs = {"memory": base, "pids": base}
+        elif _writable(root / "memory"):
+            self.version = 1
+            for ctl in ("memory", "pids"):
+                if _writable(root / ctl):
+                    path = root / ctl / "edgerun" / name
+                    path.mkdir(parents=True, exist_ok=True)
+                    self._dirs[ctl] = path
+
+    @staticmethod
+    def _mkdir_v2(root: Path, base: Path) -> bool:
+        try:
+            (root / "edgerun").mkdir(exist_ok=True)
+            for parent in (root, root / "edgerun"):
+                (parent / "cgroup.subtree_control").write_text("+memory +pids")
+            base.mkdir(exist_ok=True)
+            (base / "cgroup.subtree_control").write_text("+memory +pids")
+        except OSError:
+            return False
+        return True
+
+    @property
+    def memory(self) -> bool:
+        return "memory" in self._dirs
+
+    @property
+    def pids(self) -> bool:
+        return "pids" in self._dirs
+
+    def create(self, name: str, *, memory_mb: int, pids_max: int) -> SandboxCgroup | None:
+        if not self._dirs:
+            return None
+        dirs = {ctl: base / name for ctl, base in self._dirs.items()}
+        for path in set(dirs.values()):
+            path.mkdir(exist_ok=True)
+        limit = str(memory_mb * 1024 * 1024)
+        if "memory" in dirs:
+            mem = dirs["memory"]
+            if self.version == 2:
+                (mem / "memory.max").write_text(limit)
+                with contextlib.suppress(OSError):
+                    (mem / "memory.swap.max").write_text("0")
+            else:
+                (mem / "memory.limit_in_bytes").write_text(limit)
+                with contextlib.suppress(OSError):
+                    (mem / "memory.memsw.limit_in_bytes").write_text(limit)
+        if "pids" in dirs:
+            (dirs["pids"] / "pids.max").write_text(str(pids_max))
+        return SandboxCgroup(self.version, dirs)
+
+    def remove_all(self) -> None:
+        for base in set(self._dirs.values()):
+            if base.is_dir():
+                for child in base.iterdir():
+                    if child.is_dir():
+                        SandboxCgroup(self.version, {"x": child}).destroy()
+                with contextlib.suppress(OSError):
+                    base.rmdir()
+
+
+class SandboxCgroup:
+    def __init__(self, version: int, dirs: dict[str, Path]) -> None:
+        self.version = version
+        self.dirs = dirs
+
+    def add(self, pid: int) -> None:
+        for path in set(self.dirs.values()):
+            (path / "cgroup.procs").write_text(str(pid))
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for path in set(self.dirs.values()):
+            with contextlib.suppress(OSError):
+                out.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+        return sorted(out)
+
+    def oom_killed(self) -> bool:
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return False
+        try:
+            if self.version == 2:
+                events = (mem / "memory.events").read_text()
+                return any(
+                    line.split()[0] == "oom_kill" and int(line.split()[1]) > 0
+                    for line in events.splitlines()
+                )
+            control = (mem / "memory.oom_control").read_text()
+            return any(
+                line.startswith("oom_kill ") and int(line.split()[1]) > 0
+                for line in control.splitlines()
+            )
+        except (OSError, ValueError, IndexError):
+            return False
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the cgroup, including ones it forked."""
+        if self.version == 2:
+            for path in set(self.dirs.values()):
+                with contextlib.suppress(OSError):
+                    (path / "cgroup.kill").write_text("1")
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.002)
+
+    def destroy(self) -> None:
+        self.kill_all()
+        for path in set(self.dirs.values()):
+            for _ in range(100):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.005)

@@ -1,0 +1,84 @@
+"""What every sandbox kind shares: one invocation at a time over a stream channel.
+
+Subclasses say how to stop the sandbox and how to explain its death; the
+frame exchange, timeout and crash handling live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from edgerun.sandbox.base import SandboxCrashed, SandboxSpec, SandboxTimeout
+from edgerun.sandbox.protocol import (
+    Failure,
+    FrameError,
+    Invoke,
+    Result,
+    encode_frame,
+    read_from_sandbox,
+)
+
+
+class ChannelSandbox:
+    def __init__(
+        self, spec: SandboxSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.spec = spec
+        self._reader = reader
+        self._writer = writer
+        self._dead = False
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead
+
+    async def invoke(self, msg: Invoke) -> Result | Failure:
+        try:
+            self._writer.write(encode_frame(msg))
+            reply = await asyncio.wait_for(read_from_sandbox(self._reader), msg.timeout_s)
+        except TimeoutError:
+            await self.close()
+            raise SandboxTimeout(
+                f"function {self.spec.function!r} did not finish within its "
+                f"{msg.timeout_s:g} s timeout and was stopped"
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, FrameError) as exc:
+            await self._terminate()
+            message = await self._death_message(exc)
+            await self.close()
+            raise SandboxCrashed(message) from None
+        if not isinstance(reply, Result | Failure) or reply.id != msg.id:
+            await self.close()
+            raise SandboxCrashed("the sandbox broke the protocol and was stopped")
+        return reply
+
+    async def close(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        self._writer.close()
+        await self._terminate()
+        await self._cleanup()
+
+    async def _terminate(self) -> None:
+        raise NotImplementedError
+
+    async def _cleanup(self) -> None:
+        return None
+
+    async def _death_message(self, exc: BaseException) -> str:
+        raise NotImplementedError
+
+
+def describe_status(function: str, status: int | None, memory_mb: int, oom: bool) -> str:
+    """A sentence for the caller about how a sandbox died."""
+    if oom:
+        how = f"exceeded its {memory_mb} MB memory limit and was killed"
+    elif status is None:
+        how = "stopped before it answered"
+    elif status < 0:
+        how = f"was killed by signal {signal.Signals(-status).name}"
+    else:
+        how = f"exited with status {status}"
+    return f"the sandbox running {function!r} {how}"
