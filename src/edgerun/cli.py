@@ -223,6 +223,8 @@ def invoke_cmd(
     name: Annotated[str, typer.Argument(help="NAME or NAME@ALIAS")],
     data: Annotated[str, typer.Option(help="JSON payload.")] = "{}",
     pop: Annotated[str, typer.Option(help="POP (or region) URL.")] = "",
+    logs: Annotated[bool, typer.Option(help="Also print the invocation's output.")] = False,
+    token: TokenOpt = "",
 ) -> None:
     """Invoke a function through a POP and say where it ran."""
     with _errors():
@@ -238,6 +240,43 @@ def invoke_cmd(
             _fail(f"invocation failed with HTTP {result.status} at {where}")
         sys.stdout.write(body + ("" if body.endswith("\n") else "\n"))
         err.print(f"[dim]ran at {where}[/dim]", highlight=False)
+        if logs:
+            _print_logs(_first_pop(pop), result.headers.get("x-edgerun-request-id", ""), token)
+
+
+def _print_logs(node_url: str, request_id: str, token: str) -> None:
+    import httpx
+
+    token = token or _client("", "").token
+    resp = httpx.get(
+        f"{node_url}/v1/logs",
+        params={"request_id": request_id},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    entries = resp.json().get("logs", []) if resp.status_code == 200 else []
+    if not entries:
+        err.print(f"[dim]no output captured for request {request_id}[/dim]")
+    for entry in entries:
+        err.print(f"[dim]--- output of {request_id} on {entry['node']} ---[/dim]")
+        sys.stderr.write(entry["output"])
+
+
+@app.command()
+def doctor() -> None:
+    """Show which isolation layers sandboxes get on this machine."""
+    from edgerun.sandbox.isolation import detect
+
+    table = Table(title="edgerun isolation on this machine")
+    for col in ("layer", "active", "detail"):
+        table.add_column(col)
+    layers = detect()
+    for layer in layers:
+        mark = "[green]yes[/green]" if layer.active else "[red]no[/red]"
+        table.add_row(layer.name, mark, layer.detail)
+    out.print(table)
+    active = sum(layer.active for layer in layers)
+    out.print(f"{active}/{len(layers)} layers active")
 
 
 @app.command(name="ls")
@@ -318,7 +357,7 @@ def status() -> None:
                 n["url"],
                 "[green]up[/green]",
                 str(body.get("revision")),
-                f"{pool['used']}/{pool['slots']} busy {pool['busy']}" if pool else "",
+                f"{pool['used_mb']}/{pool['capacity_mb']} MB, {pool['busy']} busy" if pool else "",
                 str(len(body.get("warm_versions", []))) if pool else "",
                 ", ".join(
                     f"{p['function']}:{p['placement']}={p['count']}"

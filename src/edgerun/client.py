@@ -63,6 +63,7 @@ def _raise_for(resp: httpx.Response) -> None:
 class Client:
     def __init__(self, control_url: str, token: str = "", *, timeout: float = 30.0) -> None:
         self.control_url = control_url.rstrip("/")
+        self.token = token
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(headers=headers, timeout=timeout)
 

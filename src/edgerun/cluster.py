@@ -70,7 +70,7 @@ class LocalCluster:
                     data_dir=str(self.root / r.name),
                     control_url=self.control_url,
                     token_file=str(self.token_file),
-                    slots=r.slots,
+                    capacity_mb=r.capacity_mb,
                     max_memory_mb=r.max_memory_mb,
                     max_timeout_s=r.max_timeout_s,
                 )
@@ -86,7 +86,7 @@ class LocalCluster:
                     data_dir=str(self.root / p.name),
                     control_url=self.control_url,
                     token_file=str(self.token_file),
-                    slots=p.slots,
+                    capacity_mb=p.capacity_mb,
                     max_memory_mb=p.max_memory_mb,
                     max_timeout_s=p.max_timeout_s,
                     regions=[RegionRef(name=n, url=region_urls[n]) for n in parents],

@@ -33,8 +33,10 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where the cluster's admin token lives (generated there by the control plane)."""
     regions: list[RegionRef] = msgspec.field(default_factory=list)
     """Parent regions of a POP, in order of preference."""
-    slots: int = 4
-    """How many worker processes this node may run at once."""
+    capacity_mb: int = 1024
+    """Memory budget for sandboxes; each charges its function's memory_mb."""
+    max_per_function: int = 8
+    """Most sandboxes one function version may hold on this node."""
     max_memory_mb: int = 1024
     """The largest function (memory_mb) this node will run itself."""
     max_timeout_s: float = 60.0
@@ -96,7 +98,7 @@ class ControlSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class RegionSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     port: int
-    slots: int = 16
+    capacity_mb: int = 8192
     max_memory_mb: int = 4096
     max_timeout_s: float = 300.0
 
@@ -106,7 +108,7 @@ class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int
     regions: list[str] = msgspec.field(default_factory=list)
     """Names of the parent regions, preferred first; all regions when empty."""
-    slots: int = 4
+    capacity_mb: int = 1024
     max_memory_mb: int = 512
     max_timeout_s: float = 30.0
 

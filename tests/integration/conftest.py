@@ -19,23 +19,26 @@ from tests.conftest import FUNCTIONS
 pytestmark = pytest.mark.integration
 
 
-def make_topology(pop_slots: int = 2) -> Topology:
+def make_topology(pop_capacity_mb: int = 256) -> Topology:
     return Topology(
         control=ControlSpec(port=free_port()),
         region=[
-            RegionSpec(name="region-1", port=free_port(), slots=8),
-            RegionSpec(name="region-2", port=free_port(), slots=8),
+            RegionSpec(name="region-1", port=free_port(), capacity_mb=1024),
+            RegionSpec(name="region-2", port=free_port(), capacity_mb=1024),
         ],
         pop=[
             PopSpec(
-                name="pop-1", port=free_port(), slots=pop_slots, regions=["region-1", "region-2"]
+                name="pop-1",
+                port=free_port(),
+                capacity_mb=pop_capacity_mb,
+                regions=["region-1", "region-2"],
             )
         ],
     )
 
 
-def start_cluster(root: Path, pop_slots: int = 2) -> LocalCluster:
-    cluster = LocalCluster(make_topology(pop_slots), root)
+def start_cluster(root: Path, pop_capacity_mb: int = 256) -> LocalCluster:
+    cluster = LocalCluster(make_topology(pop_capacity_mb), root)
     try:
         cluster.start()
     except BaseException:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[tuple[LocalCluster, Client]]:
     """A cluster of its own, since these tests kill its nodes."""
-    cluster = start_cluster(tmp_path / "c", pop_slots=2)
+    cluster = start_cluster(tmp_path / "c", pop_capacity_mb=256)
     client = Client(cluster.control_url, cluster.token)
     try:
         yield cluster, client

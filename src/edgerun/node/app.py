@@ -29,11 +29,12 @@ from starlette.routing import Route
 
 from edgerun.config import NodeConfig
 from edgerun.errors import ApiError, bad_request, not_found
-from edgerun.http import EXCEPTION_HANDLERS, check_bearer, json_response, read_body
+from edgerun.http import EXCEPTION_HANDLERS, check_bearer, decode_json, json_response, read_body
 from edgerun.lambda_http import build_event
 from edgerun.models import SHA256_RE, FunctionRecord, UnknownQualifier, Version, validate_name
 from edgerun.node.catalog import Catalog, follow
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
+from edgerun.node.logs import LogEntry, LogRing
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
 from edgerun.placement import Decision, FunctionView, NodeLimits, decide
 from edgerun.pool import Pool
@@ -59,6 +60,12 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _INIT_ERROR_TTL_S = 10.0
+
+
+class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    function: str
+    qualifier: str | None = None
+    count: int = 1
 
 
 @dataclass(slots=True)
@@ -96,13 +103,15 @@ class NodeApp:
         self.code = CodeCache(data, self.client, upstreams, max_uncompressed=cfg.max_bundle_bytes)
         self.pool = Pool(
             factory,
-            slots=cfg.slots,
+            capacity_mb=cfg.capacity_mb,
+            max_per_function=cfg.max_per_function,
             max_queue=cfg.max_queue,
             queue_timeout_s=cfg.queue_timeout_s,
             idle_ttl_s=cfg.idle_ttl_s,
         )
         self.regions = Regions(cfg.regions, self.client)
         self.limits = NodeLimits(cfg.max_memory_mb, cfg.max_timeout_s)
+        self.logs = LogRing()
         self.init_errors: dict[tuple[str, str], tuple[float, SandboxInitError]] = {}
         self.counters: dict[tuple[str, str], int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -111,6 +120,9 @@ class NodeApp:
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/v1/status", self.status, methods=["GET"]),
             Route("/v1/bundles/{sha}", self.bundle, methods=["GET"]),
+            Route("/v1/pool", self.pool_state, methods=["GET"]),
+            Route("/v1/logs", self.logs_query, methods=["GET"]),
+            Route("/v1/admin/prewarm", self.prewarm, methods=["POST"]),
             Route("/v1/functions/{name}/invocations", self.invoke_direct, methods=["POST"]),
             Route("/fn/{target}", self.invoke_http, methods=_METHODS),
             Route("/fn/{target}/{path:path}", self.invoke_http, methods=_METHODS),
@@ -220,6 +232,54 @@ class NodeApp:
             }
         )
 
+    async def pool_state(self, request: Request) -> Response:
+        """Read-only: what this node holds warm, for placement and `edgerun status`."""
+        return json_response(
+            {"node": self.cfg.name, **self.pool.snapshot(), "versions": self.pool.versions()}
+        )
+
+    async def logs_query(self, request: Request) -> Response:
+        """Captured output by request id (asking the regions too) or by function."""
+        check_bearer(request, self.token)
+        request_id = request.query_params.get("request_id")
+        function = request.query_params.get("function")
+        if not request_id and not function:
+            raise bad_request("pass request_id or function")
+        found = self.logs.find(request_id=request_id, function=function)
+        if request_id and not found and self.cfg.role == "pop":
+            found = await self._region_logs(request_id)
+        return json_response({"logs": found})
+
+    async def _region_logs(self, request_id: str) -> list[LogEntry]:
+        for region in self.regions.regions:
+            try:
+                resp = await self.client.get(
+                    f"{region.url}/v1/logs", params={"request_id": request_id}, timeout=2.0
+                )
+                entries = msgspec.json.decode(resp.content, type=dict[str, list[LogEntry]])
+            except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if entries.get("logs"):
+                return entries["logs"]
+        return []
+
+    async def prewarm(self, request: Request) -> Response:
+        """Start idle sandboxes for a function version ahead of its traffic."""
+        check_bearer(request, self.token)
+        body: PrewarmRequest = decode_json(await read_body(request, 4096), PrewarmRequest)
+        if not 1 <= body.count <= 100:
+            raise bad_request("count must be between 1 and 100")
+        fn, version = self._resolve(body.function, body.qualifier, request)
+        call = _Call(fn, version, "direct", None, "prewarm")
+        try:
+            await self.code.ensure(version.sha256)
+            started = await self.pool.prewarm(self._spec(call), body.count)
+        except BundleUnavailable as exc:
+            raise ApiError(503, "CodeUnavailable", str(exc)) from None
+        except SandboxInitError as exc:
+            raise _init_error(exc, {}) from None
+        return json_response({"function": fn.name, "version": version.sha256, "started": started})
+
     async def bundle(self, request: Request) -> Response:
         check_bearer(request, self.token)
         sha = request.path_params["sha"]
@@ -285,7 +345,7 @@ class NodeApp:
     async def _dispatch(self, call: _Call, request: Request, body: bytes) -> Response:
         if self.cfg.role == "pop":
             cfg = call.fn.config
-            view = self.pool.view(self._spec(call).key)
+            view = self.pool.view(self._spec(call).key, cfg.memory_mb)
             decision = decide(
                 FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement),
                 has_idle=view.has_idle,
@@ -387,6 +447,8 @@ class NodeApp:
             exc.headers.update(self._headers(decision, call))
             raise
         self.init_errors.pop(key, None)
+        if reply.logs:
+            self.logs.add(call.request_id, call.fn.name, sha, self.cfg.name, reply.logs)
         headers = self._headers(decision, call, cold=cold)
         self._count(call, headers["x-edgerun-placement"])
         if isinstance(reply, Failure):

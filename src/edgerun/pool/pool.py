@@ -1,22 +1,25 @@
-"""A node's warm pool: reuse idle sandboxes, start new ones within a budget.
+"""A node's warm pool: reuse idle sandboxes, start new ones within a memory budget.
 
-Capacity is a count of *slots* (one sandbox each). Each sandbox serves one
-request at a time. When every slot is taken, an idle sandbox of another
-version is evicted (least recently used first); when all are busy the
-request waits in a bounded queue, and past that it is refused.
+Each sandbox charges its function's ``memory_mb`` against the node's
+``capacity_mb`` and serves one request at a time. When the budget is spent,
+idle sandboxes of other versions are evicted, least valuable first (lowest
+recent use rate, then least recently used); busy ones never are. Past that
+a request waits in a bounded queue, and past the queue it gets a 429.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgerun.errors import ApiError
 from edgerun.sandbox.base import Sandbox, SandboxFactory, SandboxSpec
+
+USE_HALF_LIFE_S = 60.0
 
 
 class PoolFull(ApiError):
@@ -24,13 +27,21 @@ class PoolFull(ApiError):
         super().__init__(429, "TooManyRequests", message, headers={"retry-after": "1"})
 
 
+class TooBigForNode(ApiError):
+    def __init__(self, need: int, capacity: int) -> None:
+        super().__init__(
+            507, "InsufficientCapacity",
+            f"the function needs {need} MB but this node's capacity is {capacity} MB",
+        )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class PoolView:
-    """What the placement policy may know about the pool, for one key."""
+    """What the placement policy may know about the pool, for one version."""
 
     has_idle: bool
     can_start: bool
-    """A new sandbox could start now: a free slot or an idle one to evict."""
+    """A new sandbox could start now: free memory, or idle sandboxes to evict."""
 
 
 @dataclass(slots=True)
@@ -39,50 +50,92 @@ class _Entry:
     last_used: float
 
 
+@dataclass(slots=True)
+class _Version:
+    """Bookkeeping for one sandbox key (a function version and its settings)."""
+
+    function: str
+    version: str
+    memory_mb: int
+    idle: list[_Entry] = field(default_factory=list)
+    busy: int = 0
+    starting: int = 0
+    uses: float = 0.0
+    uses_at: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.idle) + self.busy
+
+    def use_rate(self, now: float) -> float:
+        """Exponentially decayed count of recent uses."""
+        return self.uses * math.exp2(-(now - self.uses_at) / USE_HALF_LIFE_S)
+
+    def record_use(self, now: float) -> None:
+        self.uses = self.use_rate(now) + 1.0
+        self.uses_at = now
+
+
 class Pool:
     def __init__(
         self,
         factory: SandboxFactory,
         *,
-        slots: int,
+        capacity_mb: int,
+        max_per_function: int = 8,
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
         idle_ttl_s: float = 300.0,
     ) -> None:
         self._factory = factory
-        self.slots = slots
+        self.capacity_mb = capacity_mb
+        self.max_per_function = max_per_function
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
         self.idle_ttl_s = idle_ttl_s
-        self._idle: dict[str, list[_Entry]] = {}
-        self._lru: OrderedDict[int, tuple[str, _Entry]] = OrderedDict()
-        self._busy: dict[str, int] = {}
-        self._starting = 0
-        self._total = 0
+        self._versions: dict[str, _Version] = {}
+        self._used_mb = 0
         self._waiting = 0
         self._freed = asyncio.Condition()
-        self._versions: dict[str, str] = {}
 
     # --- views -----------------------------------------------------------
-    def view(self, key: str) -> PoolView:
-        return PoolView(
-            has_idle=bool(self._idle.get(key)),
-            can_start=self._total < self.slots or bool(self._lru),
-        )
+    def _evictable_mb(self, key: str) -> int:
+        return sum(v.memory_mb * len(v.idle) for k, v in self._versions.items() if k != key)
+
+    def view(self, key: str, memory_mb: int) -> PoolView:
+        v = self._versions.get(key)
+        if v is not None and v.idle:
+            return PoolView(has_idle=True, can_start=True)
+        room = self.capacity_mb - self._used_mb + self._evictable_mb(key)
+        under_max = v is None or v.count < self.max_per_function
+        return PoolView(has_idle=False, can_start=under_max and memory_mb <= room)
 
     def warm_versions(self) -> set[str]:
         """Versions with at least one live sandbox, idle or busy."""
-        keys = {k for k, v in self._idle.items() if v} | {k for k, n in self._busy.items() if n}
-        return {self._versions[k] for k in keys}
+        return {v.version for v in self._versions.values() if v.count}
 
     def snapshot(self) -> dict[str, object]:
         return {
-            "slots": self.slots,
-            "used": self._total,
-            "idle": sum(len(v) for v in self._idle.values()),
-            "busy": sum(self._busy.values()),
+            "capacity_mb": self.capacity_mb,
+            "used_mb": self._used_mb,
+            "idle": sum(len(v.idle) for v in self._versions.values()),
+            "busy": sum(v.busy for v in self._versions.values()),
             "waiting": self._waiting,
         }
+
+    def versions(self) -> list[dict[str, object]]:
+        """Per version: warm (idle) and busy sandboxes and the memory they hold."""
+        return [
+            {
+                "function": v.function,
+                "version": v.version,
+                "idle": len(v.idle),
+                "busy": v.busy,
+                "memory_mb": v.memory_mb * v.count,
+            }
+            for v in sorted(self._versions.values(), key=lambda v: (v.function, v.version))
+            if v.count
+        ]
 
     # --- acquire / release ----------------------------------------------
     @contextlib.asynccontextmanager
@@ -93,16 +146,15 @@ class Pool:
         never put back.
         """
         sandbox, cold = await self._acquire(spec)
+        v = self._versions[spec.key]
         try:
             yield sandbox, cold
         finally:
-            self._busy[spec.key] -= 1
+            v.busy -= 1
             if sandbox.alive:
-                entry = _Entry(sandbox, time.monotonic())
-                self._idle.setdefault(spec.key, []).append(entry)
-                self._lru[id(entry)] = (spec.key, entry)
+                v.idle.append(_Entry(sandbox, time.monotonic()))
             else:
-                self._total -= 1
+                self._used_mb -= v.memory_mb
                 await sandbox.close()
             await self._wake()
 
@@ -110,74 +162,111 @@ class Pool:
         async with self._freed:
             self._freed.notify_all()
 
+    def _entry(self, spec: SandboxSpec) -> _Version:
+        v = self._versions.get(spec.key)
+        if v is None:
+            v = self._versions[spec.key] = _Version(spec.function, spec.version, spec.memory_mb)
+        return v
+
     async def _acquire(self, spec: SandboxSpec) -> tuple[Sandbox, bool]:
-        key = spec.key
-        self._versions[key] = spec.version
+        if spec.memory_mb > self.capacity_mb:
+            raise TooBigForNode(spec.memory_mb, self.capacity_mb)
+        v = self._entry(spec)
+        v.record_use(time.monotonic())
         deadline = time.monotonic() + self.queue_timeout_s
         while True:
-            idle = self._idle.get(key)
-            while idle:
-                entry = idle.pop()
-                del self._lru[id(entry)]
+            while v.idle:
+                entry = v.idle.pop()
                 if entry.sandbox.alive:
-                    self._busy[key] = self._busy.get(key, 0) + 1
+                    v.busy += 1
                     return entry.sandbox, False
-                self._total -= 1
+                self._used_mb -= v.memory_mb
                 await entry.sandbox.close()
-            if self._total >= self.slots and self._lru:
-                _, (_victim_key, victim) = self._lru.popitem(last=False)
-                self._idle[_victim_key].remove(victim)
-                self._total -= 1
-                await victim.sandbox.close()
-            if self._total < self.slots:
-                self._total += 1
-                self._busy[key] = self._busy.get(key, 0) + 1
-                try:
-                    sandbox = await self._factory.start(spec)
-                except BaseException:
-                    self._total -= 1
-                    self._busy[key] -= 1
-                    await self._wake()
-                    raise
-                return sandbox, True
+            if v.count < self.max_per_function and await self._make_room(spec.key, v.memory_mb):
+                return await self._start(spec, v), True
             await self._wait(deadline)
+
+    async def _make_room(self, key: str, need: int) -> bool:
+        """Evict idle sandboxes of other versions until ``need`` MB are free."""
+        if self._used_mb + need <= self.capacity_mb:
+            return True
+        if self._used_mb + need - self._evictable_mb(key) > self.capacity_mb:
+            return False
+        now = time.monotonic()
+        candidates = sorted(
+            ((v.use_rate(now), e.last_used, k, e)
+             for k, v in self._versions.items() if k != key for e in v.idle),
+            key=lambda c: (c[0], c[1]),
+        )  # fmt: skip
+        for _rate, _last, k, entry in candidates:
+            if self._used_mb + need <= self.capacity_mb:
+                break
+            victim = self._versions[k]
+            victim.idle.remove(entry)
+            self._used_mb -= victim.memory_mb
+            await entry.sandbox.close()
+        return self._used_mb + need <= self.capacity_mb
+
+    async def _start(self, spec: SandboxSpec, v: _Version) -> Sandbox:
+        self._used_mb += v.memory_mb
+        v.busy += 1
+        try:
+            return await self._factory.start(spec)
+        except BaseException:
+            self._used_mb -= v.memory_mb
+            v.busy -= 1
+            await self._wake()
+            raise
 
     async def _wait(self, deadline: float) -> None:
         if self._waiting >= self.max_queue:
-            raise PoolFull(f"all {self.slots} workers are busy and the queue is full; retry later")
+            raise PoolFull("every sandbox this node can hold is busy and the queue is full")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise PoolFull(f"no worker became free within {self.queue_timeout_s:g} s")
+            raise PoolFull(f"no sandbox became free within {self.queue_timeout_s:g} s")
         self._waiting += 1
         try:
             async with self._freed:
                 await asyncio.wait_for(self._freed.wait(), remaining)
         except TimeoutError:
-            raise PoolFull(f"no worker became free within {self.queue_timeout_s:g} s") from None
+            raise PoolFull(f"no sandbox became free within {self.queue_timeout_s:g} s") from None
         finally:
             self._waiting -= 1
+
+    async def prewarm(self, spec: SandboxSpec, count: int) -> int:
+        """Start up to ``count`` idle sandboxes in free memory (never evicting)."""
+        v = self._entry(spec)
+        started = 0
+        while (
+            started < count
+            and v.count < self.max_per_function
+            and self._used_mb + v.memory_mb <= self.capacity_mb
+        ):
+            sandbox = await self._start(spec, v)
+            v.busy -= 1
+            v.idle.append(_Entry(sandbox, time.monotonic()))
+            started += 1
+        return started
 
     # --- housekeeping -----------------------------------------------------
     async def reap_idle(self, now: float | None = None) -> int:
         """Stop sandboxes idle for longer than the TTL; returns how many."""
         now = time.monotonic() if now is None else now
-        expired = [(k, e) for k, e in self._lru.values() if now - e.last_used > self.idle_ttl_s]
-        for key, entry in expired:
-            del self._lru[id(entry)]
-            self._idle[key].remove(entry)
-            self._total -= 1
-            await entry.sandbox.close()
-        if expired:
+        reaped = 0
+        for v in self._versions.values():
+            expired = [e for e in v.idle if now - e.last_used > self.idle_ttl_s]
+            for entry in expired:
+                v.idle.remove(entry)
+                self._used_mb -= v.memory_mb
+                await entry.sandbox.close()
+            reaped += len(expired)
+        if reaped:
             await self._wake()
-        return len(expired)
+        return reaped
 
     async def drop_idle(self) -> None:
         """Stop every idle sandbox (used at shutdown)."""
-        for key, entry in list(self._lru.values()):
-            del self._lru[id(entry)]
-            self._idle[key].remove(entry)
-            self._total -= 1
-            await entry.sandbox.close()
+        await self.reap_idle(now=math.inf)
 
     async def close(self) -> None:
         await self.drop_idle()

@@ -134,6 +134,10 @@ def _invoke(fn: Callable[..., Any], msg: Invoke, info: WorkerInfo) -> Result | F
             error=ErrorInfo(type="InvalidResponse", message=str(exc)),
             logs=buf.getvalue(),
         )
+    except MemoryError as exc:
+        err = error_info(exc, info.code_root)
+        err.message = f"the function ran out of memory (its limit is {info.memory_mb} MB)"
+        return Failure(id=msg.id, error=err, logs=buf.getvalue())
     except BaseException as exc:  # user code may raise anything, SystemExit included
         return Failure(id=msg.id, error=error_info(exc, info.code_root), logs=buf.getvalue())
     finally:

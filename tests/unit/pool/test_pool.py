@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from edgerun.errors import ApiError
 from edgerun.pool.pool import Pool, PoolFull, PoolView
 from edgerun.sandbox.base import SandboxSpec
 
@@ -63,7 +64,7 @@ def spec(function: str = "hello", version: str = "v1") -> SandboxSpec:
 
 
 def make_pool(factory: FakeFactory, slots: int = 1, **kw: float) -> Pool:
-    return Pool(factory, slots=slots, **kw)  # type: ignore[arg-type]
+    return Pool(factory, capacity_mb=slots * 128, **kw)  # type: ignore[arg-type]
 
 
 async def use(pool: Pool, s: SandboxSpec) -> tuple[FakeSandbox, bool]:
@@ -106,7 +107,7 @@ async def test_sandbox_not_alive_after_the_lease_is_discarded():
 
     assert cold is True
     assert again is not sandbox
-    assert pool.snapshot()["used"] == 1
+    assert pool.snapshot()["used_mb"] == 1 * 128
 
 
 async def test_idle_sandbox_that_died_is_not_reused():
@@ -119,7 +120,7 @@ async def test_idle_sandbox_that_died_is_not_reused():
 
     assert cold is True
     assert again is not first
-    assert pool.snapshot()["used"] == 1
+    assert pool.snapshot()["used_mb"] == 1 * 128
 
 
 # --- eviction -----------------------------------------------------------------------
@@ -135,7 +136,7 @@ async def test_full_pool_evicts_an_idle_sandbox_of_another_spec():
     assert cold is True
     assert old.closed
     assert new.spec.function == "two"
-    assert pool.snapshot()["used"] == 1
+    assert pool.snapshot()["used_mb"] == 1 * 128
 
 
 async def test_eviction_picks_the_least_recently_used_idle_sandbox():
@@ -188,7 +189,7 @@ async def test_queue_wait_times_out_with_pool_full():
     pool = make_pool(FakeFactory(), slots=1, queue_timeout_s=0.05)
 
     async with pool.lease(spec()):
-        with pytest.raises(PoolFull, match="no worker became free"):
+        with pytest.raises(PoolFull, match="no sandbox became free"):
             await use(pool, spec())
         assert pool.snapshot()["waiting"] == 0
 
@@ -201,8 +202,8 @@ async def test_factory_start_failure_frees_the_slot():
     with pytest.raises(RuntimeError):
         await use(pool, spec())
 
-    assert pool.snapshot()["used"] == 0
-    assert pool.view(spec().key).can_start
+    assert pool.snapshot()["used_mb"] == 0 * 128
+    assert pool.view(spec().key, 128).can_start
     _, cold = await use(pool, spec())
     assert cold is True
 
@@ -218,8 +219,8 @@ async def test_reap_idle_stops_sandboxes_idle_longer_than_the_ttl():
 
     assert reaped == 1
     assert sandbox.closed
-    assert pool.snapshot()["used"] == 0
-    assert not pool.view(spec().key).has_idle
+    assert pool.snapshot()["used_mb"] == 0 * 128
+    assert not pool.view(spec().key, 128).has_idle
 
 
 async def test_reap_idle_keeps_sandboxes_within_the_ttl():
@@ -245,7 +246,7 @@ async def test_close_stops_idle_sandboxes():
     await pool.close()
 
     assert sandbox.closed
-    assert pool.snapshot()["used"] == 0
+    assert pool.snapshot()["used_mb"] == 0 * 128
 
 
 # --- views --------------------------------------------------------------------------
@@ -254,22 +255,22 @@ async def test_close_stops_idle_sandboxes():
 async def test_view_of_an_empty_pool_can_start_but_has_no_idle():
     pool = make_pool(FakeFactory(), slots=1)
 
-    assert pool.view(spec().key) == PoolView(has_idle=False, can_start=True)
+    assert pool.view(spec().key, 128) == PoolView(has_idle=False, can_start=True)
 
 
 async def test_view_shows_an_idle_sandbox_for_its_key_only():
     pool = make_pool(FakeFactory(), slots=1)
     await use(pool, spec("one"))
 
-    assert pool.view(spec("one").key) == PoolView(has_idle=True, can_start=True)
-    assert pool.view(spec("two").key) == PoolView(has_idle=False, can_start=True)
+    assert pool.view(spec("one").key, 128) == PoolView(has_idle=True, can_start=True)
+    assert pool.view(spec("two").key, 128) == PoolView(has_idle=False, can_start=True)
 
 
 async def test_view_cannot_start_when_every_slot_is_busy():
     pool = make_pool(FakeFactory(), slots=1)
 
     async with pool.lease(spec("one")):
-        assert pool.view(spec("two").key) == PoolView(has_idle=False, can_start=False)
+        assert pool.view(spec("two").key, 128) == PoolView(has_idle=False, can_start=False)
 
 
 async def test_warm_versions_include_idle_and_busy_sandboxes():
@@ -291,9 +292,83 @@ async def test_warm_versions_forget_evicted_and_reaped_sandboxes():
     assert pool.warm_versions() == set()
 
 
-async def test_snapshot_counts_slots_idle_and_busy():
+async def test_snapshot_counts_memory_idle_and_busy():
     pool = make_pool(FakeFactory(), slots=3)
     await use(pool, spec("one"))
 
     async with pool.lease(spec("two")):
-        assert pool.snapshot() == {"slots": 3, "used": 2, "idle": 1, "busy": 1, "waiting": 0}
+        assert pool.snapshot() == {
+            "capacity_mb": 384,
+            "used_mb": 256,
+            "idle": 1,
+            "busy": 1,
+            "waiting": 0,
+        }
+
+
+def big_spec(function: str, memory_mb: int) -> SandboxSpec:
+    return SandboxSpec(
+        function=function,
+        version=f"{function}-v1",
+        handler="app.handler",
+        bundle_dir=Path("/nonexistent"),
+        memory_mb=memory_mb,
+        timeout_s=1.0,
+    )
+
+
+async def test_each_sandbox_charges_its_function_memory():
+    pool = Pool(FakeFactory(), capacity_mb=1000)  # type: ignore[arg-type]
+    await use(pool, big_spec("a", 300))
+    await use(pool, big_spec("b", 500))
+
+    assert pool.snapshot()["used_mb"] == 800
+
+
+async def test_a_large_function_evicts_as_many_idle_sandboxes_as_it_needs():
+    pool = Pool(FakeFactory(), capacity_mb=512)  # type: ignore[arg-type]
+    for name in ("a", "b", "c", "d"):
+        await use(pool, big_spec(name, 128))
+
+    await use(pool, big_spec("big", 384))
+
+    assert pool.warm_versions() == {"d-v1", "big-v1"}
+
+
+async def test_eviction_spares_the_more_used_function():
+    pool = Pool(FakeFactory(), capacity_mb=256)  # type: ignore[arg-type]
+    for _ in range(5):
+        await use(pool, big_spec("popular", 128))
+    await use(pool, big_spec("rare", 128))
+
+    await use(pool, big_spec("newcomer", 128))
+
+    assert pool.warm_versions() == {"popular-v1", "newcomer-v1"}
+
+
+async def test_a_function_larger_than_the_node_is_refused():
+    pool = Pool(FakeFactory(), capacity_mb=256)  # type: ignore[arg-type]
+
+    with pytest.raises(ApiError) as exc:
+        await use(pool, big_spec("huge", 512))
+
+    assert exc.value.status == 507
+
+
+async def test_per_function_maximum_makes_requests_wait():
+    pool = Pool(FakeFactory(), capacity_mb=1024, max_per_function=1, queue_timeout_s=0.05)  # type: ignore[arg-type]
+
+    async with pool.lease(spec()):
+        with pytest.raises(PoolFull):
+            await use(pool, spec())
+
+
+async def test_prewarm_starts_idle_sandboxes_without_evicting():
+    pool = Pool(FakeFactory(), capacity_mb=384)  # type: ignore[arg-type]
+    await use(pool, spec("other"))
+
+    started = await pool.prewarm(spec(), 5)
+
+    assert started == 2
+    assert pool.view(spec().key, 128).has_idle
+    assert pool.versions()[0]["function"] == "hello"
