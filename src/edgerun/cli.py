@@ -360,7 +360,7 @@ def status() -> None:
                 f"{pool['used_mb']}/{pool['capacity_mb']} MB, {pool['busy']} busy" if pool else "",
                 str(len(body.get("warm_versions", []))) if pool else "",
                 ", ".join(
-                    f"{p['function']}:{p['placement']}={p['count']}"
+                    f"{p['function']}:{p['placement']}({p['reason']})={p['count']}"
                     for p in body.get("placements", [])
                 ),
             )

@@ -87,6 +87,7 @@ class LocalCluster:
                     control_url=self.control_url,
                     token_file=str(self.token_file),
                     capacity_mb=p.capacity_mb,
+                    popular_per_min=p.popular_per_min,
                     max_memory_mb=p.max_memory_mb,
                     max_timeout_s=p.max_timeout_s,
                     regions=[RegionRef(name=n, url=region_urls[n]) for n in parents],

@@ -60,6 +60,13 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nofile: int = 256
     zygote_ttl_s: float = 600.0
     """How long the zygote of a version nobody calls is kept."""
+    popular_per_min: float = 2.0
+    """POP: requests a minute (decayed) that earn a function a sandbox here."""
+    popularity_half_life_s: float = 120.0
+    popularity_capacity: int = 100_000
+    """POP: functions whose popularity is tracked (memory stays bounded)."""
+    latency_sensitive_factor: float = 0.25
+    faster_in_region_ratio: float = 2.0
 
 
 def load_node_config(path: Path) -> NodeConfig:
@@ -111,6 +118,7 @@ class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     capacity_mb: int = 1024
     max_memory_mb: int = 512
     max_timeout_s: float = 30.0
+    popular_per_min: float = 2.0
 
 
 class Topology(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -40,6 +40,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     placement: Placement = "auto"
     network: bool = False
     idempotent: bool = False
+    latency_sensitive: bool = False
 
 
 class Version(msgspec.Struct, kw_only=True):

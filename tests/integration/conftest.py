@@ -19,7 +19,9 @@ from tests.conftest import FUNCTIONS
 pytestmark = pytest.mark.integration
 
 
-def make_topology(pop_capacity_mb: int = 256) -> Topology:
+def make_topology(pop_capacity_mb: int = 256, popular_per_min: float = 0.0) -> Topology:
+    """A POP that deems every function popular unless told otherwise, so tests of
+    the execution path run at the POP once the function is warm there."""
     return Topology(
         control=ControlSpec(port=free_port()),
         region=[
@@ -31,14 +33,17 @@ def make_topology(pop_capacity_mb: int = 256) -> Topology:
                 name="pop-1",
                 port=free_port(),
                 capacity_mb=pop_capacity_mb,
+                popular_per_min=popular_per_min,
                 regions=["region-1", "region-2"],
             )
         ],
     )
 
 
-def start_cluster(root: Path, pop_capacity_mb: int = 256) -> LocalCluster:
-    cluster = LocalCluster(make_topology(pop_capacity_mb), root)
+def start_cluster(
+    root: Path, pop_capacity_mb: int = 256, popular_per_min: float = 0.0
+) -> LocalCluster:
+    cluster = LocalCluster(make_topology(pop_capacity_mb, popular_per_min), root)
     try:
         cluster.start()
     except BaseException:

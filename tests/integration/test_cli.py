@@ -51,7 +51,7 @@ def test_deploy_then_invoke_prints_result_and_where_it_ran(
         time.sleep(0.05)
     assert result.returncode == 0, result.stderr
     assert "hello, world!" in result.stdout
-    assert "ran at pop-1 local-" in result.stderr
+    assert "ran at pop-1" in result.stderr
 
 
 def test_deploy_vendors_requirements(cli_env: dict[str, str], pop: str) -> None:

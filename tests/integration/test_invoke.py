@@ -34,15 +34,29 @@ def test_hello_example_answers_over_http_with_lambda_response(pop: str, examples
     assert resp.status_code == 200
     assert resp.json()["message"] == "hello, ada!"
     assert resp.headers["x-edgerun-node"] == "pop-1"
-    assert resp.headers["x-edgerun-placement"] in ("local-cold", "local-warm")
     assert resp.headers["x-edgerun-version"] == examples["hello"]
 
 
-def test_second_request_is_served_warm_at_the_pop(pop: str, examples: dict) -> None:
-    httpx.get(f"{pop}/fn/hello")
+def test_popular_function_is_forwarded_while_the_pop_warms_it(
+    pop: str, client: Client, cluster: LocalCluster, tmp_path
+) -> None:
+    (tmp_path / "main.py").write_text("def handler(event, context):\n    return 'hi'\n")
+    sha = deploy_folder(client, "warms-up", tmp_path, handler="main.handler")
+    wait_for(node_knows(cluster, "pop-1", "warms-up", sha), what="pop-1 to learn it")
+    first = invoke(pop, "warms-up", {})
+    assert first.placement.startswith("forwarded:")
+    assert first.reason == "warming"
+    wait_for(lambda: invoke(pop, "warms-up", {}).placement == "local-warm", what="warm at POP")
+
+
+def test_a_warm_function_is_served_at_the_pop(pop: str, examples: dict) -> None:
+    def warm() -> bool:
+        return httpx.get(f"{pop}/fn/hello").headers["x-edgerun-placement"] == "local-warm"
+
+    wait_for(warm, what="hello to be warm at the POP")
     resp = httpx.get(f"{pop}/fn/hello")
-    assert resp.headers["x-edgerun-placement"] == "local-warm"
     assert resp.headers["x-edgerun-reason"] == "warm"
+    assert float(resp.headers["x-edgerun-duration-ms"]) > 0
 
 
 def test_json_transform_example_direct_invoke(pop: str, examples: dict) -> None:
@@ -107,13 +121,17 @@ def test_os_exit_gives_502_and_node_keeps_serving(pop: str, deployed: dict) -> N
     assert invoke(pop, "echo", {}).status == 200
 
 
-def test_import_error_gives_500_and_shows_in_status(pop: str, deployed: dict) -> None:
+def test_import_error_gives_500_and_shows_in_status(
+    pop: str, cluster: LocalCluster, deployed: dict
+) -> None:
     result = invoke(pop, "broken-import", {})
     assert result.status == 500
     err = result.json()["error"]
     assert err["type"] == "ModuleNotFoundError"
     assert err["phase"] == "init"
-    status = httpx.get(f"{pop}/v1/status").json()
+
+    ran_at = result.placement.split(":")[1] if ":" in result.placement else "pop-1"
+    status = httpx.get(f"{cluster.url(ran_at)}/v1/status").json()
     errors = status["functions"]["broken-import"]["init_errors"]
     assert errors[deployed["broken-import"]]["type"] == "ModuleNotFoundError"
 

@@ -35,8 +35,9 @@ from edgerun.models import SHA256_RE, FunctionRecord, UnknownQualifier, Version,
 from edgerun.node.catalog import Catalog, follow
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
 from edgerun.node.logs import LogEntry, LogRing
+from edgerun.node.placer import WARM_PREFIX, Placer
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
-from edgerun.placement import Decision, FunctionView, NodeLimits, decide
+from edgerun.placement import Decision
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxError, SandboxFactory, SandboxInitError, SandboxSpec
 from edgerun.sandbox.isolation import Layer, as_dicts
@@ -108,12 +109,14 @@ class NodeApp:
             max_queue=cfg.max_queue,
             queue_timeout_s=cfg.queue_timeout_s,
             idle_ttl_s=cfg.idle_ttl_s,
+            value=self._popularity if cfg.role == "pop" else None,
         )
         self.regions = Regions(cfg.regions, self.client)
-        self.limits = NodeLimits(cfg.max_memory_mb, cfg.max_timeout_s)
+        self.placer = Placer(cfg, self.pool, self.regions, factory)
+        self._warming: set[str] = set()
         self.logs = LogRing()
         self.init_errors: dict[tuple[str, str], tuple[float, SandboxInitError]] = {}
-        self.counters: dict[tuple[str, str], int] = {}
+        self.counters: dict[tuple[str, str, str], int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         routes = [
@@ -179,6 +182,9 @@ class NodeApp:
             await self.pool.reap_idle()
             await self.factory.reap_idle()
 
+    def _popularity(self, function: str) -> float:
+        return self.placer.rate(function)
+
     # --- small endpoints ---------------------------------------------------
     async def health(self, request: Request) -> Response:
         return json_response(
@@ -188,7 +194,8 @@ class NodeApp:
                 "node": self.cfg.name,
                 "revision": self.catalog.revision,
                 "synced": self.catalog.synced,
-                "warm": sorted(self.pool.warm_versions()),
+                "warm": sorted(v[:WARM_PREFIX] for v in self.pool.warm_versions()),
+                "load": round(self.pool.load(), 3),
                 "pool": self.pool.snapshot(),
             }
         )
@@ -226,8 +233,8 @@ class NodeApp:
                 "functions": functions,
                 "isolation": as_dicts(self.isolation),
                 "placements": [
-                    {"function": f, "placement": p, "count": n}
-                    for (f, p), n in sorted(self.counters.items())
+                    {"function": f, "placement": p, "reason": r, "count": n}
+                    for (f, p, r), n in sorted(self.counters.items())
                 ],
             }
         )
@@ -343,20 +350,18 @@ class NodeApp:
             raise not_found(str(exc)) from None
 
     async def _dispatch(self, call: _Call, request: Request, body: bytes) -> Response:
+        evict_below: float | None = None
         if self.cfg.role == "pop":
-            cfg = call.fn.config
-            view = self.pool.view(self._spec(call).key, cfg.memory_mb)
-            decision = decide(
-                FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement),
-                has_idle=view.has_idle,
-                can_start=view.can_start,
-                limits=self.limits,
-                regions=self.regions.views(),
-            )
+            spec = self._spec(call)
+            decision, rate = self.placer.decide(call.fn, spec)
+            if decision.action == "local-cold":
+                evict_below = rate  # a function may only displace less popular ones
+            if decision.prewarm:
+                self._warm_in_background(call, spec, rate)
         else:
             decision = Decision("local-cold", "region")
         if decision.action == "reject":
-            self._count(call, "rejected")
+            self._count(call, "rejected", decision.reason)
             raise ApiError(
                 503,
                 "Unavailable",
@@ -371,21 +376,39 @@ class NodeApp:
                 if call.fn.config.placement != "region" and self._fits(call):
                     decision = Decision("local-wait", "all-regions-down")
                 else:
-                    self._count(call, "rejected")
+                    self._count(call, "rejected", "all-regions-down")
                     raise ApiError(
                         503,
                         "Unavailable",
                         "no region could be reached",
                         headers=self._headers(decision, call),
                     ) from None
-        return await self._run_local(call, decision)
+        return await self._run_local(call, decision, evict_below)
 
     def _fits(self, call: _Call) -> bool:
-        cfg = call.fn.config
-        return (
-            cfg.memory_mb <= self.limits.max_memory_mb
-            and cfg.timeout_s <= self.limits.max_timeout_s
-        )
+        cfg, limits = call.fn.config, self.placer.limits
+        return cfg.memory_mb <= limits.max_memory_mb and cfg.timeout_s <= limits.max_timeout_s
+
+    def _warm_in_background(self, call: _Call, spec: SandboxSpec, rate: float) -> None:
+        """Start a sandbox for a function that became popular, once at a time."""
+        if spec.key in self._warming:
+            return
+        self._warming.add(spec.key)
+
+        async def warm() -> None:
+            try:
+                await self.code.ensure(call.version.sha256)
+                await self.pool.prewarm(spec, 1, evict_below=rate)
+            except SandboxInitError as exc:
+                self.init_errors[(call.fn.name, call.version.sha256)] = (time.monotonic(), exc)
+            except (BundleUnavailable, SandboxError, ApiError) as exc:
+                log.warning("warming %s failed: %s", call.fn.name, exc)
+            finally:
+                self._warming.discard(spec.key)
+
+        task = asyncio.create_task(warm())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _spec(self, call: _Call) -> SandboxSpec:
         cfg = call.fn.config
@@ -414,11 +437,13 @@ class NodeApp:
             "x-edgerun-request-id": call.request_id,
         }
 
-    def _count(self, call: _Call, placement: str) -> None:
-        key = (call.fn.name, placement)
+    def _count(self, call: _Call, placement: str, reason: str = "") -> None:
+        key = (call.fn.name, placement, reason)
         self.counters[key] = self.counters.get(key, 0) + 1
 
-    async def _run_local(self, call: _Call, decision: Decision) -> Response:
+    async def _run_local(
+        self, call: _Call, decision: Decision, evict_below: float | None = None
+    ) -> Response:
         sha = call.version.sha256
         key = (call.fn.name, sha)
         cached = self.init_errors.get(key)
@@ -434,8 +459,10 @@ class NodeApp:
         msg = Invoke(id=call.request_id, mode=call.mode, event=call.event, timeout_s=spec.timeout_s)
         cold: bool | None = None
         try:
-            async with self.pool.lease(spec) as (sandbox, cold):
+            async with self.pool.lease(spec, evict_below) as (sandbox, cold):
+                started = time.perf_counter()
                 reply = await sandbox.invoke(msg)
+                took_ms = (time.perf_counter() - started) * 1000
         except SandboxInitError as exc:
             self.init_errors[key] = (time.monotonic(), exc)
             raise _init_error(exc, self._headers(decision, call)) from None
@@ -450,7 +477,9 @@ class NodeApp:
         if reply.logs:
             self.logs.add(call.request_id, call.fn.name, sha, self.cfg.name, reply.logs)
         headers = self._headers(decision, call, cold=cold)
-        self._count(call, headers["x-edgerun-placement"])
+        headers["x-edgerun-duration-ms"] = f"{took_ms:.2f}"
+        self.placer.observe(call.fn.name, took_ms, here=True)
+        self._count(call, headers["x-edgerun-placement"], decision.reason)
         if isinstance(reply, Failure):
             err = ApiError(
                 500,
@@ -502,10 +531,14 @@ class NodeApp:
         if region.name != decision.region:
             decision = Decision("forward", f"{decision.reason},failover", region.name)
         out = self._headers(decision, call)
-        self._count(call, out["x-edgerun-placement"])
+        self._count(call, out["x-edgerun-placement"], decision.reason)
+        duration = resp.headers.get("x-edgerun-duration-ms")
+        if duration:
+            with contextlib.suppress(ValueError):
+                self.placer.observe(call.fn.name, float(duration), here=False)
         response = Response(resp.content, resp.status_code, headers=out)
         for k, v in resp.headers.multi_items():
-            if k not in _HOP_BY_HOP and k != "content-encoding":
+            if k not in _HOP_BY_HOP and k not in out and k != "content-encoding":
                 response.headers.append(k, v)
         if "x-edgerun-placement" in resp.headers:
             response.headers["x-edgerun-region-placement"] = resp.headers["x-edgerun-placement"]

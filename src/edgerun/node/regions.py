@@ -44,6 +44,7 @@ class Region:
     warm: frozenset[str] = field(default_factory=frozenset)
     checked_at: float = 0.0
     failures: int = 0
+    load: float = 0.0
 
 
 class Regions:
@@ -78,6 +79,7 @@ class Regions:
                 rtt if not region.latency_ms else 0.8 * region.latency_ms + 0.2 * rtt
             )
             region.warm = frozenset(body.get("warm", []))
+            region.load = float(body.get("load", 0.0))
             if not region.healthy:
                 log.info("region %s is back", region.name)
             region.healthy = True

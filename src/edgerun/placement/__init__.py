@@ -1,5 +1,27 @@
-"""Where a request runs: the POP's pure placement policy."""
+"""Where a request runs: the POP's pure placement policy and its inputs."""
 
-from edgerun.placement.policy import Decision, FunctionView, NodeLimits, RegionView, decide
+from edgerun.placement.policy import (
+    Decision,
+    FunctionView,
+    NodeLimits,
+    Observed,
+    PoolState,
+    RegionView,
+    Thresholds,
+    decide,
+    rank_regions,
+)
+from edgerun.placement.popularity import Popularity
 
-__all__ = ["Decision", "FunctionView", "NodeLimits", "RegionView", "decide"]
+__all__ = [
+    "Decision",
+    "FunctionView",
+    "NodeLimits",
+    "Observed",
+    "PoolState",
+    "Popularity",
+    "RegionView",
+    "Thresholds",
+    "decide",
+    "rank_regions",
+]

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from edgerun.errors import ApiError
@@ -86,8 +86,12 @@ class Pool:
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
         idle_ttl_s: float = 300.0,
+        value: Callable[[str], float] | None = None,
     ) -> None:
+        """``value(function)`` ranks idle sandboxes for eviction (lowest first);
+        by default each version's own decayed use rate."""
         self._factory = factory
+        self._value_of = value
         self.capacity_mb = capacity_mb
         self.max_per_function = max_per_function
         self.max_queue = max_queue
@@ -99,8 +103,27 @@ class Pool:
         self._freed = asyncio.Condition()
 
     # --- views -----------------------------------------------------------
-    def _evictable_mb(self, key: str) -> int:
-        return sum(v.memory_mb * len(v.idle) for k, v in self._versions.items() if k != key)
+    def _value(self, v: _Version, now: float) -> float:
+        return self._value_of(v.function) if self._value_of else v.use_rate(now)
+
+    def _evictable_mb(self, key: str, below: float | None = None) -> int:
+        now = time.monotonic()
+        return sum(
+            v.memory_mb * len(v.idle)
+            for k, v in self._versions.items()
+            if k != key and (below is None or self._value(v, now) < below)
+        )
+
+    def state(self, key: str, memory_mb: int, value: float) -> tuple[bool, int, int, bool]:
+        """``(has_idle, free_mb, evictable_mb, at_function_max)`` for the policy,
+        counting as evictable only idle sandboxes worth less than ``value``."""
+        v = self._versions.get(key)
+        return (
+            bool(v and v.idle),
+            self.capacity_mb - self._used_mb,
+            self._evictable_mb(key, value),
+            bool(v and v.count >= self.max_per_function),
+        )
 
     def view(self, key: str, memory_mb: int) -> PoolView:
         v = self._versions.get(key)
@@ -109,6 +132,10 @@ class Pool:
         room = self.capacity_mb - self._used_mb + self._evictable_mb(key)
         under_max = v is None or v.count < self.max_per_function
         return PoolView(has_idle=False, can_start=under_max and memory_mb <= room)
+
+    def load(self) -> float:
+        """Share of the memory budget in use (0..1)."""
+        return self._used_mb / self.capacity_mb if self.capacity_mb else 1.0
 
     def warm_versions(self) -> set[str]:
         """Versions with at least one live sandbox, idle or busy."""
@@ -139,13 +166,16 @@ class Pool:
 
     # --- acquire / release ----------------------------------------------
     @contextlib.asynccontextmanager
-    async def lease(self, spec: SandboxSpec) -> AsyncIterator[tuple[Sandbox, bool]]:
+    async def lease(
+        self, spec: SandboxSpec, evict_below: float | None = None
+    ) -> AsyncIterator[tuple[Sandbox, bool]]:
         """Hold a sandbox for one invocation; yields ``(sandbox, was_cold)``.
 
-        A sandbox that died or timed out during the lease is discarded,
-        never put back.
+        Only idle sandboxes valued under ``evict_below`` (when given) may be
+        evicted to make room. A sandbox that died or timed out during the
+        lease is discarded, never put back.
         """
-        sandbox, cold = await self._acquire(spec)
+        sandbox, cold = await self._acquire(spec, evict_below)
         v = self._versions[spec.key]
         try:
             yield sandbox, cold
@@ -168,7 +198,7 @@ class Pool:
             v = self._versions[spec.key] = _Version(spec.function, spec.version, spec.memory_mb)
         return v
 
-    async def _acquire(self, spec: SandboxSpec) -> tuple[Sandbox, bool]:
+    async def _acquire(self, spec: SandboxSpec, evict_below: float | None) -> tuple[Sandbox, bool]:
         if spec.memory_mb > self.capacity_mb:
             raise TooBigForNode(spec.memory_mb, self.capacity_mb)
         v = self._entry(spec)
@@ -182,22 +212,26 @@ class Pool:
                     return entry.sandbox, False
                 self._used_mb -= v.memory_mb
                 await entry.sandbox.close()
-            if v.count < self.max_per_function and await self._make_room(spec.key, v.memory_mb):
+            if v.count < self.max_per_function and await self._make_room(
+                spec.key, v.memory_mb, evict_below
+            ):
                 return await self._start(spec, v), True
             await self._wait(deadline)
 
-    async def _make_room(self, key: str, need: int) -> bool:
+    async def _make_room(self, key: str, need: int, below: float | None = None) -> bool:
         """Evict idle sandboxes of other versions until ``need`` MB are free."""
         if self._used_mb + need <= self.capacity_mb:
             return True
-        if self._used_mb + need - self._evictable_mb(key) > self.capacity_mb:
+        if self._used_mb + need - self._evictable_mb(key, below) > self.capacity_mb:
             return False
         now = time.monotonic()
         candidates = sorted(
-            ((v.use_rate(now), e.last_used, k, e)
+            ((self._value(v, now), e.last_used, k, e)
              for k, v in self._versions.items() if k != key for e in v.idle),
             key=lambda c: (c[0], c[1]),
         )  # fmt: skip
+        if below is not None:
+            candidates = [c for c in candidates if c[0] < below]
         for _rate, _last, k, entry in candidates:
             if self._used_mb + need <= self.capacity_mb:
                 break
@@ -233,15 +267,20 @@ class Pool:
         finally:
             self._waiting -= 1
 
-    async def prewarm(self, spec: SandboxSpec, count: int) -> int:
-        """Start up to ``count`` idle sandboxes in free memory (never evicting)."""
+    async def prewarm(self, spec: SandboxSpec, count: int, evict_below: float | None = None) -> int:
+        """Start up to ``count`` idle sandboxes in free memory, evicting only
+        idle sandboxes valued under ``evict_below`` (none when it is None)."""
         v = self._entry(spec)
         started = 0
         while (
             started < count
             and v.count < self.max_per_function
-            and self._used_mb + v.memory_mb <= self.capacity_mb
-        ):
+            and (
+                self._used_mb + v.memory_mb <= self.capacity_mb
+                or (evict_below is not None
+                    and await self._make_room(spec.key, v.memory_mb, evict_below))
+            )
+        ):  # fmt: skip
             sandbox = await self._start(spec, v)
             v.busy -= 1
             v.idle.append(_Entry(sandbox, time.monotonic()))

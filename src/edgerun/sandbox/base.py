@@ -92,6 +92,10 @@ class SandboxFactory(Protocol):
         """Start a ready sandbox, or raise SandboxInitError."""
         ...
 
+    def is_loaded(self, spec: SandboxSpec) -> bool:
+        """A start of this spec would be cheap (its code is loaded already)."""
+        ...
+
     async def reap_idle(self, now: float | None = None) -> int:
         """Release per-version resources nobody used for a while."""
         ...

@@ -221,6 +221,10 @@ class ZygoteSandboxFactory:
             cgroup=cgroup,
         )
 
+    def is_loaded(self, spec: SandboxSpec) -> bool:
+        z = self._zygotes.get(spec.key)
+        return z is not None and not z.closed
+
     def _drop(self, key: str) -> None:
         z = self._zygotes.pop(key, None)
         if z is not None:

@@ -119,6 +119,9 @@ class ProcessSandboxFactory:
             raise SandboxInitError(ErrorInfo(type="InitError", message="unexpected first frame"))
         return sandbox
 
+    def is_loaded(self, spec: SandboxSpec) -> bool:
+        return False
+
     async def reap_idle(self, now: float | None = None) -> int:
         return 0
 

@@ -1,195 +1,214 @@
-"""The POP's placement decision: one test per rule, then properties over all inputs."""
+"""The POP's placement policy: each rule, and properties over random inputs."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgerun.placement.policy import Decision, FunctionView, NodeLimits, RegionView, decide
+from edgerun.placement import (
+    Decision,
+    FunctionView,
+    NodeLimits,
+    Observed,
+    PoolState,
+    RegionView,
+    Thresholds,
+    decide,
+    rank_regions,
+)
 
 LIMITS = NodeLimits(max_memory_mb=512, max_timeout_s=30.0)
-SMALL = FunctionView(memory_mb=128, timeout_s=3.0)
-UP = [RegionView("region-1", healthy=True), RegionView("region-2", healthy=True)]
-DOWN = [RegionView("region-1", healthy=False), RegionView("region-2", healthy=False)]
+T = Thresholds(popular_rps=1.0)
+FN = FunctionView(memory_mb=128, timeout_s=3.0)
+R1 = RegionView("r1", True, latency_ms=40.0)
+R2 = RegionView("r2", True, latency_ms=60.0)
+ROOM = PoolState(has_idle=False, free_mb=1024, evictable_mb=0)
+FULL = PoolState(has_idle=False, free_mb=0, evictable_mb=0)
+IDLE = PoolState(has_idle=True, free_mb=0, evictable_mb=0)
+POPULAR = 5.0
+RARE = 0.01
 
 
 def run(
-    fn: FunctionView = SMALL,
-    *,
-    has_idle: bool = False,
-    can_start: bool = False,
-    regions: list[RegionView] = UP,
+    fn: FunctionView = FN,
+    pool: PoolState = ROOM,
+    rate: float = POPULAR,
+    regions: tuple[RegionView, ...] = (R1, R2),
+    observed: Observed = Observed(),
 ) -> Decision:
-    return decide(fn, has_idle=has_idle, can_start=can_start, limits=LIMITS, regions=regions)
-
-
-# --- the rules ----------------------------------------------------------------------
-
-
-def test_region_only_function_is_forwarded_even_when_warm_here():
-    fn = FunctionView(128, 3.0, placement="region")
-
-    assert run(fn, has_idle=True, can_start=True) == Decision("forward", "region-only", "region-1")
-
-
-def test_forwarding_skips_unhealthy_regions():
-    regions = [RegionView("region-1", healthy=False), RegionView("region-2", healthy=True)]
-
-    assert run(FunctionView(128, 3.0, "region"), regions=regions).region == "region-2"
-
-
-def test_function_over_the_memory_limit_is_forwarded():
-    fn = FunctionView(memory_mb=1024, timeout_s=3.0)
-
-    assert run(fn, has_idle=True) == Decision("forward", "too-big-for-pop", "region-1")
-
-
-def test_function_over_the_timeout_limit_is_forwarded():
-    fn = FunctionView(memory_mb=128, timeout_s=60.0)
-
-    assert run(fn, can_start=True) == Decision("forward", "too-big-for-pop", "region-1")
-
-
-def test_function_exactly_at_the_limits_runs_here():
-    fn = FunctionView(memory_mb=512, timeout_s=30.0)
-
-    assert run(fn, can_start=True).action == "local-cold"
-
-
-def test_idle_warm_sandbox_runs_here_warm():
-    assert run(has_idle=True, can_start=True) == Decision("local-warm", "warm")
-
-
-def test_free_capacity_runs_here_cold():
-    assert run(can_start=True) == Decision("local-cold", "capacity")
-
-
-def test_no_capacity_forwards_to_the_first_healthy_region():
-    assert run() == Decision("forward", "no-capacity", "region-1")
-
-
-def test_edge_only_function_without_capacity_waits_here():
-    assert run(FunctionView(128, 3.0, "edge")) == Decision("local-wait", "edge-only")
-
-
-def test_no_healthy_region_and_fits_waits_here():
-    assert run(regions=DOWN) == Decision("local-wait", "all-regions-down")
-
-
-def test_no_regions_at_all_and_fits_waits_here():
-    assert run(regions=[]) == Decision("local-wait", "all-regions-down")
-
-
-def test_region_only_function_with_no_healthy_region_is_rejected():
-    fn = FunctionView(128, 3.0, placement="region")
-
-    assert run(fn, can_start=True, regions=DOWN) == Decision("reject", "all-regions-down")
-
-
-def test_too_big_function_with_no_healthy_region_is_rejected():
-    fn = FunctionView(memory_mb=1024, timeout_s=3.0)
-
-    assert run(fn, can_start=True, regions=DOWN) == Decision("reject", "all-regions-down")
-
-
-# --- Decision.label -----------------------------------------------------------------
-
-
-def test_label_of_a_forward_names_the_region():
-    assert Decision("forward", "no-capacity", "region-2").label == "forwarded:region-2"
-
-
-def test_label_of_a_wait_is_local_cold():
-    assert Decision("local-wait", "edge-only").label == "local-cold"
-
-
-def test_label_of_other_actions_is_the_action():
-    assert Decision("local-warm", "warm").label == "local-warm"
-    assert Decision("local-cold", "capacity").label == "local-cold"
-    assert Decision("reject", "all-regions-down").label == "reject"
-
-
-# --- properties ---------------------------------------------------------------------
-
-functions = st.builds(
-    FunctionView,
-    memory_mb=st.integers(min_value=16, max_value=10_240),
-    timeout_s=st.floats(min_value=0.001, max_value=900.0),
-    placement=st.sampled_from(["auto", "edge", "region"]),
-)
-limits = st.builds(
-    NodeLimits,
-    max_memory_mb=st.integers(min_value=16, max_value=10_240),
-    max_timeout_s=st.floats(min_value=0.001, max_value=900.0),
-)
-region_lists = st.lists(
-    st.builds(RegionView, name=st.sampled_from(["r1", "r2", "r3", "r4"]), healthy=st.booleans()),
-    max_size=4,
-)
-inputs = st.fixed_dictionaries(
-    {
-        "fn": functions,
-        "has_idle": st.booleans(),
-        "can_start": st.booleans(),
-        "limits": limits,
-        "regions": region_lists,
-    }
-)
-
-
-def decide_with(args: dict) -> Decision:
     return decide(
-        args["fn"],
-        has_idle=args["has_idle"],
-        can_start=args["can_start"],
-        limits=args["limits"],
-        regions=args["regions"],
+        fn, pool=pool, rate=rate, limits=LIMITS, regions=regions, observed=observed, thresholds=T
     )
 
 
-@given(inputs)
-def test_never_runs_here_what_does_not_fit_the_limits(args):
-    fn, lim = args["fn"], args["limits"]
-    fits = fn.memory_mb <= lim.max_memory_mb and fn.timeout_s <= lim.max_timeout_s
-
-    if not fits:
-        assert not decide_with(args).action.startswith("local")
+def test_region_only_function_is_forwarded_even_when_warm_here() -> None:
+    d = run(FunctionView(128, 3.0, "region"), pool=IDLE)
+    assert (d.action, d.reason, d.region) == ("forward", "region-only", "r1")
 
 
-@given(inputs)
-def test_never_runs_a_region_only_function_here(args):
-    args["fn"] = FunctionView(args["fn"].memory_mb, args["fn"].timeout_s, "region")
-
-    assert decide_with(args).action in ("forward", "reject")
+def test_region_only_function_is_refused_when_no_region_is_healthy() -> None:
+    d = run(FunctionView(128, 3.0, "region"), regions=(RegionView("r1", False),))
+    assert (d.action, d.reason) == ("reject", "all-regions-down")
 
 
-@given(inputs)
-def test_forwards_only_to_the_first_healthy_region(args):
-    decision = decide_with(args)
-    healthy = [r.name for r in args["regions"] if r.healthy]
-
-    if decision.action == "forward":
-        assert decision.region == healthy[0]
-    else:
-        assert decision.region is None
+def test_function_over_the_memory_limit_is_forwarded() -> None:
+    assert run(FunctionView(1024, 3.0)).reason == "too-big-for-pop"
 
 
-@given(inputs)
-def test_rejects_only_when_no_region_is_healthy(args):
-    if decide_with(args).action == "reject":
-        assert not any(r.healthy for r in args["regions"])
+def test_function_over_the_timeout_limit_is_forwarded() -> None:
+    assert run(FunctionView(128, 60.0)).reason == "too-big-for-pop"
 
 
-@given(inputs)
-def test_same_inputs_give_the_same_decision(args):
-    again = {**args, "regions": [RegionView(r.name, r.healthy) for r in args["regions"]]}
-
-    assert decide_with(args) == decide_with(again)
+def test_idle_warm_sandbox_runs_here() -> None:
+    assert (run(pool=IDLE).action, run(pool=IDLE).reason) == ("local-warm", "warm")
 
 
-@given(inputs)
-def test_label_is_a_known_header_value(args):
-    decision = decide_with(args)
-    known = {"local-warm", "local-cold", "reject"}
+def test_popular_function_with_room_and_loaded_zygote_cold_starts_here() -> None:
+    d = run(pool=ROOM, rate=POPULAR)
+    assert (d.action, d.reason) == ("local-cold", "popular")
 
-    assert decision.label in known or decision.label == f"forwarded:{decision.region}"
+
+def test_popular_function_without_zygote_is_forwarded_and_warmed() -> None:
+    pool = PoolState(has_idle=False, free_mb=1024, evictable_mb=0, zygote_ready=False)
+    d = run(pool=pool)
+    assert (d.action, d.reason, d.prewarm) == ("forward", "warming", True)
+
+
+def test_unpopular_function_is_forwarded_even_with_room() -> None:
+    d = run(pool=ROOM, rate=RARE)
+    assert (d.action, d.reason) == ("forward", "unpopular")
+
+
+def test_latency_sensitive_function_is_popular_at_a_lower_rate() -> None:
+    rate = T.popular_rps * 0.5
+    assert run(rate=rate).reason == "unpopular"
+    assert run(FunctionView(128, 3.0, latency_sensitive=True), rate=rate).reason == "popular"
+
+
+def test_popular_function_can_use_room_won_by_eviction() -> None:
+    pool = PoolState(has_idle=False, free_mb=0, evictable_mb=128)
+    assert run(pool=pool).action == "local-cold"
+
+
+def test_popular_function_without_room_is_forwarded_for_no_capacity() -> None:
+    assert run(pool=FULL).reason == "no-capacity"
+
+
+def test_function_at_its_per_node_maximum_is_forwarded() -> None:
+    pool = PoolState(has_idle=False, free_mb=1024, evictable_mb=0, at_function_max=True)
+    assert run(pool=pool).reason == "no-capacity"
+
+
+def test_function_much_faster_in_a_region_goes_there() -> None:
+    d = run(pool=IDLE, observed=Observed(here_ms=500.0, region_ms=50.0))
+    assert (d.action, d.reason) == ("forward", "faster-in-region")
+
+
+def test_a_modest_region_speedup_does_not_beat_the_trip() -> None:
+    assert run(pool=IDLE, observed=Observed(here_ms=60.0, region_ms=40.0)).action == "local-warm"
+
+
+def test_all_regions_down_runs_here_even_when_unpopular() -> None:
+    d = run(rate=RARE, pool=FULL, regions=(RegionView("r1", False),))
+    assert (d.action, d.reason) == ("local-wait", "all-regions-down")
+
+
+def test_edge_only_function_runs_here_without_room() -> None:
+    d = run(FunctionView(128, 3.0, "edge"), pool=FULL, rate=RARE)
+    assert (d.action, d.reason) == ("local-wait", "edge-only")
+
+
+def test_forward_skips_an_unhealthy_first_region() -> None:
+    d = run(rate=RARE, regions=(RegionView("r1", False), R2))
+    assert d.region == "r2"
+
+
+def test_ranking_prefers_a_region_warm_for_the_version() -> None:
+    warm_far = RegionView("far", True, latency_ms=80.0, warm=True)
+    assert [r.name for r in rank_regions([R1, warm_far])] == ["far", "r1"]
+
+
+def test_ranking_prefers_lower_latency_weighted_by_load() -> None:
+    busy = RegionView("busy", True, latency_ms=40.0, load=1.0)
+    idle = RegionView("idle", True, latency_ms=60.0, load=0.0)
+    assert [r.name for r in rank_regions([busy, idle])] == ["idle", "busy"]
+
+
+def test_ranking_keeps_configured_order_for_near_ties() -> None:
+    a = RegionView("a", True, latency_ms=21.0)
+    b = RegionView("b", True, latency_ms=20.0)
+    assert [r.name for r in rank_regions([a, b])] == ["a", "b"]
+
+
+def test_labels_name_where_it_ran() -> None:
+    assert Decision("forward", "unpopular", "r1").label == "forwarded:r1"
+    assert Decision("local-wait", "edge-only").label == "local-cold"
+    assert Decision("local-warm", "warm").label == "local-warm"
+
+
+# --- properties ---------------------------------------------------------------
+
+functions = st.builds(
+    FunctionView,
+    memory_mb=st.integers(16, 4096),
+    timeout_s=st.floats(0.1, 120.0),
+    placement=st.sampled_from(["auto", "edge", "region"]),
+    latency_sensitive=st.booleans(),
+)
+pools = st.builds(
+    PoolState,
+    has_idle=st.booleans(),
+    free_mb=st.integers(0, 2048),
+    evictable_mb=st.integers(0, 2048),
+    zygote_ready=st.booleans(),
+    at_function_max=st.booleans(),
+)
+regions = st.lists(
+    st.builds(
+        RegionView,
+        name=st.sampled_from(["a", "b", "c", "d"]),
+        healthy=st.booleans(),
+        latency_ms=st.floats(0.0, 500.0),
+        warm=st.booleans(),
+        load=st.floats(0.0, 1.0),
+    ),
+    max_size=4,
+    unique_by=lambda r: r.name,
+)
+observations = st.builds(
+    Observed,
+    here_ms=st.none() | st.floats(0.0, 10_000.0),
+    region_ms=st.none() | st.floats(0.0, 10_000.0),
+)
+rates = st.floats(0.0, 100.0)
+
+
+@given(functions, pools, rates, regions, observations)
+def test_never_runs_here_what_cannot_fit(fn, pool, rate, regs, obs) -> None:
+    d = run(fn, pool, rate, tuple(regs), obs)
+    fits = fn.memory_mb <= LIMITS.max_memory_mb and fn.timeout_s <= LIMITS.max_timeout_s
+    if d.action.startswith("local"):
+        assert fits and fn.placement != "region"
+
+
+@given(functions, pools, rates, regions, observations)
+def test_never_forwards_to_an_unhealthy_region(fn, pool, rate, regs, obs) -> None:
+    d = run(fn, pool, rate, tuple(regs), obs)
+    if d.action == "forward":
+        assert any(r.name == d.region and r.healthy for r in regs)
+    if any(r.healthy for r in regs):
+        assert d.action != "reject"
+
+
+@given(functions, pools, rates, regions, observations)
+def test_same_inputs_give_the_same_decision(fn, pool, rate, regs, obs) -> None:
+    assert run(fn, pool, rate, tuple(regs), obs) == run(fn, pool, rate, tuple(regs), obs)
+
+
+@given(functions, pools, st.floats(0.0, 0.99), regions, observations)
+def test_a_rare_function_never_cold_starts_while_a_region_is_up(fn, pool, rate, regs, obs) -> None:
+    """A rare function cannot take a slot (and so cannot evict a popular one)
+    unless the POP is its only choice."""
+    d = run(FunctionView(fn.memory_mb, fn.timeout_s, "auto", False), pool, rate, tuple(regs), obs)
+    if any(r.healthy for r in regs):
+        assert d.action != "local-cold"

@@ -372,3 +372,24 @@ async def test_prewarm_starts_idle_sandboxes_without_evicting():
     assert started == 2
     assert pool.view(spec().key, 128).has_idle
     assert pool.versions()[0]["function"] == "hello"
+
+
+async def test_eviction_below_a_value_spares_more_valuable_sandboxes():
+    values = {"popular": 10.0, "rare": 0.1}
+    pool = Pool(FakeFactory(), capacity_mb=128, value=values.__getitem__, queue_timeout_s=0.05)  # type: ignore[arg-type]
+    await use(pool, big_spec("popular", 128))
+
+    with pytest.raises(PoolFull):
+        async with pool.lease(big_spec("rare", 128), evict_below=values["rare"]):
+            pass
+
+    assert pool.warm_versions() == {"popular-v1"}
+
+
+async def test_state_counts_only_cheaper_idle_sandboxes_as_evictable():
+    values = {"a": 1.0, "b": 5.0, "me": 3.0}
+    pool = Pool(FakeFactory(), capacity_mb=256, value=values.__getitem__)  # type: ignore[arg-type]
+    await use(pool, big_spec("a", 128))
+    await use(pool, big_spec("b", 128))
+
+    assert pool.state(big_spec("me", 128).key, 128, values["me"]) == (False, 0, 128, False)
