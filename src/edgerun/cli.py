@@ -164,6 +164,57 @@ def up(
         out.print("stopped.")
 
 
+lab_app = typer.Typer(help="A multi-region test bed with emulated distance.")
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("up")
+def lab_up(
+    pops: int = 2,
+    regions: int = 2,
+    client_pop_ms: float = 5.0,
+    pop_region_ms: float = 40.0,
+    demo: Annotated[bool, typer.Option(help="Deploy the examples.")] = False,
+) -> None:
+    """Start a lab: real nodes, links with delays (round trips in ms), until Ctrl-C."""
+    from edgerun.lab import Lab, LabSpec
+
+    with _errors():
+        lab = Lab(
+            LabSpec(
+                pops=pops, regions=regions, client_pop_ms=client_pop_ms, pop_region_ms=pop_region_ms
+            ),
+            _home() / "lab",
+        )
+        try:
+            with out.status("starting the lab..."):
+                lab.start()
+            lab.cluster.write_state(_home() / "cluster.json")
+            table = Table(title="edgerun lab")
+            for col in ("link", "url", "one-way delay"):
+                table.add_column(col)
+            for name, link in lab.links.items():
+                table.add_row(name, link.url, f"{link.delay_ms:g} ms")
+            out.print(table)
+            if demo:
+                with _client(lab.cluster.control_url, lab.cluster.token) as client:
+                    for folder in sorted(p for p in EXAMPLES.iterdir() if p.is_dir()):
+                        name, sha = _deploy(client, folder, {})
+                        out.print(f"deployed [bold]{name}[/bold] {sha[:12]}")
+            out.print(
+                "clients: "
+                + ", ".join(lab.client_url(p.config.name) for p in lab.cluster.by_role("pop"))
+            )
+            out.print("Ctrl-C to stop.")
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            lab.stop()
+        out.print("stopped.")
+
+
 # --- functions ---------------------------------------------------------------
 
 

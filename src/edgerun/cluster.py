@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalCluster:
-    def __init__(self, topology: Topology, root: Path) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        root: Path,
+        *,
+        region_url: Callable[[str, str], str] | None = None,
+    ) -> None:
+        """``region_url(pop, region)`` overrides how a POP reaches a region
+        (the lab routes it through an emulated link)."""
         self.topology = topology
         self.root = root.resolve()
         self.token_file = self.root / "control" / "admin-token"
@@ -90,7 +99,12 @@ class LocalCluster:
                     popular_per_min=p.popular_per_min,
                     max_memory_mb=p.max_memory_mb,
                     max_timeout_s=p.max_timeout_s,
-                    regions=[RegionRef(name=n, url=region_urls[n]) for n in parents],
+                    regions=[
+                        RegionRef(
+                            name=n, url=region_url(p.name, n) if region_url else region_urls[n]
+                        )
+                        for n in parents
+                    ],
                 )
             )
         self.nodes = {n.name: NodeProcess(n, Path(n.data_dir) / "node.toml") for n in nodes}

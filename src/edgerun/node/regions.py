@@ -117,6 +117,9 @@ class Regions:
                 region.healthy = False
                 continue
             except _MAYBE_RAN as exc:
+                region.failures += 1
+                if region.failures >= _SLOW_CHECKS_TO_DOWN:
+                    region.healthy = False  # the breaker opens; health checks close it
                 if idempotent:
                     region.healthy = False
                     continue
@@ -125,5 +128,6 @@ class Regions:
                     "may have run, so it was not retried (declare the function idempotent to "
                     "allow retries)"
                 ) from None
+            region.failures = 0
             return region, resp
         raise AllRegionsDown("no region could be reached")
