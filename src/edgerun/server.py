@@ -86,6 +86,7 @@ def make_engine(cfg: NodeConfig) -> tuple[SandboxFactory, list[Layer]]:
         settings=settings,
         cgroups=cgroups if cgroups and cgroups.version else None,
         uids=uids,
+        root_mount=data / "sandbox-root",
     )
     return factory, layers
 

@@ -109,6 +109,21 @@ class SandboxCgroup:
                 out.update(int(p) for p in (path / "cgroup.procs").read_text().split())
         return sorted(out)
 
+    def kill_strays(self, keep: int) -> None:
+        """SIGKILL every process in the cgroup but ``keep`` (cheap when there are none)."""
+        pids = self.dirs.get("pids")
+        if pids is not None:
+            with contextlib.suppress(OSError):
+                if (pids / "pids.current").read_text().strip() == "1":
+                    return
+        for _ in range(20):
+            strays = [p for p in self.pids() if p != keep]
+            if not strays:
+                return
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
     def oom_killed(self) -> bool:
         mem = self.dirs.get("memory")
         if mem is None:

@@ -41,6 +41,8 @@ class StartZygote(msgspec.Struct, tag="start_zygote", kw_only=True):
     uid: int
     gid: int
     tmp_mb: int
+    root_mount: str
+    """An empty folder the zygote mounts its new root on (inside its own namespace)."""
     nofile: int
     nproc: int
     layers: Layers

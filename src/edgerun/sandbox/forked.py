@@ -18,12 +18,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgerun.sandbox import ctl
-from edgerun.sandbox.base import SandboxInitError, SandboxSpec
+from edgerun.sandbox.base import SandboxCrashed, SandboxInitError, SandboxSpec
 from edgerun.sandbox.cgroups import Cgroups, SandboxCgroup
 from edgerun.sandbox.channel import ChannelSandbox, describe_status
-from edgerun.sandbox.protocol import ErrorInfo
+from edgerun.sandbox.protocol import ErrorInfo, Failure, Invoke, Result
 from edgerun.sandbox.uids import UidMap
 
 log = logging.getLogger("edgerun.sandbox")
@@ -111,6 +112,13 @@ class ForkedSandbox(ChannelSandbox):
         self._reaped = False
         self._status: int | None = None
 
+    async def invoke(self, msg: Invoke) -> Result | Failure:
+        reply = await super().invoke(msg)
+        if self.cgroup is not None:
+            # Nothing a call started may outlive it: stop stray processes now.
+            self.cgroup.kill_strays(self.pid)
+        return reply
+
     async def _terminate(self) -> None:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
@@ -140,8 +148,15 @@ class ForkedSandbox(ChannelSandbox):
 
 class ZygoteSandboxFactory:
     def __init__(
-        self, *, node: str, settings: EngineSettings, cgroups: Cgroups | None, uids: UidMap
+        self,
+        *,
+        node: str,
+        settings: EngineSettings,
+        cgroups: Cgroups | None,
+        uids: UidMap,
+        root_mount: Path,
     ) -> None:
+        """``root_mount``: an empty folder zygotes mount their private roots on."""
         self.node = node
         self.settings = settings
         self.cgroups = cgroups
@@ -151,12 +166,14 @@ class ZygoteSandboxFactory:
         self._zygotes: dict[str, _Zygote] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count(1)
+        self.root_mount = root_mount
 
     @property
     def zygotes(self) -> dict[str, _Zygote]:
         return self._zygotes
 
     async def open(self) -> None:
+        self.root_mount.mkdir(parents=True, exist_ok=True)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._template = await asyncio.create_subprocess_exec(
@@ -187,15 +204,21 @@ class ZygoteSandboxFactory:
             self.cgroups.remove_all()
 
     async def start(self, spec: SandboxSpec) -> ForkedSandbox:
-        zygote = await self._zygote(spec)
-        try:
-            reply, fds = await zygote.chan.request(ctl.Fork())
-        except (OSError, EOFError):
+        for attempt in (1, 2):
+            zygote = await self._zygote(spec)
+            try:
+                reply, fds = await zygote.chan.request(ctl.Fork())
+            except (OSError, EOFError):
+                reply, fds = None, []
+            if isinstance(reply, ctl.Forked) and len(fds) == 2:
+                break
+            # A zygote can die (its sandboxes share its uid); start a fresh one once.
+            for fd in fds:
+                os.close(fd)
             self._drop(spec.key)
-            raise SandboxInitError(ErrorInfo(type="InitError", message="the zygote died")) from None
-        if not isinstance(reply, ctl.Forked) or len(fds) != 2:
-            self._drop(spec.key)
-            raise SandboxInitError(ErrorInfo(type="InitError", message="the zygote misbehaved"))
+            if attempt == 2:
+                raise SandboxCrashed(f"the zygote of {spec.function!r} died twice in a row")
+        assert isinstance(reply, ctl.Forked)
         chan_fd, pidfd = fds
         pid = _pid_of(pidfd)
         cgroup = None
@@ -259,6 +282,7 @@ class ZygoteSandboxFactory:
             uid=uid,
             gid=uid,
             tmp_mb=s.tmp_mb,
+            root_mount=str(self.root_mount),
             nofile=s.nofile,
             nproc=s.pids_max,
             layers=ctl.Layers(

@@ -56,6 +56,9 @@ _DENIED: dict[str, tuple[int, int]] = {
     "open_tree": (428, 428),
     "mount_setattr": (442, 442),
     "pidfd_getfd": (438, 438),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
     "process_madvise": (440, 440),
 }
 _CLONE = (56, 220)

@@ -23,7 +23,6 @@ import resource
 import signal
 import socket
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -129,6 +128,9 @@ def _z0(req: ctl.StartZygote, chan: socket.socket, report_fd: int) -> None:
 def _z1(req: ctl.StartZygote, chan: socket.socket) -> None:
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # As pid 1 of its namespace the zygote only receives signals it handles;
+        # Python's SIGINT handler would let a sandbox interrupt it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         task_root = req.bundle_dir
         if req.layers.namespaces:
             _build_root(req)
@@ -161,7 +163,7 @@ def _z1(req: ctl.StartZygote, chan: socket.socket) -> None:
 def _build_root(req: ctl.StartZygote) -> None:
     """A tmpfs root with read-only binds of what Python needs and the bundle."""
     libc.mount("none", "/", None, libc.MS_REC | libc.MS_PRIVATE)
-    new_root = tempfile.mkdtemp(prefix="edgerun-root-")
+    new_root = req.root_mount  # an empty folder of the node's; mounts here stay private
     libc.mount("tmpfs", new_root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "size=1m,mode=755")
 
     def bind(src: str, dst: str | None = None, *, device: bool = False) -> None:

@@ -1,0 +1,5 @@
+"""Attacks error handling: raises an ordinary exception."""
+
+
+def handler(event, context):
+    raise ValueError("hostile: deliberate failure")

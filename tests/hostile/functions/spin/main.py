@@ -1,0 +1,6 @@
+"""Attacks the timeout: loops forever."""
+
+
+def handler(event, context):
+    while True:
+        pass
