@@ -29,9 +29,10 @@ class SandboxSpec:
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
 
-    @property
-    def key(self) -> str:
-        """Sandboxes are interchangeable exactly when their keys are equal."""
+    key: str = field(init=False, repr=False, compare=False)
+    """Sandboxes are interchangeable exactly when their keys are equal."""
+
+    def __post_init__(self) -> None:
         h = hashlib.sha256()
         for part in (
             self.function,
@@ -42,7 +43,7 @@ class SandboxSpec:
             *sorted(f"{k}={v}" for k, v in self.env.items()),
         ):
             h.update(part.encode() + b"\0")
-        return h.hexdigest()[:32]
+        object.__setattr__(self, "key", h.hexdigest()[:32])
 
 
 class SandboxError(Exception):

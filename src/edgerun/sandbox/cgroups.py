@@ -97,6 +97,24 @@ class SandboxCgroup:
     def __init__(self, version: int, dirs: dict[str, Path]) -> None:
         self.version = version
         self.dirs = dirs
+        self._pids_current: int | None = None
+
+    def _count(self) -> int | None:
+        """Processes in the cgroup, from a file kept open (read after every call)."""
+        pids = self.dirs.get("pids")
+        if pids is None:
+            return None
+        try:
+            if self._pids_current is None:
+                self._pids_current = os.open(pids / "pids.current", os.O_RDONLY)
+            return int(os.pread(self._pids_current, 32, 0))
+        except (OSError, ValueError):
+            return None
+
+    def _close_count(self) -> None:
+        if self._pids_current is not None:
+            os.close(self._pids_current)
+            self._pids_current = None
 
     def add(self, pid: int) -> None:
         for path in set(self.dirs.values()):
@@ -111,11 +129,8 @@ class SandboxCgroup:
 
     def kill_strays(self, keep: int) -> None:
         """SIGKILL every process in the cgroup but ``keep`` (cheap when there are none)."""
-        pids = self.dirs.get("pids")
-        if pids is not None:
-            with contextlib.suppress(OSError):
-                if (pids / "pids.current").read_text().strip() == "1":
-                    return
+        if self._count() == 1:
+            return
         for _ in range(20):
             strays = [p for p in self.pids() if p != keep]
             if not strays:
@@ -159,6 +174,7 @@ class SandboxCgroup:
             time.sleep(0.002)
 
     def destroy(self) -> None:
+        self._close_count()
         self.kill_all()
         for path in set(self.dirs.values()):
             for _ in range(100):

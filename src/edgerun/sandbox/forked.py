@@ -123,7 +123,7 @@ class ForkedSandbox(ChannelSandbox):
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         if self.cgroup is not None:
-            await asyncio.to_thread(self.cgroup.kill_all)
+            self.cgroup.kill_strays(self.pid)  # children too; no waiting for them to go
 
     async def _reap(self) -> int | None:
         """The wait status, asked of the zygote once (a pid may be reused after)."""
@@ -136,7 +136,9 @@ class ForkedSandbox(ChannelSandbox):
         await self._reap()
         os.close(self._pidfd)
         if self.cgroup is not None:
-            await asyncio.to_thread(self.cgroup.destroy)
+            # Removing a cgroup waits for its processes to be gone: not our caller's
+            # problem (an eviction should not wait for it), so it finishes in a thread.
+            asyncio.get_running_loop().run_in_executor(None, self.cgroup.destroy)
         self.zygote.live -= 1
         self.zygote.last_used = time.monotonic()
 
@@ -223,13 +225,11 @@ class ZygoteSandboxFactory:
         pid = _pid_of(pidfd)
         cgroup = None
         if self.cgroups is not None:
-            cgroup = self.cgroups.create(
-                f"sb-{next(self._ids)}",
-                memory_mb=spec.memory_mb,
-                pids_max=self.settings.pids_max,
+            # Moving a process between cgroups can wait for an RCU grace period
+            # (milliseconds): do it off the event loop so other requests go on.
+            cgroup = await asyncio.to_thread(
+                self._cgroup_for, f"sb-{next(self._ids)}", spec.memory_mb, pid
             )
-            if cgroup is not None:
-                cgroup.add(pid)
         reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=chan_fd))
         zygote.live += 1
         zygote.last_used = time.monotonic()
@@ -243,6 +243,13 @@ class ZygoteSandboxFactory:
             pidfd=pidfd,
             cgroup=cgroup,
         )
+
+    def _cgroup_for(self, name: str, memory_mb: int, pid: int) -> SandboxCgroup | None:
+        assert self.cgroups is not None
+        cgroup = self.cgroups.create(name, memory_mb=memory_mb, pids_max=self.settings.pids_max)
+        if cgroup is not None:
+            cgroup.add(pid)
+        return cgroup
 
     def is_loaded(self, spec: SandboxSpec) -> bool:
         z = self._zygotes.get(spec.key)
@@ -298,11 +305,9 @@ class ZygoteSandboxFactory:
         chan_fd, pidfd = fds
         cgroup = None
         if self.cgroups is not None:
-            cgroup = self.cgroups.create(
-                f"zy-{next(self._ids)}", memory_mb=spec.memory_mb, pids_max=s.pids_max
+            cgroup = await asyncio.to_thread(
+                self._cgroup_for, f"zy-{next(self._ids)}", spec.memory_mb, _pid_of(pidfd)
             )
-            if cgroup is not None:
-                cgroup.add(_pid_of(pidfd))
         z = _Zygote(spec, ctl.AsyncChannel(socket.socket(fileno=chan_fd)), pidfd, reply.pid, cgroup)
         try:
             loaded, _ = await asyncio.wait_for(z.chan.request(ctl.Load()), 60)
