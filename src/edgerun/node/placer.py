@@ -55,7 +55,7 @@ class Placer:
         """The decision for one request (counted as a hit), and the function's rate."""
         rate = self.popularity.hit(fn.name, time.monotonic())
         cfg = fn.config
-        has_idle, free_mb, evictable_mb, at_max = self.pool.state(spec.key, cfg.memory_mb, rate)
+        view = self.pool.view(spec.key, rate)
         prefix = spec.version[:WARM_PREFIX]
         regions = [
             RegionView(r.name, r.healthy, r.latency_ms, warm=prefix in r.warm, load=r.load)
@@ -63,7 +63,13 @@ class Placer:
         ]
         decision = decide(
             FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement, cfg.latency_sensitive),
-            pool=PoolState(has_idle, free_mb, evictable_mb, self.factory.is_loaded(spec), at_max),
+            pool=PoolState(
+                view.has_idle,
+                view.free_mb,
+                view.evictable_mb,
+                zygote_ready=self.factory.is_loaded(spec),
+                at_function_max=view.at_function_max,
+            ),
             rate=rate,
             limits=self.limits,
             regions=regions,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import httpx
 
 from edgerun.config import RegionRef
-from edgerun.placement import RegionView
 
 log = logging.getLogger("edgerun.node.regions")
 
@@ -51,9 +50,6 @@ class Regions:
     def __init__(self, refs: Sequence[RegionRef], client: httpx.AsyncClient) -> None:
         self.regions = [Region(r.name, r.url.rstrip("/")) for r in refs]
         self._client = client
-
-    def views(self) -> list[RegionView]:
-        return [RegionView(r.name, r.healthy) for r in self.regions]
 
     def by_name(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)

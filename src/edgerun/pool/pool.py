@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from edgerun.errors import ApiError
 from edgerun.sandbox.base import Sandbox, SandboxFactory, SandboxSpec
@@ -35,13 +36,15 @@ class TooBigForNode(ApiError):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class PoolView:
+class PoolView(NamedTuple):
     """What the placement policy may know about the pool, for one version."""
 
     has_idle: bool
-    can_start: bool
-    """A new sandbox could start now: free memory, or idle sandboxes to evict."""
+    free_mb: int
+    """Memory no sandbox holds."""
+    evictable_mb: int
+    """Memory held by idle sandboxes of other versions worth less than the asker."""
+    at_function_max: bool
 
 
 @dataclass(slots=True)
@@ -114,24 +117,16 @@ class Pool:
             if k != key and (below is None or self._value(v, now) < below)
         )
 
-    def state(self, key: str, memory_mb: int, value: float) -> tuple[bool, int, int, bool]:
-        """``(has_idle, free_mb, evictable_mb, at_function_max)`` for the policy,
-        counting as evictable only idle sandboxes worth less than ``value``."""
+    def view(self, key: str, value: float | None = None) -> PoolView:
+        """The pool as one version sees it; only idle sandboxes worth less than
+        ``value`` count as evictable (all of them when it is None)."""
         v = self._versions.get(key)
-        return (
-            bool(v and v.idle),
-            self.capacity_mb - self._used_mb,
-            self._evictable_mb(key, value),
-            bool(v and v.count >= self.max_per_function),
+        return PoolView(
+            has_idle=bool(v and v.idle),
+            free_mb=self.capacity_mb - self._used_mb,
+            evictable_mb=self._evictable_mb(key, value),
+            at_function_max=bool(v and v.count >= self.max_per_function),
         )
-
-    def view(self, key: str, memory_mb: int) -> PoolView:
-        v = self._versions.get(key)
-        if v is not None and v.idle:
-            return PoolView(has_idle=True, can_start=True)
-        room = self.capacity_mb - self._used_mb + self._evictable_mb(key)
-        under_max = v is None or v.count < self.max_per_function
-        return PoolView(has_idle=False, can_start=under_max and memory_mb <= room)
 
     def load(self) -> float:
         """Share of the memory budget in use (0..1)."""

@@ -203,7 +203,7 @@ async def test_factory_start_failure_frees_the_slot():
         await use(pool, spec())
 
     assert pool.snapshot()["used_mb"] == 0 * 128
-    assert pool.view(spec().key, 128).can_start
+    assert pool.view(spec().key).free_mb == 128
     _, cold = await use(pool, spec())
     assert cold is True
 
@@ -220,7 +220,7 @@ async def test_reap_idle_stops_sandboxes_idle_longer_than_the_ttl():
     assert reaped == 1
     assert sandbox.closed
     assert pool.snapshot()["used_mb"] == 0 * 128
-    assert not pool.view(spec().key, 128).has_idle
+    assert not pool.view(spec().key).has_idle
 
 
 async def test_reap_idle_keeps_sandboxes_within_the_ttl():
@@ -252,25 +252,25 @@ async def test_close_stops_idle_sandboxes():
 # --- views --------------------------------------------------------------------------
 
 
-async def test_view_of_an_empty_pool_can_start_but_has_no_idle():
+async def test_view_of_an_empty_pool_is_all_free_and_idle_free():
     pool = make_pool(FakeFactory(), slots=1)
 
-    assert pool.view(spec().key, 128) == PoolView(has_idle=False, can_start=True)
+    assert pool.view(spec().key) == PoolView(False, 128, 0, False)
 
 
 async def test_view_shows_an_idle_sandbox_for_its_key_only():
     pool = make_pool(FakeFactory(), slots=1)
     await use(pool, spec("one"))
 
-    assert pool.view(spec("one").key, 128) == PoolView(has_idle=True, can_start=True)
-    assert pool.view(spec("two").key, 128) == PoolView(has_idle=False, can_start=True)
+    assert pool.view(spec("one").key) == PoolView(True, 0, 0, False)
+    assert pool.view(spec("two").key) == PoolView(False, 0, 128, False)
 
 
-async def test_view_cannot_start_when_every_slot_is_busy():
+async def test_view_has_nothing_evictable_when_every_sandbox_is_busy():
     pool = make_pool(FakeFactory(), slots=1)
 
     async with pool.lease(spec("one")):
-        assert pool.view(spec("two").key, 128) == PoolView(has_idle=False, can_start=False)
+        assert pool.view(spec("two").key) == PoolView(False, 0, 0, False)
 
 
 async def test_warm_versions_include_idle_and_busy_sandboxes():
@@ -370,7 +370,7 @@ async def test_prewarm_starts_idle_sandboxes_without_evicting():
     started = await pool.prewarm(spec(), 5)
 
     assert started == 2
-    assert pool.view(spec().key, 128).has_idle
+    assert pool.view(spec().key).has_idle
     assert pool.versions()[0]["function"] == "hello"
 
 
@@ -392,4 +392,4 @@ async def test_state_counts_only_cheaper_idle_sandboxes_as_evictable():
     await use(pool, big_spec("a", 128))
     await use(pool, big_spec("b", 128))
 
-    assert pool.state(big_spec("me", 128).key, 128, values["me"]) == (False, 0, 128, False)
+    assert pool.view(big_spec("me", 128).key, values["me"]) == PoolView(False, 0, 128, False)
