@@ -671,7 +671,12 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
             flush=True,
         )
         if profile is not None:
-            extra["profile"] = profile_pop(pop_proc.pid, f"{pop}/fn/hello/?name=world", s, profile)
+            extra["profile"] = {
+                "local_hello": profile_pop(
+                    pop_proc.pid, f"{pop}/fn/hello/?name=world", s, profile, "local"
+                ),
+                "forwarded_hello": profile_pop(pop_proc.pid, fwd_url, s, profile, "forwarded"),
+            }
     finally:
         cluster.stop()
         _safe_rmtree(root)
@@ -681,13 +686,13 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
 # --- profile ----------------------------------------------------------------------------------
 
 
-def profile_pop(pid: int, url: str, s: Settings, out: Path) -> dict[str, Any]:
+def profile_pop(pid: int, url: str, s: Settings, out: Path, tag: str) -> dict[str, Any]:
     """py-spy the POP while wrk loads it; summarise the speedscope profile."""
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
         return {"error": "py-spy is not installed in the project venv"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    speedscope = out.with_suffix(".speedscope.json")
+    speedscope = out.parent / f"{out.name}.{tag}.speedscope.json"
     duration = max(5, s.duration)
     spy = subprocess.Popen(
         [
@@ -916,11 +921,14 @@ def versions(s: Settings) -> dict[str, str]:
     }
 
 
-def print_profile(profile: dict[str, Any]) -> None:
+def print_profile(tag: str, profile: dict[str, Any]) -> None:
     if "error" in profile:
-        print(f"profile: {profile['error']}")
+        print(f"profile {tag}: {profile['error']}")
         return
-    print(f"POP profile under wrk (py-spy, {profile['samples']:.0f} samples, {profile['file']})")
+    print(
+        f"POP profile, {tag}, under wrk (py-spy, {profile['samples']:.0f} samples, "
+        f"{profile['file']})"
+    )
     w = profile["wrk_under_profiler"]
     print(f"  wrk while profiled: {w['rps']} req/s, p50 {w['p50_ms']} ms")
     for title, key in (
@@ -1025,8 +1033,8 @@ def main() -> None:
     for k, t in targets.items():
         verdict = "-" if t["met"] is None else ("met" if t["met"] else "NOT met")
         print(f"  {k:<36} {t['target']:>6}  got {t['value']!s:<9} {verdict}")
-    if "profile" in extra:
-        print_profile(extra["profile"])
+    for tag, prof in extra.get("profile", {}).items():
+        print_profile(tag, prof)
     machine["loadavg"]["at_end"] = loadavg()
     elapsed = round(time.monotonic() - started, 1)
     print(f"elapsed: {elapsed} s; loadavg at end {machine['loadavg']['at_end']}")

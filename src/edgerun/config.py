@@ -67,6 +67,8 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POP: functions whose popularity is tracked (memory stays bounded)."""
     latency_sensitive_factor: float = 0.25
     faster_in_region_ratio: float = 2.0
+    placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
+    """POP: the placement policy; the other two are baselines for benchmarks."""
 
 
 def load_node_config(path: Path) -> NodeConfig:
@@ -119,6 +121,7 @@ class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_memory_mb: int = 512
     max_timeout_s: float = 30.0
     popular_per_min: float = 2.0
+    placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
 
 
 class Topology(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgerun.cluster import LocalCluster, free_port
 from edgerun.config import ControlSpec, PopSpec, RegionSpec, Topology
@@ -147,6 +147,7 @@ class LabSpec:
     pop_capacity_mb: int = 1024
     region_capacity_mb: int = 8192
     popular_per_min: float = 2.0
+    placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
 
 
 @dataclass
@@ -175,6 +176,7 @@ class Lab:
                     port=free_port(),
                     capacity_mb=s.pop_capacity_mb,
                     popular_per_min=s.popular_per_min,
+                    placement_mode=s.placement_mode,
                     regions=region_names[i % s.regions :] + region_names[: i % s.regions],
                 )
                 for i in range(s.pops)

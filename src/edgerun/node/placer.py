@@ -22,6 +22,7 @@ from edgerun.placement import (
     RegionView,
     Thresholds,
     decide,
+    decide_baseline,
 )
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxFactory, SandboxSpec
@@ -44,6 +45,7 @@ class Placer:
             latency_sensitive_factor=cfg.latency_sensitive_factor,
             faster_in_region_ratio=cfg.faster_in_region_ratio,
         )
+        self.mode = cfg.placement_mode
         self.popularity = Popularity(cfg.popularity_capacity, cfg.popularity_half_life_s)
         self._here_ms: dict[str, float] = {}
         self._region_ms: dict[str, float] = {}
@@ -61,6 +63,15 @@ class Placer:
             RegionView(r.name, r.healthy, r.latency_ms, warm=prefix in r.warm, load=r.load)
             for r in self.regions.regions
         ]
+        if self.mode != "edgerun":
+            decision = decide_baseline(
+                self.mode,
+                FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement),
+                has_idle=view.has_idle,
+                limits=self.limits,
+                regions=regions,
+            )
+            return decision, rate
         decision = decide(
             FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement, cfg.latency_sensitive),
             pool=PoolState(

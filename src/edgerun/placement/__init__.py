@@ -9,6 +9,7 @@ from edgerun.placement.policy import (
     RegionView,
     Thresholds,
     decide,
+    decide_baseline,
     rank_regions,
 )
 from edgerun.placement.popularity import Popularity
@@ -23,5 +24,6 @@ __all__ = [
     "RegionView",
     "Thresholds",
     "decide",
+    "decide_baseline",
     "rank_regions",
 ]

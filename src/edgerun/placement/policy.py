@@ -171,6 +171,24 @@ def decide(
     return Decision("forward", "warming", best.name, prewarm=True)
 
 
+def decide_baseline(
+    mode: Literal["always-here", "always-forward"],
+    fn: FunctionView,
+    *,
+    has_idle: bool,
+    limits: NodeLimits,
+    regions: Sequence[RegionView],
+) -> Decision:
+    """The policies edgerun is measured against: run everything that may run
+    here (evicting as needed), or forward everything."""
+    ranked = rank_regions(regions)
+    best = ranked[0] if ranked else None
+    fits = fn.memory_mb <= limits.max_memory_mb and fn.timeout_s <= limits.max_timeout_s
+    if mode == "always-forward" or fn.placement == "region" or not fits:
+        return _forward(best, mode if fits and fn.placement != "region" else "region-only")
+    return _here(PoolState(has_idle, 0, 0), mode)
+
+
 def _forward(best: RegionView | None, reason: str) -> Decision:
     if best is None:
         return Decision("reject", "all-regions-down")

@@ -14,6 +14,7 @@ from edgerun.placement import (
     RegionView,
     Thresholds,
     decide,
+    decide_baseline,
     rank_regions,
 )
 
@@ -212,3 +213,19 @@ def test_a_rare_function_never_cold_starts_while_a_region_is_up(fn, pool, rate, 
     d = run(FunctionView(fn.memory_mb, fn.timeout_s, "auto", False), pool, rate, tuple(regs), obs)
     if any(r.healthy for r in regs):
         assert d.action != "local-cold"
+
+
+def test_always_here_baseline_runs_everything_that_fits_here() -> None:
+    d = decide_baseline("always-here", FN, has_idle=False, limits=LIMITS, regions=(R1,))
+    assert (d.action, d.reason) == ("local-wait", "always-here")
+
+
+def test_always_forward_baseline_forwards_even_when_warm_here() -> None:
+    d = decide_baseline("always-forward", FN, has_idle=True, limits=LIMITS, regions=(R1,))
+    assert (d.action, d.region) == ("forward", "r1")
+
+
+def test_baselines_still_forward_region_only_functions() -> None:
+    fn = FunctionView(128, 3.0, "region")
+    d = decide_baseline("always-here", fn, has_idle=True, limits=LIMITS, regions=(R1,))
+    assert (d.action, d.reason) == ("forward", "region-only")
