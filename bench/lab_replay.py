@@ -5,8 +5,8 @@ sleeper functions (durations log-uniform 1..200 ms), Zipf(s=1) popularity,
 Poisson arrivals, replayed from a client near each of two POPs whose
 capacity holds 10% of the functions (client-POP 5 ms, POP-region 40 ms
 round trips). Each policy gets a fresh lab and the same trace:
-``edgerun``, ``always-here``, ``always-forward``, and ``ideal`` (edgerun
-with room for every function).
+``edgerun``, ``always-here``, ``always-forward``, and ``ideal`` (a POP
+with room for every function, running everything there).
 
     .venv/bin/python bench/lab_replay.py [--functions 40 --rate 20 --seconds 40]
 """
@@ -54,7 +54,9 @@ def trace(functions: int, rate: float, seconds: float, seed: int) -> list[tuple[
         out.append((t, rng.randrange(2), bisect.bisect_left(cumulative, rng.random() * total)))
 
 
-async def replay(lab: Lab, requests: list[tuple[float, int, int]]) -> list[tuple[float, str, str]]:
+async def replay(
+    lab: Lab, requests: list[tuple[float, int, int]], warmup_s: float
+) -> list[tuple[float, str, str]]:
     urls = [lab.client_url("pop-1"), lab.client_url("pop-2")]
     results: list[tuple[float, str, str]] = []
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
@@ -71,7 +73,8 @@ async def replay(lab: Lab, requests: list[tuple[float, int, int]]) -> list[tuple
                 region = resp.headers.get("x-edgerun-region-placement", "")
             except httpx.HTTPError:
                 placement, region = "error", ""
-            results.append(((time.perf_counter() - t0) * 1000, placement, region))
+            if at >= warmup_s:
+                results.append(((time.perf_counter() - t0) * 1000, placement, region))
 
         await asyncio.gather(*(one(*r) for r in requests))
     return results
@@ -114,7 +117,7 @@ def run_policy(
                     ),
                 )
         time.sleep(2.0)  # let every node follow the feed
-        results = asyncio.run(replay(lab, requests))
+        results = asyncio.run(replay(lab, requests, args.warmup))
     finally:
         lab.stop()
     lat = sorted(r[0] for r in results)
@@ -140,8 +143,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--functions", type=int, default=40)
     parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds replayed but left out of the figures"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     durations = [math.exp(rng.uniform(0, math.log(200))) for _ in range(args.functions)]
@@ -151,12 +157,15 @@ def main() -> None:
         ("edgerun", "edgerun", capacity),
         ("always-here", "always-here", capacity),
         ("always-forward", "always-forward", capacity),
-        ("ideal", "edgerun", args.functions * 2),
+        ("ideal", "always-here", args.functions * 2),
     ]
     out = {
         name: run_policy(name, mode, cap, args, requests, durations) for name, mode, cap in policies
     }
-    print(f"{len(requests)} requests, {args.functions} functions, POP capacity {capacity}")
+    print(
+        f"{len(requests)} requests ({args.warmup:g} s of warm-up left out), "
+        f"{args.functions} functions, POP capacity {capacity}"
+    )
     print(f"{'policy':<16}{'p50':>8}{'p95':>8}{'p99':>8}{'at POP':>8}{'cold':>8}{'errors':>8}")
     for name, r in out.items():
         print(
