@@ -8,17 +8,23 @@ with ~200 requests, measure, stop it):
 2. functions-framework: default mode (Flask under gunicorn) hello and
    JSON-transform, and ``--asgi`` mode (Starlette under gunicorn's uvicorn worker) hello;
 3. a bare raw-ASGI hello under uvicorn + uvloop + httptools (the ceiling);
-4. edgerun: a LocalCluster (control, one region, one POP that deems every
-   function popular); hello and JSON-transform served ``local-warm`` at the POP, then a
-   ``placement="region"`` hello through the POP (forwarded) and straight at the region.
+4. edgerun: a LocalCluster (control, one region, two POPs that deem every function
+   popular). pop-1 may hold one sandbox per connection (``max_per_function`` =
+   connections, a memory budget to match) and serves hello and JSON-transform
+   ``local-warm`` (placement ``auto``), and hello with ``placement="edge"`` (never
+   forwarded); pop-2 keeps the node defaults (8 sandboxes per function) and serves
+   hello. Then a ``placement="region"`` hello through pop-1 (forwarded) and straight
+   at the region, under load and with one connection.
 
-For each: req/s, p50 and p99 from wrk and from hey, and the peak RSS of the server's
-whole process tree (sampled from /proc every 100 ms). It prints a table, the ratios
-and targets, and ends with exactly one JSON line. ``--profile PATH`` also records the
-POP under wrk load with py-spy (speedscope JSON) and prints where its time goes.
+For each: req/s, p50 and p99 from wrk and from hey, the peak RSS and PSS of the
+server's whole process tree (sampled from /proc every 100 ms; PSS every 2 s), the
+CPU steal during the row and, for edgerun, where the POP placed the requests. It
+prints a table, the ratios and targets, and ends with exactly one JSON line.
+``--profile PATH`` then records pop-1 under wrk with py-spy (speedscope JSON files
+``PATH.<case>.speedscope.json``) and prints where its time goes.
 
 Run it with ``bash scripts/bench peers`` (installs wrk, hey, workerd and
-functions-framework first); ``--duration 5`` for a quick run.
+functions-framework first); ``--duration 5`` for a quick run, ``--help`` for the rest.
 """
 
 from __future__ import annotations
@@ -65,8 +71,12 @@ MB = 1024 * 1024
 TARGETS: dict[str, tuple[str, float]] = {
     "edgerun_over_ff_default_rps": (">=", 5.0),
     "forward_added_p50_ms": ("<=", 0.5),
+    "forward_added_p50_ms_one_connection": ("<=", 0.5),
     "node_rss_mb": ("<=", 150.0),
+    "node_pss_mb": ("<=", 150.0),
 }
+"""``node_rss_mb`` sums the RSS of the POP and every sandbox, zygote and template it
+forked (shared pages counted once per process); ``node_pss_mb`` shares them out."""
 
 
 # --- settings and results ---------------------------------------------------------------
@@ -91,15 +101,19 @@ class Load:
     p99_ms: float
     requests: int
     errors: int
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "rps": round(self.rps, 1),
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
             "requests": self.requests,
             "errors": self.errors,
         }
+        if self.errors:
+            out["error_kinds"] = self.error_kinds
+        return out
 
 
 @dataclass
@@ -129,6 +143,7 @@ class Row:
     memory: dict[str, Peak] = field(default_factory=dict)
     placements: dict[str, int] | None = None
     loadavg: tuple[str, str] = ("", "")
+    steal_pct: float | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,6 +153,7 @@ class Row:
             "hey": self.hey.as_dict() if self.hey else None,
             "memory": {k: v.as_dict() for k, v in self.memory.items()},
             "loadavg_before_after": list(self.loadavg),
+            "cpu_steal_pct": self.steal_pct,
         }
         if self.placements is not None:
             out["placements"] = self.placements
@@ -151,6 +167,12 @@ class Row:
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies from /proc/stat: how much CPU the hypervisor took."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def wait_for_quiet(max_load: float, max_wait_s: float) -> dict[str, Any]:
@@ -222,10 +244,13 @@ def _pss(pid: int) -> int:
 
 
 class TreeSampler:
-    """Samples the summed RSS of process trees every ``interval`` s in a thread
-    (PSS, which reads smaps_rollup, every ``pss_every`` samples)."""
+    """Samples the summed RSS of process trees every ``interval`` s in a thread.
 
-    def __init__(self, roots: dict[str, int], interval: float = 0.1, pss_every: int = 5) -> None:
+    PSS needs smaps_rollup, which walks every mapping under the process's mmap lock
+    (~2 ms for workerd's large V8 reservations, stalling its page faults), so it is
+    read only every ``pss_every`` samples; statm is cheap."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.1, pss_every: int = 20) -> None:
         self.roots = roots
         self.interval = interval
         self.pss_every = pss_every
@@ -287,6 +312,7 @@ def run_wrk(url: str, body: Path | None, s: Settings, *, threads: int = 0, conns
         p99_ms=lat["p99"] / 1000,
         requests=data["requests"],
         errors=sum(data["errors"].values()),
+        error_kinds={k: v for k, v in data["errors"].items() if v},
     )
 
 
@@ -306,6 +332,10 @@ def parse_hey(text: str) -> Load:
         p99_ms=pct[99],
         requests=sum(statuses.values()),
         errors=bad + failed,
+        error_kinds={
+            **{str(code): n for code, n in statuses.items() if not 200 <= code < 400},
+            **({"client": failed} if failed else {}),
+        },
     )
 
 
@@ -347,6 +377,7 @@ def measure(row: Row, url: str, body: Path | None, s: Settings, roots: dict[str,
     """Warm-up, then wrk and hey in turn while the process trees are sampled."""
     warm(url, body, s.warmup)
     before = loadavg()
+    steal0, total0 = cpu_times()
     with TreeSampler(roots) as sampler:
         row.wrk = run_wrk(url, body, s)
         if s.hey:
@@ -354,6 +385,8 @@ def measure(row: Row, url: str, body: Path | None, s: Settings, roots: dict[str,
             row.hey = run_hey(url, body, s)
     row.memory = sampler.peaks
     row.loadavg = (before, loadavg())
+    steal1, total1 = cpu_times()
+    row.steal_pct = round(100 * (steal1 - steal0) / max(1, total1 - total0), 1)
     print(f"  {format_row(row)}", flush=True)
     return row
 
@@ -591,10 +624,25 @@ def _safe_rmtree(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def prewarm(url: str, token: str, function: str, count: int) -> int:
+    """Start idle sandboxes ahead of the load (``POST /v1/admin/prewarm``)."""
+    resp = httpx.post(
+        f"{url}/v1/admin/prewarm",
+        json={"function": function, "count": count},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    resp.raise_for_status()
+    return int(resp.json()["started"])
+
+
 def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str, Any]]:
+    """POP-1 holds one sandbox per connection (``max_per_function`` = connections, memory
+    budget to match); POP-2 runs with the node defaults (8 sandboxes per function, 1 GB)."""
     rows: list[Row] = []
     extra: dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="edgerun-peers-"))
+    per_fn = max(s.connections, 8)
     topology = Topology(
         control=ControlSpec(port=free_port()),
         region=[RegionSpec(name="region-1", port=free_port(), capacity_mb=4096)],
@@ -602,61 +650,102 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
             PopSpec(
                 name="pop-1",
                 port=free_port(),
-                capacity_mb=2048,
+                capacity_mb=3 * per_fn * 128 + 1024,  # three functions run at pop-1
                 popular_per_min=0.0,
                 regions=["region-1"],
-            )
+            ),
+            PopSpec(name="pop-2", port=free_port(), popular_per_min=0.0, regions=["region-1"]),
         ],
     )
     cluster = LocalCluster(topology, root)
+    cluster.nodes["pop-1"].config.max_per_function = per_fn
+    extra["pop_settings"] = {
+        name: {
+            k: getattr(cluster.nodes[name].config, k)
+            for k in ("capacity_mb", "max_per_function", "max_queue", "popular_per_min")
+        }
+        for name in ("pop-1", "pop-2", "region-1")
+    }
     try:
         cluster.start()
-        pop, region = cluster.url("pop-1"), cluster.url("region-1")
-        pop_proc, region_proc = cluster.nodes["pop-1"].proc, cluster.nodes["region-1"].proc
-        assert pop_proc is not None and region_proc is not None
-        extra["pids"] = {"pop": pop_proc.pid, "region": region_proc.pid}
+        pop, pop2, region = (cluster.url(n) for n in ("pop-1", "pop-2", "region-1"))
+        procs = {n: cluster.nodes[n].proc for n in ("pop-1", "pop-2", "region-1")}
+        pids = {n: p.pid for n, p in procs.items() if p is not None}
+        extra["pids"] = pids
         folders = {
             "hello": (HERE / "edgerun" / "hello", "handler.handler", "auto"),
             "json-transform": (HERE / "edgerun" / "json-transform", "transform.handler", "auto"),
             "hello-region": (HERE / "edgerun" / "hello", "handler.handler", "region"),
+            "hello-edge": (HERE / "edgerun" / "hello", "handler.handler", "edge"),
         }
-        with Client(cluster.control_url, cluster.token) as client:
+        token = cluster.token
+        with Client(cluster.control_url, token) as client:
             for name, (folder, handler, placement) in folders.items():
                 config = FunctionConfig(handler=handler, placement=placement)  # type: ignore[arg-type]
                 sha = client.deploy(name, build_bundle(folder), config).aliases["latest"]
-                for url in (pop, region):
+                for url in (pop, pop2, region):
                     wait_until(
                         f"{url} to learn {name}", lambda u=url, n=name, h=sha: knows(u, n, h)
                     )
+        warm_counts: dict[str, Any] = {}
+        extra["requests_to_local_warm"] = warm_counts
 
-        def pop_row(key: str, label: str, fn: str, path: str, body: Path | None) -> None:
+        def pop_row(key: str, label: str, node: str, fn: str, path: str, body: Path | None) -> None:
             row = Row(key, label)
             rows.append(row)
-            url = f"{pop}/fn/{fn}{path}"
-            extra.setdefault("requests_to_local_warm", {})[fn] = until_local_warm(url, body)
-            before = placements(pop, fn)
-            measure(row, url, body, s, {"pop": pop_proc.pid})
-            row.placements = dict(placements(pop, fn) - before)
+            base = cluster.url(node)
+            url = f"{base}/fn/{fn}{path}"
+            warm_counts[f"{node}/{fn}"] = until_local_warm(url, body)
+            prewarm(base, token, fn, s.connections)
+            before = placements(base, fn)
+            measure(row, url, body, s, {"pop": pids[node]})
+            row.placements = dict(placements(base, fn) - before)
 
-        pop_row("edgerun_pop_hello", "edgerun POP local-warm hello", "hello", "/?name=world", None)
+        hello = "/?name=world"
+        pop_row(
+            "edgerun_pop_hello",
+            f"edgerun POP local-warm hello ({per_fn}/fn)",
+            "pop-1",
+            "hello",
+            hello,
+            None,
+        )
         pop_row(
             "edgerun_pop_transform",
-            "edgerun POP local-warm transform",
+            f"edgerun POP local-warm transform ({per_fn}/fn)",
+            "pop-1",
             "json-transform",
             "/",
             ORDER,
         )
+        pop_row(
+            "edgerun_pop_edge_hello",
+            f"edgerun POP hello, placement=edge ({per_fn}/fn)",
+            "pop-1",
+            "hello-edge",
+            hello,
+            None,
+        )
+        pop_row(
+            "edgerun_pop_defaults_hello",
+            "edgerun POP hello, node defaults (8/fn)",
+            "pop-2",
+            "hello",
+            hello,
+            None,
+        )
 
-        fwd_url = f"{pop}/fn/hello-region/?name=world"
-        direct_url = f"{region}/fn/hello-region/?name=world"
+        fwd_url = f"{pop}/fn/hello-region{hello}"
+        direct_url = f"{region}/fn/hello-region{hello}"
+        prewarm(region, token, "hello-region", s.connections)
         row = Row("edgerun_forwarded_hello", "edgerun POP -> region hello (forwarded)")
         rows.append(row)
         before = placements(pop, "hello-region")
-        measure(row, fwd_url, None, s, {"pop": pop_proc.pid, "region": region_proc.pid})
+        measure(row, fwd_url, None, s, {"pop": pids["pop-1"], "region": pids["region-1"]})
         row.placements = dict(placements(pop, "hello-region") - before)
         row = Row("edgerun_region_direct_hello", "edgerun region direct hello")
         rows.append(row)
-        measure(row, direct_url, None, s, {"region": region_proc.pid})
+        measure(row, direct_url, None, s, {"region": pids["region-1"]})
 
         # The same two with one connection: what forwarding adds without queueing.
         one = Settings(1, 1, max(2, s.duration // 2), 0, None)
@@ -666,17 +755,22 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
         }
         extra["forward_c1"] = {k: v.as_dict() for k, v in serial.items()}
         print(
-            f"  one connection: forwarded p50 {serial['forwarded'].p50_ms:.3f} ms, "
-            f"region direct p50 {serial['direct'].p50_ms:.3f} ms",
+            f"  one connection (wrk -t1 -c1 -d{one.duration}s): forwarded p50 "
+            f"{serial['forwarded'].p50_ms:.3f} ms, region direct p50 "
+            f"{serial['direct'].p50_ms:.3f} ms",
             flush=True,
         )
         if profile is not None:
-            extra["profile"] = {
-                "local_hello": profile_pop(
-                    pop_proc.pid, f"{pop}/fn/hello/?name=world", s, profile, "local"
-                ),
-                "forwarded_hello": profile_pop(pop_proc.pid, fwd_url, s, profile, "forwarded"),
-            }
+            extra["profile"] = {}
+            for tag, fn in (
+                ("local-edge", "hello-edge"),
+                ("local-auto", "hello"),
+                ("forwarded", "hello-region"),
+            ):
+                before = placements(pop, fn)
+                prof = profile_pop(pids["pop-1"], f"{pop}/fn/{fn}{hello}", s, profile, tag)
+                prof["placements"] = dict(placements(pop, fn) - before)
+                extra["profile"][tag] = prof
     finally:
         cluster.stop()
         _safe_rmtree(root)
@@ -703,7 +797,7 @@ def profile_pop(pid: int, url: str, s: Settings, out: Path, tag: str) -> dict[st
             "--duration",
             str(duration),
             "--rate",
-            "200",
+            "250",
             "--format",
             "speedscope",
             "--output",
@@ -740,38 +834,67 @@ def _area(file: str) -> str:
     return file or "?"
 
 
+PROBES = {
+    "AsyncClient.send": "httpx: the whole request to the region",
+    "current_async_library": "httpcore: `import sniffio` that fails (not installed)",
+    "_find_and_load": "import machinery at request time",
+    "RequestResponseCycle.run_asgi": "uvicorn: one request through the ASGI app",
+    "HttpToolsProtocol.data_received": "uvicorn: HTTP parsing (httptools)",
+    "Router.__call__": "starlette: routing and the endpoint",
+    "ForkedSandbox.invoke": "IPC to the sandbox and back",
+}
+"""Library (and engine) functions whose inclusive share the profile summary reports."""
+
+
 def summarize_speedscope(doc: dict[str, Any], top: int = 20) -> dict[str, Any]:
+    """Shares of the event-loop thread's samples: self time by area and by function,
+    inclusive time of edgerun's functions and of a few library entry points."""
     frames = doc["shared"]["frames"]
 
-    def label(i: int) -> str:
+    def label(i: int) -> str:  # per function: a frame's line varies within it
         f = frames[i]
-        file = str(f.get("file", ""))
-        short = _area(file)
-        return f"{f['name']} ({short}:{f.get('line', '?')})"
+        return f"{f['name']} ({_area(str(f.get('file', '')))})"
 
-    self_w: Counter[str] = Counter()
-    incl_w: Counter[str] = Counter()
-    area_self: Counter[str] = Counter()
-    total = 0.0
+    self_n: Counter[str] = Counter()
+    area_n: Counter[str] = Counter()
+    edgerun_n: Counter[str] = Counter()
+    probe_n: Counter[str] = Counter()
+    total = 0
+    threads: dict[str, int] = {}
     for prof in doc["profiles"]:
-        for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
+        threads[prof["name"]] = len(prof["samples"])
+        if "MainThread" not in prof["name"]:
+            continue  # the event loop runs the data plane; other threads are helpers
+        for stack in prof["samples"]:
             if not stack:
                 continue
-            total += weight
+            total += 1
             leaf = stack[-1]
-            self_w[label(leaf)] += weight
-            area_self[_area(str(frames[leaf].get("file", "")))] += weight
-            for name in {label(i) for i in stack}:
-                incl_w[name] += weight
+            self_n[label(leaf)] += 1
+            area_n[_area(str(frames[leaf].get("file", "")))] += 1
+            names = {frames[i]["name"] for i in stack}
+            for name in PROBES:
+                if name in names:
+                    probe_n[name] += 1
+            for lbl in {label(i) for i in stack}:
+                if "(edgerun." in lbl and not any(
+                    m in lbl for m in ("edgerun.cli", "edgerun.server", "edgerun.__main__")
+                ):
+                    edgerun_n[lbl] += 1
 
-    def share(c: Counter[str]) -> list[list[Any]]:
-        return [[k, round(100 * v / total, 1)] for k, v in c.most_common(top)] if total else []
+    def share(c: Counter[str], n: int = top) -> list[list[Any]]:
+        return [[k, round(100 * v / total, 1)] for k, v in c.most_common(n)] if total else []
 
     return {
         "samples": total,
-        "self_pct": share(self_w),
-        "inclusive_pct": share(incl_w),
-        "area_self_pct": share(area_self),
+        "threads": threads,
+        "area_self_pct": share(area_n, 15),
+        "self_pct": share(self_n),
+        "edgerun_inclusive_pct": share(edgerun_n, 15),
+        "library_inclusive_pct": [
+            [f"{k} ({PROBES[k]})", round(100 * probe_n[k] / total, 1) if total else 0.0]
+            for k in PROBES
+        ],
     }
 
 
@@ -785,6 +908,7 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def format_row(row: Row) -> str:
     w, h = row.wrk, row.hey
     mem = max((p.rss_mb for p in row.memory.values()), default=None)
+    pss = max((p.pss_mb for p in row.memory.values()), default=None)
     cells = [
         f"{row.label:<44}",
         f"{_fmt(w.rps if w else None, 0):>8}",
@@ -794,14 +918,16 @@ def format_row(row: Row) -> str:
         f"{_fmt(h.p50_ms if h else None):>7}",
         f"{_fmt(h.p99_ms if h else None):>7}",
         f"{_fmt(mem, 1):>8}",
+        f"{_fmt(pss, 1):>7}",
         f"{(w.errors if w else 0) + (h.errors if h else 0):>5}",
+        f"{_fmt(row.steal_pct, 1):>6}",
     ]
     return " ".join(cells) + (f"  ({row.error})" if row.error else "")
 
 
 HEADER = (
     f"{'server':<44} {'wrk r/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'hey r/s':>8} {'p50 ms':>7} "
-    f"{'p99 ms':>7} {'RSS MB':>8} {'errs':>5}"
+    f"{'p99 ms':>7} {'RSS MB':>8} {'PSS MB':>7} {'errs':>5} {'steal%':>6}"
 )
 
 
@@ -817,42 +943,48 @@ def compute_ratios(rows: dict[str, Row], extra: dict[str, Any]) -> dict[str, Any
         load = getattr(row, tool) if row else None
         return getattr(load, attr) if load else None
 
+    def ratio(a: str, b: str, tool: str = "wrk", attr: str = "rps") -> float | None:
+        return _ratio(get(a, tool, attr), get(b, tool, attr))
+
     def diff(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else round(a - b, 3)
 
-    pop_rss = [
-        r.memory["pop"].rss_mb for k, r in rows.items() if k.startswith("edgerun_pop") and r.memory
-    ]
-    pop_pss = [
-        r.memory["pop"].pss_mb for k, r in rows.items() if k.startswith("edgerun_pop") and r.memory
-    ]
-    fwd = rows.get("edgerun_forwarded_hello")
+    def peak(keys: tuple[str, ...], group: str, attr: str) -> float | None:
+        values = [
+            getattr(rows[k].memory[group], attr)
+            for k in keys
+            if k in rows and group in rows[k].memory
+        ]
+        return round(max(values), 1) if values else None
+
     c1 = extra.get("forward_c1", {})
+    pop1 = ("edgerun_pop_hello",)
+    pop1_all = ("edgerun_pop_hello", "edgerun_pop_transform", "edgerun_pop_edge_hello")
+    pop2 = ("edgerun_pop_defaults_hello",)
     return {
-        "edgerun_hello_rps_over_workerd_hello": _ratio(
-            get("edgerun_pop_hello", "wrk", "rps"), get("workerd_hello", "wrk", "rps")
+        "edgerun_hello_rps_over_workerd_hello": ratio("edgerun_pop_hello", "workerd_hello"),
+        "edgerun_hello_rps_over_workerd_hello_hey": ratio(
+            "edgerun_pop_hello", "workerd_hello", "hey"
         ),
-        "edgerun_transform_rps_over_workerd_transform": _ratio(
-            get("edgerun_pop_transform", "wrk", "rps"), get("workerd_transform", "wrk", "rps")
+        "edgerun_transform_rps_over_workerd_transform": ratio(
+            "edgerun_pop_transform", "workerd_transform"
         ),
-        "edgerun_p99_hey_over_workerd_p99_hey": _ratio(
-            get("edgerun_pop_hello", "hey", "p99_ms"), get("workerd_hello", "hey", "p99_ms")
+        "edgerun_p99_hey_over_workerd_p99_hey": ratio(
+            "edgerun_pop_hello", "workerd_hello", "hey", "p99_ms"
         ),
-        "edgerun_over_ff_default_rps": _ratio(
-            get("edgerun_pop_hello", "wrk", "rps"), get("ff_default_hello", "wrk", "rps")
+        "edgerun_over_ff_default_rps": ratio("edgerun_pop_hello", "ff_default_hello"),
+        "edgerun_over_ff_default_rps_hey": ratio("edgerun_pop_hello", "ff_default_hello", "hey"),
+        "edgerun_node_defaults_over_ff_default_rps": ratio(
+            "edgerun_pop_defaults_hello", "ff_default_hello"
         ),
-        "edgerun_over_ff_default_rps_hey": _ratio(
-            get("edgerun_pop_hello", "hey", "rps"), get("ff_default_hello", "hey", "rps")
+        "edgerun_edge_over_ff_default_rps": ratio("edgerun_pop_edge_hello", "ff_default_hello"),
+        "edgerun_edge_over_workerd_hello_rps": ratio("edgerun_pop_edge_hello", "workerd_hello"),
+        "edgerun_edge_over_uvicorn_raw_rps": ratio("edgerun_pop_edge_hello", "uvicorn_raw_hello"),
+        "edgerun_transform_over_ff_default_transform_rps": ratio(
+            "edgerun_pop_transform", "ff_default_transform"
         ),
-        "edgerun_transform_over_ff_default_transform_rps": _ratio(
-            get("edgerun_pop_transform", "wrk", "rps"), get("ff_default_transform", "wrk", "rps")
-        ),
-        "edgerun_over_ff_asgi_rps": _ratio(
-            get("edgerun_pop_hello", "wrk", "rps"), get("ff_asgi_hello", "wrk", "rps")
-        ),
-        "edgerun_over_uvicorn_raw_rps": _ratio(
-            get("edgerun_pop_hello", "wrk", "rps"), get("uvicorn_raw_hello", "wrk", "rps")
-        ),
+        "edgerun_over_ff_asgi_rps": ratio("edgerun_pop_hello", "ff_asgi_hello"),
+        "edgerun_over_uvicorn_raw_rps": ratio("edgerun_pop_hello", "uvicorn_raw_hello"),
         "forward_added_p50_ms": diff(
             get("edgerun_forwarded_hello", "wrk", "p50_ms"),
             get("edgerun_region_direct_hello", "wrk", "p50_ms"),
@@ -864,11 +996,19 @@ def compute_ratios(rows: dict[str, Row], extra: dict[str, Any]) -> dict[str, Any
         "forward_added_p50_ms_one_connection": diff(
             c1.get("forwarded", {}).get("p50_ms"), c1.get("direct", {}).get("p50_ms")
         ),
-        "node_rss_mb": round(max(pop_rss), 1) if pop_rss else None,
-        "node_pss_mb": round(max(pop_pss), 1) if pop_pss else None,
-        "region_rss_mb_forwarded": round(fwd.memory["region"].rss_mb, 1)
-        if fwd and "region" in fwd.memory
-        else None,
+        "forwarded_rps_over_region_direct_rps": ratio(
+            "edgerun_forwarded_hello", "edgerun_region_direct_hello"
+        ),
+        "node_rss_mb": peak(pop1, "pop", "rss_mb"),
+        "node_pss_mb": peak(pop1, "pop", "pss_mb"),
+        "node_process_rss_mb": peak(pop1, "pop", "root_rss_mb"),
+        "node_sandboxes_procs": peak(pop1, "pop", "procs"),
+        "node_rss_mb_three_functions": peak(pop1_all, "pop", "rss_mb"),
+        "node_pss_mb_three_functions": peak(pop1_all, "pop", "pss_mb"),
+        "node_defaults_rss_mb": peak(pop2, "pop", "rss_mb"),
+        "node_defaults_pss_mb": peak(pop2, "pop", "pss_mb"),
+        "region_rss_mb_forwarded": peak(("edgerun_forwarded_hello",), "region", "rss_mb"),
+        "region_pss_mb_forwarded": peak(("edgerun_forwarded_hello",), "region", "pss_mb"),
     }
 
 
@@ -925,18 +1065,20 @@ def print_profile(tag: str, profile: dict[str, Any]) -> None:
     if "error" in profile:
         print(f"profile {tag}: {profile['error']}")
         return
-    print(
-        f"POP profile, {tag}, under wrk (py-spy, {profile['samples']:.0f} samples, "
-        f"{profile['file']})"
-    )
     w = profile["wrk_under_profiler"]
+    print(
+        f"POP profile, {tag} under wrk (py-spy --nonblocking, {profile['samples']} "
+        f"event-loop samples; {profile['file']})"
+    )
     print(f"  wrk while profiled: {w['rps']} req/s, p50 {w['p50_ms']} ms")
+    print(f"  placements while profiled: {profile.get('placements')}")
     for title, key in (
         ("self time by area", "area_self_pct"),
         ("self time by function", "self_pct"),
-        ("inclusive time by function", "inclusive_pct"),
+        ("inclusive time, edgerun functions", "edgerun_inclusive_pct"),
+        ("inclusive time, library entry points", "library_inclusive_pct"),
     ):
-        print(f"  {title} (% of samples)")
+        print(f"  {title} (% of event-loop samples)")
         for name, pct in profile[key]:
             print(f"    {pct:5.1f}  {name}")
 
@@ -956,7 +1098,10 @@ def main() -> None:
     )
     parser.add_argument("--no-hey", action="store_true", help="wrk only")
     parser.add_argument(
-        "--profile", type=Path, default=None, help="py-spy the POP; writes PATH.speedscope.json"
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy pop-1 under wrk; writes PATH.<case>.speedscope.json",
     )
     args = parser.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()}
@@ -1011,8 +1156,10 @@ def main() -> None:
     print(HEADER)
     for r in rows:
         print(format_row(r))
-    print("  (RSS: peak summed RSS of the server's process tree; edgerun: the POP's tree,")
-    print("   or the larger of POP and region on the forwarded row)")
+    print("  (RSS / PSS: peak sums over the server's whole process tree, sampled every 100 ms")
+    print("   (PSS every 2 s); edgerun rows: the POP's tree (sandboxes, zygotes, template")
+    print("   included), the region's on the direct row, the larger of the two when forwarded;")
+    print("   steal%: CPU time the hypervisor took from this VM during the row)")
     for r in rows:
         if r.placements:
             print(f"  placements during {r.key}: {r.placements}")
@@ -1051,6 +1198,7 @@ def main() -> None:
         "rows": {r.key: r.as_dict() for r in rows},
         "forward_one_connection": extra.get("forward_c1"),
         "requests_to_local_warm": extra.get("requests_to_local_warm"),
+        "edgerun_nodes": extra.get("pop_settings"),
         "ratios": ratios,
         "targets": targets,
         "profile": extra.get("profile"),
@@ -1060,4 +1208,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("peers_bench: interrupted; every server it started was stopped", file=sys.stderr)
+        sys.exit(130)
