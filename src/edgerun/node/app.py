@@ -34,6 +34,7 @@ from edgerun.lambda_http import build_event
 from edgerun.models import SHA256_RE, FunctionRecord, UnknownQualifier, Version, validate_name
 from edgerun.node.catalog import Catalog, follow
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
+from edgerun.node.front import Front, Incoming, Reply
 from edgerun.node.logs import LogEntry, LogRing
 from edgerun.node.placer import WARM_PREFIX, Placer
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
@@ -61,6 +62,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _INIT_ERROR_TTL_S = 10.0
+_JSON = [("content-type", "application/json")]
+_encode = msgspec.json.Encoder().encode
 
 
 class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -114,6 +117,7 @@ class NodeApp:
         self.regions = Regions(cfg.regions, self.client)
         self.placer = Placer(cfg, self.pool, self.regions, factory)
         self._warming: set[str] = set()
+        self._specs: dict[tuple[str, str], tuple[int, SandboxSpec]] = {}
         self.logs = LogRing()
         self.init_errors: dict[tuple[str, str], tuple[float, SandboxInitError]] = {}
         self.counters: dict[tuple[str, str, str], int] = {}
@@ -126,12 +130,12 @@ class NodeApp:
             Route("/v1/pool", self.pool_state, methods=["GET"]),
             Route("/v1/logs", self.logs_query, methods=["GET"]),
             Route("/v1/admin/prewarm", self.prewarm, methods=["POST"]),
-            Route("/v1/functions/{name}/invocations", self.invoke_direct, methods=["POST"]),
-            Route("/fn/{target}", self.invoke_http, methods=_METHODS),
-            Route("/fn/{target}/{path:path}", self.invoke_http, methods=_METHODS),
         ]
-        self.asgi = Starlette(
-            routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=self._lifespan
+        self.asgi = Front(
+            self,
+            Starlette(
+                routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=self._lifespan
+            ),
         )
 
     # --- lifecycle ---------------------------------------------------------
@@ -298,50 +302,47 @@ class NodeApp:
             raise not_found(str(exc)) from None
         return Response(data, media_type="application/zip")
 
-    # --- triggers ------------------------------------------------------------
-    async def invoke_http(self, request: Request) -> Response:
-        name, qualifier = _split_target(request.path_params["target"])
-        path = "/" + request.path_params.get("path", "")
-        body = await read_body(request, self.cfg.max_payload_bytes)
-        fn, version = self._resolve(name, qualifier, request)
-        request_id = request.headers.get("x-edgerun-request-id") or uuid.uuid4().hex
-        host = request.headers.get("host", self.cfg.name)
+    # --- triggers (raw ASGI: see edgerun.node.front) ---------------------------
+    async def invoke_http(self, req: Incoming, target: str, path: str, body: bytes) -> Reply:
+        name, qualifier = _split_target(target)
+        fn, version = self._resolve(name, qualifier, req)
+        request_id = req.header("x-edgerun-request-id") or uuid.uuid4().hex
         event = build_event(
-            method=request.method,
+            method=req.method,
             path=path,
-            query_string=request.url.query,
-            headers=[(k, v) for k, v in request.headers.items() if k != "x-edgerun-version"],
+            query_string=req.query,
+            headers=[(k, v) for k, v in req.headers if k != "x-edgerun-version"],
             body=body,
-            source_ip=request.headers.get("x-forwarded-for")
-            or (request.client.host if request.client else ""),
+            source_ip=req.header("x-forwarded-for") or req.client,
             request_id=request_id,
-            domain=host,
+            domain=req.header("host") or self.cfg.name,
         )
-        call = _Call(fn, version, "http", event, request_id)
-        return await self._dispatch(call, request, body)
+        return await self._dispatch(_Call(fn, version, "http", event, request_id), req, body)
 
-    async def invoke_direct(self, request: Request) -> Response:
-        name = request.path_params["name"]
-        qualifier = request.query_params.get("qualifier")
+    async def invoke_direct(self, req: Incoming, name: str, body: bytes) -> Reply:
+        qualifier = req.query_param("qualifier")
         if "@" in name:
             name, qualifier = _split_target(name)
-        body = await read_body(request, self.cfg.max_payload_bytes)
         try:
             event = msgspec.json.decode(body) if body.strip() else {}
         except msgspec.DecodeError as exc:
             raise bad_request(f"invocation payload is not valid JSON: {exc}") from None
-        fn, version = self._resolve(name, qualifier, request)
-        request_id = request.headers.get("x-edgerun-request-id") or uuid.uuid4().hex
-        return await self._dispatch(_Call(fn, version, "direct", event, request_id), request, body)
+        fn, version = self._resolve(name, qualifier, req)
+        request_id = req.header("x-edgerun-request-id") or uuid.uuid4().hex
+        return await self._dispatch(_Call(fn, version, "direct", event, request_id), req, body)
 
     def _resolve(
-        self, name: str, qualifier: str | None, request: Request
+        self, name: str, qualifier: str | None, req: Incoming | Request
     ) -> tuple[FunctionRecord, Version]:
         validate_name(name)
         fn = self.catalog.get(name)
         if fn is None:
             raise not_found(f"function {name!r} does not exist (on node {self.cfg.name})")
-        pinned = request.headers.get("x-edgerun-version")
+        pinned = (
+            req.header("x-edgerun-version")
+            if isinstance(req, Incoming)
+            else req.headers.get("x-edgerun-version")
+        )
         if pinned and pinned in fn.versions:
             return fn, fn.versions[pinned]
         try:
@@ -349,7 +350,7 @@ class NodeApp:
         except UnknownQualifier as exc:
             raise not_found(str(exc)) from None
 
-    async def _dispatch(self, call: _Call, request: Request, body: bytes) -> Response:
+    async def _dispatch(self, call: _Call, req: Incoming, body: bytes) -> Reply:
         evict_below: float | None = None
         if self.cfg.role == "pop":
             spec = self._spec(call)
@@ -371,7 +372,7 @@ class NodeApp:
         if decision.action == "forward":
             assert decision.region is not None
             try:
-                return await self._forward(call, request, body, decision)
+                return await self._forward(call, req, body, decision)
             except AllRegionsDown:
                 if call.fn.config.placement != "region" and self._fits(call):
                     decision = Decision("local-wait", "all-regions-down")
@@ -411,8 +412,13 @@ class NodeApp:
         task.add_done_callback(self._background.discard)
 
     def _spec(self, call: _Call) -> SandboxSpec:
+        """The sandbox spec of a call, built once per function revision and version."""
+        cache_key = (call.fn.name, call.version.sha256)
+        cached = self._specs.get(cache_key)
+        if cached is not None and cached[0] == call.fn.revision:
+            return cached[1]
         cfg = call.fn.config
-        return SandboxSpec(
+        spec = SandboxSpec(
             function=call.fn.name,
             version=call.version.sha256,
             handler=call.version.handler,
@@ -422,6 +428,10 @@ class NodeApp:
             env=cfg.env,
             network=cfg.network,
         )
+        if len(self._specs) > 10_000:
+            self._specs.clear()
+        self._specs[cache_key] = (call.fn.revision, spec)
+        return spec
 
     def _headers(
         self, decision: Decision, call: _Call, *, cold: bool | None = None
@@ -443,7 +453,7 @@ class NodeApp:
 
     async def _run_local(
         self, call: _Call, decision: Decision, evict_below: float | None = None
-    ) -> Response:
+    ) -> Reply:
         sha = call.version.sha256
         key = (call.fn.name, sha)
         cached = self.init_errors.get(key)
@@ -488,7 +498,7 @@ class NodeApp:
                 extra={"traceback": reply.error.traceback},
                 headers=headers,
             )
-            return json_response(err.body(), 500, headers)
+            return Reply(500, list(headers.items()) + _JSON, _encode(err.body()))
         if len(reply.body) > self.cfg.max_payload_bytes:
             raise ApiError(
                 413,
@@ -497,27 +507,23 @@ class NodeApp:
                 f"{self.cfg.max_payload_bytes}-byte limit",
                 headers=headers,
             )
-        response = Response(reply.body, reply.status, headers=headers)
-        for k, v in reply.headers:
-            if k not in _HOP_BY_HOP:
-                response.headers.append(k, v)
-        return response
+        out = list(headers.items())
+        out += [(k, v) for k, v in reply.headers if k not in _HOP_BY_HOP]
+        return Reply(reply.status, out, reply.body)
 
-    async def _forward(
-        self, call: _Call, request: Request, body: bytes, decision: Decision
-    ) -> Response:
+    async def _forward(self, call: _Call, req: Incoming, body: bytes, decision: Decision) -> Reply:
         assert decision.region is not None
-        headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP]
+        headers = [(k, v) for k, v in req.headers if k not in _HOP_BY_HOP]
         headers += [
             ("x-edgerun-version", call.version.sha256),
             ("x-edgerun-request-id", call.request_id),
             ("x-edgerun-forwarded-by", self.cfg.name),
         ]
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        path = req.raw_path + (f"?{req.query}" if req.query else "")
         try:
             region, resp = await self.regions.forward(
                 decision.region,
-                request.method,
+                req.method,
                 path,
                 headers,
                 body,
@@ -536,16 +542,15 @@ class NodeApp:
         if duration:
             with contextlib.suppress(ValueError):
                 self.placer.observe(call.fn.name, float(duration), here=False)
-        response = Response(resp.content, resp.status_code, headers=out)
-        for k, v in resp.headers.multi_items():
-            if k not in _HOP_BY_HOP and k not in out and k != "content-encoding":
-                response.headers.append(k, v)
+        relayed = list(out.items())
+        relayed += [
+            (k, v)
+            for k, v in resp.headers.multi_items()
+            if k not in _HOP_BY_HOP and k not in out and k != "content-encoding"
+        ]
         if "x-edgerun-placement" in resp.headers:
-            response.headers["x-edgerun-region-placement"] = resp.headers["x-edgerun-placement"]
-        return response
-
-
-_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+            relayed.append(("x-edgerun-region-placement", resp.headers["x-edgerun-placement"]))
+        return Reply(resp.status_code, relayed, resp.content)
 
 
 def _split_target(target: str) -> tuple[str, str | None]:

@@ -32,6 +32,7 @@ class Popularity:
         self._scores: dict[str, float] = {}
         self._errors: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self._heap_live = False
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -48,8 +49,8 @@ class Popularity:
         self._origin = now
         self._scores = {k: v * factor for k, v in self._scores.items()}
         self._errors = {k: v * factor for k, v in self._errors.items()}
-        self._heap = [(v, k) for k, v in self._scores.items()]
-        heapq.heapify(self._heap)
+        self._heap_live = False
+        self._heap = []
 
     def hit(self, key: str, now: float) -> float:
         """Count one request for ``key`` at ``now``; returns its new rate."""
@@ -63,11 +64,18 @@ class Popularity:
             self._errors[key] = inherited
         score += w
         self._scores[key] = score
-        heapq.heappush(self._heap, (score, key))
-        if len(self._heap) > 4 * self.capacity:
-            self._heap = [(v, k) for k, v in self._scores.items()]
-            heapq.heapify(self._heap)
+        if len(self._scores) >= self.capacity:
+            # Only a full table evicts, so only then is the heap kept current.
+            if self._heap_live and len(self._heap) <= 4 * len(self._scores):
+                heapq.heappush(self._heap, (score, key))
+            else:
+                self._rebuild_heap()
         return self.rate(key, now)
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(v, k) for k, v in self._scores.items()]
+        heapq.heapify(self._heap)
+        self._heap_live = True
 
     def _evict_min(self) -> float:
         while self._heap:

@@ -121,10 +121,12 @@ class Pool:
         """The pool as one version sees it; only idle sandboxes worth less than
         ``value`` count as evictable (all of them when it is None)."""
         v = self._versions.get(key)
+        has_idle = bool(v and v.idle)
         return PoolView(
-            has_idle=bool(v and v.idle),
+            has_idle=has_idle,
             free_mb=self.capacity_mb - self._used_mb,
-            evictable_mb=self._evictable_mb(key, value),
+            # With an idle sandbox nothing need be evicted: skip the scan.
+            evictable_mb=0 if has_idle else self._evictable_mb(key, value),
             at_function_max=bool(v and v.count >= self.max_per_function),
         )
 
