@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,8 @@ class NodeApp:
         self.placer = Placer(cfg, self.pool, self.regions, factory)
         self._warming: set[str] = set()
         self._specs: dict[tuple[str, str], tuple[int, SandboxSpec]] = {}
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count(1)
         self.logs = LogRing()
         self.init_errors: dict[tuple[str, str], tuple[float, SandboxInitError]] = {}
         self.counters: dict[tuple[str, str, str], int] = {}
@@ -185,6 +188,10 @@ class NodeApp:
             await asyncio.sleep(min(30.0, self.cfg.idle_ttl_s / 2))
             await self.pool.reap_idle()
             await self.factory.reap_idle()
+
+    def _new_request_id(self) -> str:
+        """Unique per node process: a random prefix and a counter (cheaper than uuid4)."""
+        return f"{self._id_prefix}{next(self._id_counter):x}"
 
     def _popularity(self, function: str) -> float:
         return self.placer.rate(function)
@@ -306,7 +313,7 @@ class NodeApp:
     async def invoke_http(self, req: Incoming, target: str, path: str, body: bytes) -> Reply:
         name, qualifier = _split_target(target)
         fn, version = self._resolve(name, qualifier, req)
-        request_id = req.header("x-edgerun-request-id") or uuid.uuid4().hex
+        request_id = req.header("x-edgerun-request-id") or self._new_request_id()
         event = build_event(
             method=req.method,
             path=path,
@@ -328,7 +335,7 @@ class NodeApp:
         except msgspec.DecodeError as exc:
             raise bad_request(f"invocation payload is not valid JSON: {exc}") from None
         fn, version = self._resolve(name, qualifier, req)
-        request_id = req.header("x-edgerun-request-id") or uuid.uuid4().hex
+        request_id = req.header("x-edgerun-request-id") or self._new_request_id()
         return await self._dispatch(_Call(fn, version, "direct", event, request_id), req, body)
 
     def _resolve(
@@ -355,7 +362,7 @@ class NodeApp:
         if self.cfg.role == "pop":
             spec = self._spec(call)
             decision, rate = self.placer.decide(call.fn, spec)
-            if decision.action == "local-cold":
+            if decision.reason in ("popular", "queued"):
                 evict_below = rate  # a function may only displace less popular ones
             if decision.prewarm:
                 self._warm_in_background(call, spec, rate)

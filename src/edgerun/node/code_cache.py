@@ -37,17 +37,24 @@ class CodeCache:
         self._upstreams = upstreams
         self._max_uncompressed = max_uncompressed
         self._inflight: dict[str, asyncio.Future[Path]] = {}
+        self._ready: set[str] = set()
+        """Bundles known to be extracted (a set lookup, not a stat per request)."""
 
     def code_dir(self, sha: str) -> Path:
         return self._code_root / sha
 
     def ready(self, sha: str) -> bool:
-        return self.code_dir(sha).is_dir()
+        if sha in self._ready:
+            return True
+        if self.code_dir(sha).is_dir():
+            self._ready.add(sha)
+            return True
+        return False
 
     async def ensure(self, sha: str) -> Path:
         """The extracted code of bundle ``sha``, fetching it once if needed."""
         path = self.code_dir(sha)
-        if path.is_dir():
+        if self.ready(sha):
             return path
         fut = self._inflight.get(sha)
         if fut is None:

@@ -30,6 +30,8 @@ from edgerun.sandbox.base import SandboxFactory, SandboxSpec
 WARM_PREFIX = 16
 """Regions publish the versions they hold warm as hash prefixes of this length."""
 _EWMA = 0.2
+MIN_SAMPLES = 5
+"""Durations measured fewer times than this do not steer placement."""
 
 
 class Placer:
@@ -47,8 +49,8 @@ class Placer:
         )
         self.mode = cfg.placement_mode
         self.popularity = Popularity(cfg.popularity_capacity, cfg.popularity_half_life_s)
-        self._here_ms: dict[str, float] = {}
-        self._region_ms: dict[str, float] = {}
+        self._here_ms: dict[str, tuple[float, int]] = {}
+        self._region_ms: dict[str, tuple[float, int]] = {}
 
     def rate(self, function: str) -> float:
         return self.popularity.rate(function, time.monotonic())
@@ -80,11 +82,14 @@ class Placer:
                 view.evictable_mb,
                 zygote_ready=self.factory.is_loaded(spec),
                 at_function_max=view.at_function_max,
+                busy=view.busy,
             ),
             rate=rate,
             limits=self.limits,
             regions=regions,
-            observed=Observed(self._here_ms.get(fn.name), self._region_ms.get(fn.name)),
+            observed=Observed(
+                self._trusted(self._here_ms, fn.name), self._trusted(self._region_ms, fn.name)
+            ),
             thresholds=self.thresholds,
         )
         return decision, rate
@@ -92,4 +97,13 @@ class Placer:
     def observe(self, function: str, ms: float, *, here: bool) -> None:
         table = self._here_ms if here else self._region_ms
         prev = table.get(function)
-        table[function] = ms if prev is None else (1 - _EWMA) * prev + _EWMA * ms
+        if prev is None:
+            table[function] = (ms, 1)
+        else:
+            table[function] = ((1 - _EWMA) * prev[0] + _EWMA * ms, prev[1] + 1)
+
+    @staticmethod
+    def _trusted(table: dict[str, tuple[float, int]], function: str) -> float | None:
+        """An average only once enough samples back it (a few can mislead)."""
+        entry = table.get(function)
+        return entry[0] if entry is not None and entry[1] >= MIN_SAMPLES else None

@@ -18,7 +18,9 @@ The rules, in order (reasons in brackets):
    sandboxes of *less* popular functions:
    - the version's zygote is loaded, so a cold start is a fork -> run here [popular];
    - not yet -> forward, and warm it here in the background [warming];
-8. popular but no room -> forward [no-capacity];
+8. popular but no room: when one of its busy sandboxes here should free up
+   sooner than a trip to the region takes, wait for it [queued]; else
+   forward [no-capacity];
 9. otherwise -> forward [unpopular].
 
 Forwarding picks a region with :func:`rank_regions`: healthy first, then
@@ -61,6 +63,8 @@ class PoolState:
     zygote_ready: bool = True
     """A cold start would be a fork (the version is loaded here already)."""
     at_function_max: bool = False
+    busy: int = 0
+    """Sandboxes of this version here that are busy (one will free up soon)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,8 @@ class Thresholds:
     latency_sensitive_factor: float = 0.25
     """Latency-sensitive functions count as popular at a quarter of the rate."""
     faster_in_region_ratio: float = 2.0
-    """Forward when here_ms > ratio * region_ms + the trip to the region."""
+    """Forward when here_ms > ratio * region_ms + the trip to the region + margin."""
+    faster_in_region_margin_ms: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +158,10 @@ def decide(
     if (
         here is not None
         and there is not None
-        and here > thresholds.faster_in_region_ratio * there + best.latency_ms
+        and here
+        > thresholds.faster_in_region_ratio * there
+        + best.latency_ms
+        + thresholds.faster_in_region_margin_ms
     ):
         return _forward(best, "faster-in-region")
     if pool.has_idle:
@@ -165,6 +173,9 @@ def decide(
         return _forward(best, "unpopular")
     room = not pool.at_function_max and pool.free_mb + pool.evictable_mb >= fn.memory_mb
     if not room:
+        if pool.busy and here is not None and here < best.latency_ms:
+            # A sandbox of ours frees up sooner than a trip to the region takes.
+            return Decision("local-wait", "queued")
         return _forward(best, "no-capacity")
     if pool.zygote_ready:
         return Decision("local-cold", "popular")

@@ -45,6 +45,7 @@ class PoolView(NamedTuple):
     evictable_mb: int
     """Memory held by idle sandboxes of other versions worth less than the asker."""
     at_function_max: bool
+    busy: int = 0
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class Pool:
             # With an idle sandbox nothing need be evicted: skip the scan.
             evictable_mb=0 if has_idle else self._evictable_mb(key, value),
             at_function_max=bool(v and v.count >= self.max_per_function),
+            busy=v.busy if v else 0,
         )
 
     def load(self) -> float:

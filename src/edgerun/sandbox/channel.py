@@ -36,7 +36,8 @@ class ChannelSandbox:
     async def invoke(self, msg: Invoke) -> Result | Failure:
         try:
             self._writer.write(encode_frame(msg))
-            reply = await asyncio.wait_for(read_from_sandbox(self._reader), msg.timeout_s)
+            async with asyncio.timeout(msg.timeout_s):
+                reply = await read_from_sandbox(self._reader)
         except TimeoutError:
             await self.close()
             raise SandboxTimeout(

@@ -229,3 +229,23 @@ def test_baselines_still_forward_region_only_functions() -> None:
     fn = FunctionView(128, 3.0, "region")
     d = decide_baseline("always-here", fn, has_idle=True, limits=LIMITS, regions=(R1,))
     assert (d.action, d.reason) == ("forward", "region-only")
+
+
+def test_busy_popular_function_waits_here_when_that_beats_the_trip() -> None:
+    pool = PoolState(has_idle=False, free_mb=0, evictable_mb=0, at_function_max=True, busy=4)
+    d = run(pool=pool, observed=Observed(here_ms=2.0))
+    assert (d.action, d.reason) == ("local-wait", "queued")
+
+
+def test_busy_slow_function_is_forwarded_instead_of_queued() -> None:
+    pool = PoolState(has_idle=False, free_mb=0, evictable_mb=0, at_function_max=True, busy=4)
+    assert run(pool=pool, observed=Observed(here_ms=80.0)).reason == "no-capacity"
+
+
+def test_a_few_milliseconds_slower_here_does_not_send_it_away() -> None:
+    d = run(
+        pool=IDLE,
+        observed=Observed(here_ms=4.0, region_ms=0.1),
+        regions=(RegionView("r1", True, latency_ms=0.5),),
+    )
+    assert d.action == "local-warm"
