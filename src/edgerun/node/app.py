@@ -166,6 +166,7 @@ class NodeApp:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.pool.close()
+            await self.regions.close()
             await self.client.aclose()
 
     async def _prefetch(self, records: list[FunctionRecord]) -> None:
@@ -545,19 +546,16 @@ class NodeApp:
             decision = Decision("forward", f"{decision.reason},failover", region.name)
         out = self._headers(decision, call)
         self._count(call, out["x-edgerun-placement"], decision.reason)
-        duration = resp.headers.get("x-edgerun-duration-ms")
+        duration = resp.header("x-edgerun-duration-ms")
         if duration:
             with contextlib.suppress(ValueError):
                 self.placer.observe(call.fn.name, float(duration), here=False)
         relayed = list(out.items())
-        relayed += [
-            (k, v)
-            for k, v in resp.headers.multi_items()
-            if k not in _HOP_BY_HOP and k not in out and k != "content-encoding"
-        ]
-        if "x-edgerun-placement" in resp.headers:
-            relayed.append(("x-edgerun-region-placement", resp.headers["x-edgerun-placement"]))
-        return Reply(resp.status_code, relayed, resp.content)
+        relayed += [(k, v) for k, v in resp.headers if k not in _HOP_BY_HOP and k not in out]
+        region_placement = resp.header("x-edgerun-placement")
+        if region_placement:
+            relayed.append(("x-edgerun-region-placement", region_placement))
+        return Reply(resp.status, relayed, resp.body)
 
 
 def _split_target(target: str) -> tuple[str, str | None]:

@@ -13,17 +13,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 
 from edgerun.config import RegionRef
 
 log = logging.getLogger("edgerun.node.regions")
 
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_MAYBE_RAN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_MAYBE_RAN = (aiohttp.ClientError, TimeoutError)
 
 
 _SLOW_CHECKS_TO_DOWN = 3
+
+
+@dataclass(slots=True)
+class RegionReply:
+    status: int
+    headers: list[tuple[str, str]]
+    """Lower-cased names, in order, repeats kept."""
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
 
 
 class AllRegionsDown(Exception):
@@ -50,6 +62,7 @@ class Regions:
     def __init__(self, refs: Sequence[RegionRef], client: httpx.AsyncClient) -> None:
         self.regions = [Region(r.name, r.url.rstrip("/")) for r in refs]
         self._client = client
+        self._forwarder: aiohttp.ClientSession | None = None
 
     def by_name(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -86,6 +99,20 @@ class Regions:
             await asyncio.gather(*(self.check(r) for r in self.regions))
             await asyncio.sleep(interval)
 
+    def _session(self) -> aiohttp.ClientSession:
+        """The forwarding client: aiohttp measured several times faster than httpx
+        here under concurrent load (bench/RESULTS.md), so the hot path uses it."""
+        if self._forwarder is None or self._forwarder.closed:
+            self._forwarder = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30),
+                auto_decompress=False,
+            )
+        return self._forwarder
+
+    async def close(self) -> None:
+        if self._forwarder is not None:
+            await self._forwarder.close()
+
     async def forward(
         self,
         first: str,
@@ -96,18 +123,27 @@ class Regions:
         *,
         timeout_s: float,
         idempotent: bool,
-    ) -> tuple[Region, httpx.Response]:
+    ) -> tuple[Region, RegionReply]:
         """Send the request to ``first``, failing over to the other regions."""
         order = [
             self.by_name(first),
             *sorted((r for r in self.regions if r.name != first), key=lambda r: not r.healthy),
         ]
-        timeout = httpx.Timeout(timeout_s + 5.0, connect=1.0)
+        timeout = aiohttp.ClientTimeout(total=timeout_s + 5.0, connect=1.0)
+        session = self._session()
         for region in order:
             try:
-                resp = await self._client.request(
-                    method, f"{region.url}{path}", headers=headers, content=body, timeout=timeout
-                )
+                async with session.request(
+                    method, f"{region.url}{path}", headers=headers, data=body, timeout=timeout
+                ) as resp:
+                    reply = RegionReply(
+                        resp.status,
+                        [
+                            (k.decode("latin-1").lower(), v.decode("latin-1"))
+                            for k, v in resp.raw_headers
+                        ],
+                        await resp.read(),
+                    )
             except _NOT_SENT as exc:
                 log.warning("region %s unreachable (%s); failing over", region.name, exc)
                 region.healthy = False
@@ -125,5 +161,5 @@ class Regions:
                     "allow retries)"
                 ) from None
             region.failures = 0
-            return region, resp
+            return region, reply
         raise AllRegionsDown("no region could be reached")
