@@ -283,8 +283,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second, total")
     parser.add_argument("--capacity-share", type=float, default=0.10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--import-ms",
+        type=float,
+        default=IMPORT_MS,
+        help="first start of a version (zygote + import)",
+    )
     parser.add_argument("--png", default="bench/placement_cdf.png")
     args = parser.parse_args()
+    globals()["IMPORT_MS"] = args.import_ms
     fns, trace = workload(args.functions, args.requests, args.rate, args.seed)
     capacity = int(args.functions * args.capacity_share)
     results = {
