@@ -60,14 +60,20 @@ def template_main(fd: int) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     node = socket.socket(fileno=fd)
     while True:
-        try:
-            msg, fds = ctl.recv(node)
-        except EOFError:
-            os._exit(0)
-        for extra in fds:
-            os.close(extra)
+        msg = _next_message(node)
         if isinstance(msg, ctl.StartZygote):
             _start_zygote(node, msg)
+
+
+def _next_message(sock: socket.socket) -> object:
+    """The next control message; the process ends when its peer has gone."""
+    try:
+        msg, fds = ctl.recv(sock)
+    except EOFError:
+        os._exit(0)
+    for fd in fds:  # nobody sends us descriptors; never keep one by accident
+        os.close(fd)
+    return msg
 
 
 def _start_zygote(node: socket.socket, req: ctl.StartZygote) -> None:
@@ -235,12 +241,7 @@ def _zygote_loop(req: ctl.StartZygote, chan: socket.socket, task_root: str) -> N
     )
     statuses: dict[int, int] = {}
     while True:
-        try:
-            msg, fds = ctl.recv(chan)
-        except EOFError:
-            os._exit(0)
-        for fd in fds:
-            os.close(fd)
+        msg = _next_message(chan)
         if isinstance(msg, ctl.Fork):
             _reap_finished(statuses)
             _fork_sandbox(req, chan, handler, info)
