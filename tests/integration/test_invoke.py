@@ -203,3 +203,15 @@ def test_alias_pins_a_version_and_rollback_moves_it(
         lambda: invoke(pop, "aliased", {}, qualifier="prod").content == b"2", what="prod -> v2"
     )
     assert httpx.get(f"{pop}/fn/aliased@{shas[0][:10]}/").content == b"1"
+
+
+def test_get_on_the_invocations_route_is_405_json(pop: str) -> None:
+    resp = httpx.get(f"{pop}/v1/functions/echo/invocations")
+    assert resp.status_code == 405
+    assert resp.json()["error"]["type"] == "MethodNotAllowed"
+
+
+def test_fn_route_without_a_name_is_404_json(pop: str) -> None:
+    resp = httpx.get(f"{pop}/fn/")
+    assert resp.status_code == 404
+    assert "no function named" in resp.json()["error"]["message"]
