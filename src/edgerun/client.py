@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -31,7 +31,6 @@ class Invocation:
     headers: httpx.Headers
     content: bytes
     elapsed_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def node(self) -> str:

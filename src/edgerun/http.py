@@ -32,23 +32,28 @@ def error_response(err: ApiError, headers: dict[str, str] | None = None) -> Resp
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the request body, refusing with 413 once it passes ``limit`` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise ApiError(400, "BadRequest", "content-length is not a number")
-        if int(length) > limit:
-            raise _too_large(limit)
+    check_content_length(request.headers.get("content-length"), limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(limit: int) -> ApiError:
+def check_content_length(length: str | None, limit: int) -> None:
+    """Refuse a body by its declared size before reading any of it."""
+    if length is None:
+        return
+    if not length.isdigit():
+        raise ApiError(400, "BadRequest", "content-length is not a number")
+    if int(length) > limit:
+        raise too_large(limit)
+
+
+def too_large(limit: int) -> ApiError:
     return ApiError(413, "PayloadTooLarge", f"request body is larger than the {limit}-byte limit")
 
 

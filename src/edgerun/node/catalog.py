@@ -7,7 +7,6 @@ the control plane is down still serves what it knew (static stability).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tempfile
@@ -42,8 +41,6 @@ class Catalog:
         self.functions: dict[str, FunctionRecord] = {}
         self.synced = False
         """True once the control plane has answered since start-up."""
-        self._loaded = asyncio.Event()
-        self._changed = asyncio.Event()
         if path.exists():
             try:
                 snap = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
@@ -63,12 +60,6 @@ class Catalog:
                 self.functions[record.name] = record
         self.revision = max(self.revision, revision)
         self._save()
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_for_change(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
 
     def _save(self) -> None:
         data = msgspec.json.encode(_Snapshot(self.revision, self.functions))

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from edgerun.errors import ApiError
+from edgerun.http import check_content_length, too_large
 
 if TYPE_CHECKING:
     from edgerun.node.app import NodeApp
@@ -119,12 +120,7 @@ class Front:
         await send({"type": "http.response.body", "body": reply.body})
 
     async def _body(self, req: Incoming, receive: Receive) -> bytes:
-        length = req.header("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise ApiError(400, "BadRequest", "content-length is not a number")
-            if int(length) > self.limit:
-                raise _too_large(self.limit)
+        check_content_length(req.header("content-length"), self.limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -134,11 +130,7 @@ class Front:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                raise _too_large(self.limit)
+                raise too_large(self.limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "PayloadTooLarge", f"request body is larger than the {limit}-byte limit")

@@ -53,7 +53,6 @@ class Region:
     healthy: bool = True
     latency_ms: float = 0.0
     warm: frozenset[str] = field(default_factory=frozenset)
-    checked_at: float = 0.0
     failures: int = 0
     load: float = 0.0
 
@@ -92,7 +91,6 @@ class Regions:
             if not region.healthy:
                 log.info("region %s is back", region.name)
             region.healthy = True
-        region.checked_at = time.monotonic()
 
     async def monitor(self, interval: float = 1.0) -> None:
         while True:

@@ -46,6 +46,23 @@ class SandboxSpec:
         object.__setattr__(self, "key", h.hexdigest()[:32])
 
 
+def sandbox_env(
+    function: str, version: str, memory_mb: int, task_root: str, env: dict[str, str]
+) -> dict[str, str]:
+    """The whole environment user code sees: its own vars plus Lambda's."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "AWS_LAMBDA_FUNCTION_NAME": function,
+        "AWS_LAMBDA_FUNCTION_VERSION": version,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
+        "LAMBDA_TASK_ROOT": task_root,
+        **env,
+    }
+
+
 class SandboxError(Exception):
     status = 500
     type = "SandboxError"

@@ -17,24 +17,11 @@ import socket
 import sys
 from pathlib import Path
 
-from edgerun.sandbox.base import SandboxInitError, SandboxSpec
+from edgerun.sandbox.base import SandboxInitError, SandboxSpec, sandbox_env
 from edgerun.sandbox.channel import ChannelSandbox, describe_status
 from edgerun.sandbox.protocol import ErrorInfo, FrameError, InitFailed, Ready, read_from_sandbox
 
 START_TIMEOUT_S = 30.0
-
-
-def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
-    """The whole environment of a sandbox: the function's vars plus Lambda's."""
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "AWS_LAMBDA_FUNCTION_NAME": spec.function,
-        "AWS_LAMBDA_FUNCTION_VERSION": spec.version,
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-        "LAMBDA_TASK_ROOT": str(spec.bundle_dir),
-        **spec.env,
-    }
 
 
 class ProcessSandbox(ChannelSandbox):
@@ -96,7 +83,9 @@ class ProcessSandboxFactory:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    env=sandbox_env(spec),
+                    env=sandbox_env(
+                        spec.function, spec.version, spec.memory_mb, str(spec.bundle_dir), spec.env
+                    ),
                     cwd=spec.bundle_dir,
                     start_new_session=True,
                 )  # fmt: skip

@@ -28,26 +28,12 @@ from collections.abc import Callable
 from typing import Any
 
 from edgerun.sandbox import ctl, libc, seccomp
+from edgerun.sandbox.base import sandbox_env
 from edgerun.sandbox.protocol import ErrorInfo
 from edgerun.sandbox.worker import WorkerInfo, error_info, load_handler, serve
 
 TASK_ROOT = "/var/task"
 _ETC_FILES = ("resolv.conf", "hosts", "nsswitch.conf", "localtime", "ssl", "ca-certificates")
-
-
-def sandbox_env(req: ctl.StartZygote, task_root: str) -> dict[str, str]:
-    """The whole environment user code sees: its own vars plus Lambda's."""
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": "/tmp",
-        "TMPDIR": "/tmp",
-        "AWS_LAMBDA_FUNCTION_NAME": req.function,
-        "AWS_LAMBDA_FUNCTION_VERSION": req.version,
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(req.memory_mb),
-        "LAMBDA_TASK_ROOT": task_root,
-        **req.env,
-    }
 
 
 # --- the template -------------------------------------------------------------
@@ -152,7 +138,7 @@ def _z1(req: ctl.StartZygote, chan: socket.socket) -> None:
         if req.layers.seccomp:
             seccomp.install()
         os.environ.clear()
-        os.environ.update(sandbox_env(req, task_root))
+        os.environ.update(sandbox_env(req.function, req.version, req.memory_mb, task_root, req.env))
     except BaseException as exc:
         ctl.send(
             chan,
