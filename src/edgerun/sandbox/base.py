@@ -118,4 +118,24 @@ class SandboxFactory(Protocol):
         """Release per-version resources nobody used for a while."""
         ...
 
+    def held_mb(self) -> int:
+        """Memory held outside sandboxes (loaded zygotes and their /tmp).
+
+        The pool counts it against its budget: every byte a function can hold
+        is charged somewhere."""
+        ...
+
+    async def shed(self, need_mb: int) -> int:
+        """Stop zygotes that have no live sandbox, least recently used first,
+        until ``need_mb`` are freed; returns the MB freed."""
+        ...
+
+    def loaded_versions(self) -> set[str]:
+        """Versions with a loaded zygote: their code must stay on disk."""
+        ...
+
+    async def stop_function(self, function: str) -> None:
+        """Stop every zygote of ``function``, and with them its sandboxes."""
+        ...
+
     async def close(self) -> None: ...

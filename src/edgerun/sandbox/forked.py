@@ -68,6 +68,8 @@ class _Zygote:
     live: int = 0
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
+    charge_mb: int = 0
+    """What the zygote may hold outside its sandboxes (heap and /tmp), charged to the pool."""
 
     async def reap(self, local_pid: int) -> int | None:
         if self.closed:
@@ -320,6 +322,26 @@ class ZygoteSandboxFactory:
             z.close()
             raise SandboxInitError(loaded.error)
         return z
+
+    def held_mb(self) -> int:
+        return sum(z.charge_mb for z in self._zygotes.values())
+
+    async def shed(self, need_mb: int) -> int:
+        freed = 0
+        for key, z in sorted(self._zygotes.items(), key=lambda kv: kv[1].last_used):
+            if freed >= need_mb:
+                break
+            if z.live <= 0:
+                freed += z.charge_mb
+                self._drop(key)
+        return freed
+
+    def loaded_versions(self) -> set[str]:
+        return {z.spec.version for z in self._zygotes.values()}
+
+    async def stop_function(self, function: str) -> None:
+        for key in [k for k, z in self._zygotes.items() if z.spec.function == function]:
+            self._drop(key)
 
     async def reap_idle(self, now: float | None = None) -> int:
         """Stop zygotes of versions with no sandbox that nobody used for a while."""

@@ -114,5 +114,17 @@ class ProcessSandboxFactory:
     async def reap_idle(self, now: float | None = None) -> int:
         return 0
 
+    def held_mb(self) -> int:
+        return 0
+
+    async def shed(self, need_mb: int) -> int:
+        return 0
+
+    def loaded_versions(self) -> set[str]:
+        return set()
+
+    async def stop_function(self, function: str) -> None:
+        return None
+
     async def close(self) -> None:
         return None
