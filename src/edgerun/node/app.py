@@ -199,9 +199,11 @@ class NodeApp:
 
     # --- small endpoints ---------------------------------------------------
     async def health(self, request: Request) -> Response:
+        problem = self.factory.problem()
         return json_response(
             {
-                "status": "ok",
+                "status": "degraded" if problem else "ok",
+                "problem": problem,
                 "role": self.cfg.role,
                 "node": self.cfg.name,
                 "revision": self.catalog.revision,
@@ -209,7 +211,8 @@ class NodeApp:
                 "warm": sorted(v[:WARM_PREFIX] for v in self.pool.warm_versions()),
                 "load": round(self.pool.load(), 3),
                 "pool": self.pool.snapshot(),
-            }
+            },
+            status=503 if problem else 200,
         )
 
     async def status(self, request: Request) -> Response:

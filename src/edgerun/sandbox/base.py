@@ -118,6 +118,10 @@ class SandboxFactory(Protocol):
         """Release per-version resources nobody used for a while."""
         ...
 
+    def problem(self) -> str | None:
+        """Why the engine cannot start sandboxes now (shown by health), or None."""
+        ...
+
     def held_mb(self) -> int:
         """Memory held outside sandboxes (loaded zygotes and their /tmp).
 

@@ -1,10 +1,12 @@
-"""Per-sandbox memory and pids limits through cgroup v1 or v2.
+"""Per-sandbox memory, pids, CPU and freezer control through cgroup v1 or v2.
 
-The node (root) creates one cgroup per sandbox under its own subtree, moves
-the sandbox's process in before any user code runs, and reads the OOM
+The node (root) creates one cgroup per sandbox and per zygote under its own
+subtree, moves the process in before any user code runs, and reads the OOM
 counter when a sandbox dies so the caller learns it hit its memory limit.
-Whichever version the kernel offers is used; with neither, the sandbox
-runs without (and ``edgerun doctor`` says so).
+Nothing may burn CPU outside a call: what a call leaves behind is killed
+(processes) or frozen until the next call (threads). Whichever version the
+kernel offers is used; with neither, the sandbox runs without (and
+``edgerun doctor`` says so).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 _ROOT = Path("/sys/fs/cgroup")
+_V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+_CPU_PERIOD_US = 100_000
 
 
 def _writable(path: Path) -> bool:
@@ -29,14 +33,14 @@ class Cgroups:
         self.version = 0
         self._dirs: dict[str, Path] = {}
         v2 = root / "cgroup.controllers"
-        if v2.exists() and {"memory", "pids"} <= set(v2.read_text().split()):
+        if v2.exists() and {"memory", "pids", "cpu"} <= set(v2.read_text().split()):
             base = root / "edgerun" / name
             if self._mkdir_v2(root, base):
                 self.version = 2
-                self._dirs = {"memory": base, "pids": base}
+                self._dirs = {"memory": base, "pids": base, "cpu": base, "freezer": base}
         elif _writable(root / "memory"):
             self.version = 1
-            for ctl in ("memory", "pids"):
+            for ctl in _V1_CONTROLLERS:
                 if _writable(root / ctl):
                     path = root / ctl / "edgerun" / name
                     path.mkdir(parents=True, exist_ok=True)
@@ -47,9 +51,9 @@ class Cgroups:
         try:
             (root / "edgerun").mkdir(exist_ok=True)
             for parent in (root, root / "edgerun"):
-                (parent / "cgroup.subtree_control").write_text("+memory +pids")
+                (parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
             base.mkdir(exist_ok=True)
-            (base / "cgroup.subtree_control").write_text("+memory +pids")
+            (base / "cgroup.subtree_control").write_text("+memory +pids +cpu")
         except OSError:
             return False
         return True
@@ -62,7 +66,13 @@ class Cgroups:
     def pids(self) -> bool:
         return "pids" in self._dirs
 
-    def create(self, name: str, *, memory_mb: int, pids_max: int) -> SandboxCgroup | None:
+    @property
+    def freezer(self) -> bool:
+        return "freezer" in self._dirs
+
+    def create(
+        self, name: str, *, memory_mb: int, pids_max: int, cpus: float = 1.0
+    ) -> SandboxCgroup | None:
         if not self._dirs:
             return None
         dirs = {ctl: base / name for ctl, base in self._dirs.items()}
@@ -81,14 +91,23 @@ class Cgroups:
                     (mem / "memory.memsw.limit_in_bytes").write_text(limit)
         if "pids" in dirs:
             (dirs["pids"] / "pids.max").write_text(str(pids_max))
+        if "cpu" in dirs:
+            quota = max(1000, int(cpus * _CPU_PERIOD_US))
+            with contextlib.suppress(OSError):
+                if self.version == 2:
+                    (dirs["cpu"] / "cpu.max").write_text(f"{quota} {_CPU_PERIOD_US}")
+                else:
+                    (dirs["cpu"] / "cpu.cfs_period_us").write_text(str(_CPU_PERIOD_US))
+                    (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
         return SandboxCgroup(self.version, dirs)
 
     def remove_all(self) -> None:
-        for base in set(self._dirs.values()):
+        # The freezer first: its tasks only die of SIGKILL once thawed.
+        for ctl, base in sorted(self._dirs.items(), key=lambda kv: kv[0] != "freezer"):
             if base.is_dir():
                 for child in base.iterdir():
                     if child.is_dir():
-                        SandboxCgroup(self.version, {"x": child}).destroy()
+                        SandboxCgroup(self.version, {ctl: child}).destroy()
                 with contextlib.suppress(OSError):
                     base.rmdir()
 
@@ -98,6 +117,7 @@ class SandboxCgroup:
         self.version = version
         self.dirs = dirs
         self._pids_current: int | None = None
+        self.frozen = False
 
     def _count(self) -> int | None:
         """Processes in the cgroup, from a file kept open (read after every call)."""
@@ -139,6 +159,59 @@ class SandboxCgroup:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
+    def settle(self, keep: int) -> None:
+        """After a call: kill every other process; freeze ``keep`` if threads remain.
+
+        ``pids.current`` counts threads too, so a lone process with no extra
+        thread costs one read; only code that leaves threads running pays for
+        the freeze (and the thaw before its next call)."""
+        if self._count() == 1:
+            return
+        self.kill_strays(keep)
+        count = self._count()
+        if count is not None and count > 1:
+            self.freeze()
+
+    def freeze(self) -> None:
+        if self._write_freezer(True):
+            self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen and self._write_freezer(False):
+            self.frozen = False
+
+    def _write_freezer(self, frozen: bool) -> bool:
+        path = self.dirs.get("freezer")
+        if path is None:
+            return False
+        try:
+            if self.version == 2:
+                (path / "cgroup.freeze").write_text("1" if frozen else "0")
+            else:
+                (path / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+        except OSError:
+            return False
+        return True
+
+    def memory_bytes(self) -> int | None:
+        """Memory the cgroup's processes hold now (page cache and tmpfs included)."""
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return None
+        name = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
+        try:
+            return int((mem / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def limit_memory(self, limit_bytes: int) -> None:
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return
+        name = "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+        with contextlib.suppress(OSError):
+            (mem / name).write_text(str(limit_bytes))
+
     def oom_killed(self) -> bool:
         mem = self.dirs.get("memory")
         if mem is None:
@@ -171,6 +244,9 @@ class SandboxCgroup:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            # A frozen task only acts on SIGKILL once thawed (cgroup v1).
+            self.frozen = True
+            self.thaw()
             time.sleep(0.002)
 
     def destroy(self) -> None:

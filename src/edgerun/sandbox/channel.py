@@ -18,6 +18,7 @@ from edgerun.sandbox.protocol import (
     encode_frame,
     read_from_sandbox,
 )
+from edgerun.sandbox.replies import check_failure, check_result
 
 
 class ChannelSandbox:
@@ -52,7 +53,9 @@ class ChannelSandbox:
         if not isinstance(reply, Result | Failure) or reply.id != msg.id:
             await self.close()
             raise SandboxCrashed("the sandbox broke the protocol and was stopped")
-        return reply
+        if isinstance(reply, Failure):
+            return check_failure(reply)
+        return check_result(reply)
 
     async def close(self) -> None:
         if self._dead:

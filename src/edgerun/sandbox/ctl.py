@@ -17,6 +17,7 @@ import msgspec
 from edgerun.sandbox.protocol import ErrorInfo
 
 MAX_PACKET = 1 << 16
+"""Control messages carry no user data (the environment travels in a memfd)."""
 
 
 class Layers(msgspec.Struct, kw_only=True):
@@ -36,7 +37,6 @@ class StartZygote(msgspec.Struct, tag="start_zygote", kw_only=True):
     bundle_dir: str
     memory_mb: int
     timeout_s: float
-    env: dict[str, str]
     network: bool
     uid: int
     gid: int
@@ -59,7 +59,7 @@ class StartFailed(msgspec.Struct, tag="start_failed", kw_only=True):
 
 
 class Load(msgspec.Struct, tag="load", kw_only=True):
-    pass
+    """Sent straight to the zygote, with one fd: a memfd holding its msgpack environment."""
 
 
 class Fork(msgspec.Struct, tag="fork", kw_only=True):
@@ -104,6 +104,15 @@ Message = (
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Message).decode
+_MAX_FDS = 4
+
+
+class ProtocolError(Exception):
+    """A control message that is too big, malformed or not the one expected.
+
+    Zygotes run user code once they have imported it, so everything they
+    send is hostile input: the node refuses it whole and closes any
+    descriptor that came with it."""
 
 
 def send(sock: socket.socket, msg: msgspec.Struct, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -111,13 +120,30 @@ def send(sock: socket.socket, msg: msgspec.Struct, fds: list[int] | tuple[int, .
 
 
 def recv(sock: socket.socket) -> tuple[Any, list[int]]:
-    """Blocking receive; raises EOFError when the peer has gone."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 4)
+    """Blocking (or non-blocking, per the socket) receive of one whole message.
+
+    Raises EOFError when the peer has gone and ProtocolError for a message
+    over MAX_PACKET or one that does not decode; either way the message is
+    consumed and every descriptor attached to it closed."""
+    size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    data, fds, flags, _addr = socket.recv_fds(sock, min(max(size, 1), MAX_PACKET), _MAX_FDS)
     if not data:
-        for fd in fds:
-            _close(fd)
+        close_all(fds)
         raise EOFError("control channel closed")
-    return _decode(data), fds
+    if size > MAX_PACKET or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        close_all(fds)
+        raise ProtocolError(f"a control message of {size} bytes is over the limit")
+    try:
+        return _decode(data), fds
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        close_all(fds)
+        raise ProtocolError(f"malformed control message: {exc}") from None
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -125,23 +151,55 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _close(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
 class AsyncChannel:
-    """One request, one reply at a time over a non-blocking SEQPACKET socket."""
+    """One request, one validated reply at a time over a non-blocking SEQPACKET socket.
+
+    A reply that is late, malformed or of the wrong kind breaks the channel
+    for good (the next reply could belong to the wrong request), so the
+    caller must drop whatever is on the other end."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         sock.setblocking(False)
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
+        self.broken = False
 
-    async def request(self, msg: msgspec.Struct) -> tuple[Any, list[int]]:
-        async with self._lock:
-            socket.send_fds(self.sock, [_encode(msg)], [])
-            return await self._recv()
+    async def request(
+        self,
+        msg: msgspec.Struct,
+        replies: dict[type, int],
+        timeout_s: float,
+        fds: list[int] | tuple[int, ...] = (),
+    ) -> tuple[Any, list[int]]:
+        """Send ``msg``; the reply must be one of ``replies`` (type -> number of fds)."""
+        async with self.lock:
+            return await self.request_locked(msg, replies, timeout_s, fds)
+
+    async def request_locked(
+        self,
+        msg: msgspec.Struct,
+        replies: dict[type, int],
+        timeout_s: float,
+        fds: list[int] | tuple[int, ...] = (),
+    ) -> tuple[Any, list[int]]:
+        """:meth:`request` for a caller that already holds :attr:`lock`."""
+        if self.broken:
+            raise EOFError("control channel closed")
+        try:
+            socket.send_fds(self.sock, [_encode(msg)], list(fds))
+            async with asyncio.timeout(timeout_s):
+                reply, got = await self._recv()
+        except BaseException:
+            self.broken = True
+            raise
+        if replies.get(type(reply)) != len(got):
+            self.broken = True
+            close_all(got)
+            raise ProtocolError(
+                f"expected {' or '.join(t.__name__ for t in replies)}, got "
+                f"{type(reply).__name__} with {len(got)} descriptor(s)"
+            )
+        return reply, got
 
     async def _recv(self) -> tuple[Any, list[int]]:
         loop = asyncio.get_running_loop()
@@ -158,4 +216,5 @@ class AsyncChannel:
                 loop.remove_reader(self.sock.fileno())
 
     def close(self) -> None:
+        self.broken = True
         self.sock.close()

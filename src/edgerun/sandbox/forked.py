@@ -19,6 +19,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from edgerun.sandbox import ctl
 from edgerun.sandbox.base import SandboxCrashed, SandboxInitError, SandboxSpec
@@ -28,6 +31,7 @@ from edgerun.sandbox.protocol import ErrorInfo, Failure, Invoke, Result
 from edgerun.sandbox.uids import UidMap
 
 log = logging.getLogger("edgerun.sandbox")
+_MB = 1024 * 1024
 
 
 def _pid_of(pidfd: int) -> int:
@@ -56,6 +60,14 @@ class EngineSettings:
     nofile: int = 256
     pids_max: int = 64
     zygote_ttl_s: float = 600.0
+    start_timeout_s: float = 10.0
+    """The template's answer to StartZygote (no user code runs before it)."""
+    init_timeout_s: float = 10.0
+    """Importing the handler in a new zygote (Lambda's init limit)."""
+    fork_timeout_s: float = 5.0
+    reap_timeout_s: float = 2.0
+    zygote_slack_mb: int = 16
+    """Heap a loaded zygote may grow by (forks, its loop) before its cgroup stops it."""
 
 
 @dataclass(eq=False)
@@ -64,21 +76,58 @@ class _Zygote:
     chan: ctl.AsyncChannel
     pidfd: int
     pid: int
+    uid: int | None
     cgroup: SandboxCgroup | None
+    settings: EngineSettings
     live: int = 0
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
-    charge_mb: int = 0
-    """What the zygote may hold outside its sandboxes (heap and /tmp), charged to the pool."""
+    heap_mb: int = 0
+    """Its cgroup's memory after loading, plus slack; the cgroup is held to it."""
+    tmp_mb: int = 0
+    """What its private /tmp holds now (written by its sandboxes, outliving them)."""
+
+    @property
+    def charge_mb(self) -> int:
+        return self.heap_mb + self.tmp_mb
+
+    async def ask(
+        self, msg: msgspec.Struct, replies: dict[type, int], timeout_s: float
+    ) -> tuple[Any, list[int]]:
+        """One exchange with the zygote, thawed for it and frozen again after.
+
+        Between requests the zygote is frozen: code it imported (a thread
+        started at import, an at-fork hook) never runs outside a fork."""
+        async with self.chan.lock:
+            if self.cgroup is not None:
+                self.cgroup.thaw()
+            try:
+                return await self.chan.request_locked(msg, replies, timeout_s)
+            finally:
+                if self.cgroup is not None and not self.closed:
+                    self.cgroup.freeze()
 
     async def reap(self, local_pid: int) -> int | None:
-        if self.closed:
+        if self.closed or self.chan.broken:
             return None
         try:
-            reply, _ = await asyncio.wait_for(self.chan.request(ctl.Reap(pid=local_pid)), 2.0)
-        except (TimeoutError, OSError, EOFError):
+            reply, _ = await self.ask(
+                ctl.Reap(pid=local_pid), {ctl.Reaped: 0}, self.settings.reap_timeout_s
+            )
+        except (TimeoutError, OSError, EOFError, ctl.ProtocolError):
             return None
-        return reply.status if isinstance(reply, ctl.Reaped) else None
+        status: int | None = reply.status
+        return status
+
+    def measure_tmp(self) -> None:
+        """Charge what /tmp holds now (a statvfs through the zygote's own root)."""
+        if not self.settings.namespaces or self.closed:
+            return
+        try:
+            st = os.statvfs(f"/proc/{self.pid}/root/tmp")
+        except OSError:
+            return
+        self.tmp_mb = -(-((st.f_blocks - st.f_bfree) * st.f_frsize) // _MB)
 
     def close(self) -> None:
         if self.closed:
@@ -89,7 +138,11 @@ class _Zygote:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         os.close(self.pidfd)
         if self.cgroup is not None:
-            self.cgroup.destroy()
+            cgroup = self.cgroup
+            with contextlib.suppress(RuntimeError):  # no loop: destroy right here
+                asyncio.get_running_loop().run_in_executor(None, cgroup.destroy)
+                return
+            cgroup.destroy()
 
 
 class ForkedSandbox(ChannelSandbox):
@@ -115,17 +168,24 @@ class ForkedSandbox(ChannelSandbox):
         self._status: int | None = None
 
     async def invoke(self, msg: Invoke) -> Result | Failure:
-        reply = await super().invoke(msg)
-        if self.cgroup is not None:
-            # Nothing a call started may outlive it: stop stray processes now.
-            self.cgroup.kill_strays(self.pid)
-        return reply
+        cgroup = self.cgroup
+        if cgroup is not None:
+            cgroup.thaw()
+        try:
+            return await super().invoke(msg)
+        finally:
+            if cgroup is not None and self.alive:
+                # Nothing a call started may run after it: stray processes die,
+                # leftover threads are frozen until the next call.
+                cgroup.settle(self.pid)
+            self.zygote.measure_tmp()
 
     async def _terminate(self) -> None:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         if self.cgroup is not None:
             self.cgroup.kill_strays(self.pid)  # children too; no waiting for them to go
+            self.cgroup.thaw()  # a frozen task acts on SIGKILL only once thawed
 
     async def _reap(self) -> int | None:
         """The wait status, asked of the zygote once (a pid may be reused after)."""
@@ -165,19 +225,49 @@ class ZygoteSandboxFactory:
         self.settings = settings
         self.cgroups = cgroups
         self.uids = uids
+        self.root_mount = root_mount
         self._template: asyncio.subprocess.Process | None = None
         self._chan: ctl.AsyncChannel | None = None
+        self._template_lock = asyncio.Lock()
+        self.template_starts = 0
+        self._closing = False
+        self._watcher: asyncio.Task[None] | None = None
         self._zygotes: dict[str, _Zygote] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count(1)
-        self.root_mount = root_mount
 
     @property
     def zygotes(self) -> dict[str, _Zygote]:
         return self._zygotes
 
+    # --- the template -------------------------------------------------------
     async def open(self) -> None:
         self.root_mount.mkdir(parents=True, exist_ok=True)
+        await self._start_template()
+        self._watcher = asyncio.create_task(self._watch_template())
+
+    async def _watch_template(self) -> None:
+        """Restart the template as soon as it dies, backing off if it keeps dying."""
+        backoff = 0.1
+        while not self._closing:
+            template = self._template
+            assert template is not None
+            await template.wait()
+            if self._closing:
+                return
+            log.warning("sandbox template exited with %s; restarting it", template.returncode)
+            async with self._template_lock:
+                if self._template is template and not self._closing:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    await self._start_template()
+
+    async def _start_template(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
+        if self._template is not None and self._template.returncode is None:
+            self._template.kill()
+            await self._template.wait()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._template = await asyncio.create_subprocess_exec(
@@ -189,13 +279,45 @@ class ZygoteSandboxFactory:
                 str(child.fileno()),
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             )
         finally:
             child.close()
         self._chan = ctl.AsyncChannel(parent)
+        self.template_starts += 1
+        if self.template_starts > 1:
+            log.warning("sandbox template restarted (start %d)", self.template_starts)
+
+    def _template_up(self) -> bool:
+        return (
+            self._template is not None
+            and self._template.returncode is None
+            and self._chan is not None
+            and not self._chan.broken
+        )
+
+    def problem(self) -> str | None:
+        """Why this engine cannot start zygotes now, or None when it can."""
+        if self._closing or self._template_up():
+            return None
+        return "the sandbox template process is not running (it restarts on the next cold start)"
+
+    async def _template_channel(self) -> ctl.AsyncChannel:
+        """The channel to a live template, restarting a dead one first."""
+        async with self._template_lock:
+            if not self._template_up():
+                await self._start_template()
+            assert self._chan is not None
+            return self._chan
 
     async def close(self) -> None:
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         for z in list(self._zygotes.values()):
             z.close()
         self._zygotes.clear()
@@ -207,32 +329,53 @@ class ZygoteSandboxFactory:
         if self.cgroups is not None:
             self.cgroups.remove_all()
 
+    # --- sandboxes ----------------------------------------------------------
     async def start(self, spec: SandboxSpec) -> ForkedSandbox:
         for attempt in (1, 2):
             zygote = await self._zygote(spec)
             try:
-                reply, fds = await zygote.chan.request(ctl.Fork())
-            except (OSError, EOFError):
-                reply, fds = None, []
-            if isinstance(reply, ctl.Forked) and len(fds) == 2:
-                break
-            # A zygote can die (its sandboxes share its uid); start a fresh one once.
-            for fd in fds:
-                os.close(fd)
-            self._drop(spec.key)
-            if attempt == 2:
-                raise SandboxCrashed(f"the zygote of {spec.function!r} died twice in a row")
-        assert isinstance(reply, ctl.Forked)
+                return await self._fork(zygote, spec)
+            except (OSError, EOFError, TimeoutError, ctl.ProtocolError) as exc:
+                # A zygote can die (its sandboxes share its uid) or misbehave (it
+                # runs the function's import): start a fresh one once.
+                log.warning("zygote of %s failed to fork: %s", spec.function, exc)
+                self._drop(spec.key, zygote)
+                if attempt == 2:
+                    raise SandboxCrashed(
+                        f"the zygote of {spec.function!r} failed twice in a row ({exc})"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    async def _fork(self, zygote: _Zygote, spec: SandboxSpec) -> ForkedSandbox:
+        reply, fds = await zygote.ask(ctl.Fork(), {ctl.Forked: 2}, self.settings.fork_timeout_s)
         chan_fd, pidfd = fds
-        pid = _pid_of(pidfd)
+        try:
+            pid = self._check_child(zygote, pidfd)
+            sock = socket.socket(fileno=chan_fd)
+        except BaseException:
+            ctl.close_all(fds)
+            raise
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.close()
+            os.close(pidfd)
+            raise ctl.ProtocolError("the zygote sent something other than a sandbox channel")
         cgroup = None
-        if self.cgroups is not None:
-            # Moving a process between cgroups can wait for an RCU grace period
-            # (milliseconds): do it off the event loop so other requests go on.
-            cgroup = await asyncio.to_thread(
-                self._cgroup_for, f"sb-{next(self._ids)}", spec.memory_mb, pid
-            )
-        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=chan_fd))
+        try:
+            if self.cgroups is not None:
+                # Moving a process between cgroups can wait for an RCU grace period
+                # (milliseconds): do it off the event loop so other requests go on.
+                cgroup = await asyncio.to_thread(
+                    self._cgroup_for, f"sb-{next(self._ids)}", spec.memory_mb, pid
+                )
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.destroy)
+            raise
         zygote.live += 1
         zygote.last_used = time.monotonic()
         return ForkedSandbox(
@@ -246,6 +389,19 @@ class ZygoteSandboxFactory:
             cgroup=cgroup,
         )
 
+    @staticmethod
+    def _check_child(zygote: _Zygote, pidfd: int) -> int:
+        """The node-side pid of a new sandbox; the pidfd must name a live
+        process of the function's own uid (never the node's or another's)."""
+        try:
+            pid = _pid_of(pidfd)
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except (OSError, ValueError):
+            raise ctl.ProtocolError("the zygote sent a descriptor that is no live pidfd") from None
+        if pid <= 0 or (zygote.uid is not None and owner != zygote.uid):
+            raise ctl.ProtocolError(f"the zygote sent the pidfd of a foreign process ({pid})")
+        return pid
+
     def _cgroup_for(self, name: str, memory_mb: int, pid: int) -> SandboxCgroup | None:
         assert self.cgroups is not None
         cgroup = self.cgroups.create(name, memory_mb=memory_mb, pids_max=self.settings.pids_max)
@@ -257,11 +413,15 @@ class ZygoteSandboxFactory:
         z = self._zygotes.get(spec.key)
         return z is not None and not z.closed
 
-    def _drop(self, key: str) -> None:
-        z = self._zygotes.pop(key, None)
-        if z is not None:
+    def _drop(self, key: str, which: _Zygote | None = None) -> None:
+        z = self._zygotes.get(key)
+        if z is not None and (which is None or z is which):
+            del self._zygotes[key]
             z.close()
+        elif which is not None:
+            which.close()
 
+    # --- zygotes --------------------------------------------------------------
     async def _zygote(self, spec: SandboxSpec) -> _Zygote:
         z = self._zygotes.get(spec.key)
         if z is not None and not z.closed:
@@ -273,10 +433,11 @@ class ZygoteSandboxFactory:
                 return z
             z = await self._start_zygote(spec)
             self._zygotes[spec.key] = z
-            return z
+        if not lock.locked():
+            self._locks.pop(spec.key, None)
+        return z
 
     async def _start_zygote(self, spec: SandboxSpec) -> _Zygote:
-        assert self._chan is not None, "open() the factory first"
         s = self.settings
         uid = self.uids.uid_for(spec.function)
         req = ctl.StartZygote(
@@ -286,7 +447,6 @@ class ZygoteSandboxFactory:
             bundle_dir=str(spec.bundle_dir),
             memory_mb=spec.memory_mb,
             timeout_s=spec.timeout_s,
-            env=spec.env,
             network=spec.network,
             uid=uid,
             gid=uid,
@@ -301,27 +461,79 @@ class ZygoteSandboxFactory:
                 rlimit_as=not (self.cgroups and self.cgroups.memory),
             ),
         )
-        reply, fds = await self._chan.request(req)
+        chan = await self._template_channel()
+        try:
+            reply, fds = await chan.request(
+                req, {ctl.ZygoteStarted: 2, ctl.StartFailed: 0}, s.start_timeout_s
+            )
+        except (OSError, EOFError, TimeoutError, ctl.ProtocolError) as exc:
+            raise SandboxInitError(
+                ErrorInfo(type="IsolationError", message=f"the sandbox template failed: {exc}")
+            ) from None
         if isinstance(reply, ctl.StartFailed):
             raise SandboxInitError(ErrorInfo(type="IsolationError", message=reply.message))
         chan_fd, pidfd = fds
-        cgroup = None
-        if self.cgroups is not None:
-            cgroup = await asyncio.to_thread(
-                self._cgroup_for, f"zy-{next(self._ids)}", spec.memory_mb, _pid_of(pidfd)
-            )
-        z = _Zygote(spec, ctl.AsyncChannel(socket.socket(fileno=chan_fd)), pidfd, reply.pid, cgroup)
         try:
-            loaded, _ = await asyncio.wait_for(z.chan.request(ctl.Load()), 60)
-        except (TimeoutError, OSError, EOFError):
+            z1 = _pid_of(pidfd)
+            cgroup = None
+            if self.cgroups is not None:
+                cgroup = await asyncio.to_thread(
+                    self._cgroup_for, f"zy-{next(self._ids)}", spec.memory_mb, z1
+                )
+        except BaseException:
+            ctl.close_all(fds)
+            raise
+        z = _Zygote(
+            spec,
+            ctl.AsyncChannel(socket.socket(fileno=chan_fd)),
+            pidfd,
+            z1,
+            uid if s.setuid else None,
+            cgroup,
+            s,
+        )
+        try:
+            await self._load(z)
+        except BaseException:
             z.close()
+            raise
+        return z
+
+    async def _load(self, z: _Zygote) -> None:
+        """Hand the zygote its environment and let it import the handler."""
+        env = os.memfd_create("env", os.MFD_CLOEXEC)
+        try:
+            os.write(env, msgspec.msgpack.encode(z.spec.env))
+            os.lseek(env, 0, os.SEEK_SET)
+            async with z.chan.lock:
+                reply, _ = await z.chan.request_locked(
+                    ctl.Load(),
+                    {ctl.Loaded: 0, ctl.LoadFailed: 0},
+                    self.settings.init_timeout_s,
+                    fds=[env],
+                )
+        except TimeoutError:
+            raise SandboxInitError(
+                ErrorInfo(
+                    type="InitError",
+                    message=f"importing the handler took longer than "
+                    f"{self.settings.init_timeout_s:g} s",
+                )
+            ) from None
+        except (OSError, EOFError, ctl.ProtocolError):
             raise SandboxInitError(
                 ErrorInfo(type="InitError", message="the zygote died while importing the handler")
             ) from None
-        if isinstance(loaded, ctl.LoadFailed):
-            z.close()
-            raise SandboxInitError(loaded.error)
-        return z
+        finally:
+            os.close(env)
+        if isinstance(reply, ctl.LoadFailed):
+            raise SandboxInitError(reply.error)
+        if z.cgroup is not None:
+            used = z.cgroup.memory_bytes()
+            if used is not None:
+                z.heap_mb = -(-used // _MB) + self.settings.zygote_slack_mb
+                z.cgroup.limit_memory(z.heap_mb * _MB)
+            z.cgroup.freeze()
 
     def held_mb(self) -> int:
         return sum(z.charge_mb for z in self._zygotes.values())

@@ -114,6 +114,9 @@ class ProcessSandboxFactory:
     async def reap_idle(self, now: float | None = None) -> int:
         return 0
 
+    def problem(self) -> str | None:
+        return None
+
     def held_mb(self) -> int:
         return 0
 

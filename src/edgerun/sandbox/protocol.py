@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import msgspec
 
-MAX_FRAME = 64 * 1024 * 1024
+MAX_FRAME = 16 * 1024 * 1024
+"""A request or reply: the 6 MB payload limit, its captured output and room to spare."""
 _HEADER = struct.Struct(">I")
 
 
@@ -79,7 +80,10 @@ def _check_length(length: int) -> None:
 async def read_from_sandbox(reader: asyncio.StreamReader) -> FromSandbox:
     (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
     _check_length(length)
-    msg: FromSandbox = _from_sandbox.decode(await reader.readexactly(length))
+    try:
+        msg: FromSandbox = _from_sandbox.decode(await reader.readexactly(length))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise FrameError(f"malformed frame: {exc}") from None
     return msg
 
 

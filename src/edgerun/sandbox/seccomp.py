@@ -62,6 +62,8 @@ _DENIED: dict[str, tuple[int, int]] = {
     "process_madvise": (440, 440),
 }
 _CLONE = (56, 220)
+_SOCKET = (41, 198)
+_AF_VSOCK = 40
 _CLONE3 = (435, 435)
 _NS_FLAGS = (
     libc.CLONE_NEWNS
@@ -100,7 +102,7 @@ def supported() -> bool:
 
 
 def denied_syscalls() -> list[str]:
-    return sorted([*_DENIED, "clone(namespace flags)", "clone3"])
+    return sorted([*_DENIED, "clone(namespace flags)", "clone3", "socket(AF_VSOCK)"])
 
 
 def build_filter(machine: str | None = None) -> list[tuple[int, int, int, int]]:
@@ -123,6 +125,12 @@ def build_filter(machine: str | None = None) -> list[tuple[int, int, int, int]]:
     prog.append((_JEQ_K, 0, 1, _CLONE3[idx]))
     prog.append((_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS))
     prog += [
+        # socket(AF_VSOCK, ...): vsock is not namespaced, so it would reach the host.
+        (_JEQ_K, 0, 4, _SOCKET[idx]),
+        (_LD_W_ABS, 0, 0, 16),  # A = low word of args[0], the family
+        (_JEQ_K, 0, 1, _AF_VSOCK),
+        (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM),
+        (_RET_K, 0, 0, _RET_ALLOW),
         (_JEQ_K, 0, 3, _CLONE[idx]),
         (_LD_W_ABS, 0, 0, 16),  # A = low word of args[0]
         (_JSET_K, 0, 1, _NS_FLAGS),

@@ -27,12 +27,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from edgerun.sandbox import ctl, libc, seccomp
 from edgerun.sandbox.base import sandbox_env
 from edgerun.sandbox.protocol import ErrorInfo
 from edgerun.sandbox.worker import WorkerInfo, error_info, load_handler, serve
 
 TASK_ROOT = "/var/task"
+_MAX_FD = 1 << 20
 _ETC_FILES = ("resolv.conf", "hosts", "nsswitch.conf", "localtime", "ssl", "ca-certificates")
 
 
@@ -40,6 +43,7 @@ _ETC_FILES = ("resolv.conf", "hosts", "nsswitch.conf", "localtime", "ssl", "ca-c
 
 
 def template_main(fd: int) -> None:
+    _keep_only_fds({fd})
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(1)
@@ -48,18 +52,42 @@ def template_main(fd: int) -> None:
     while True:
         msg = _next_message(node)
         if isinstance(msg, ctl.StartZygote):
-            _start_zygote(node, msg)
+            try:
+                _start_zygote(node, msg)
+            except Exception as exc:  # the template must outlive any one request
+                ctl.send(node, ctl.StartFailed(message=f"could not start the zygote: {exc}"))
+
+
+def _keep_only_fds(keep: set[int]) -> None:
+    """Point 0-2 at /dev/null and close every other descriptor not in ``keep``.
+
+    Run at each step of the tree (template, Z0, Z1) so that nothing the node
+    had open (its log, sockets) is ever reachable from user code."""
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd not in keep:
+            os.dup2(devnull, fd)
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _MAX_FD)
+    if devnull not in keep and devnull > 2:
+        with contextlib.suppress(OSError):
+            os.close(devnull)
 
 
 def _next_message(sock: socket.socket) -> object:
     """The next control message; the process ends when its peer has gone."""
-    try:
-        msg, fds = ctl.recv(sock)
-    except EOFError:
-        os._exit(0)
-    for fd in fds:  # nobody sends us descriptors; never keep one by accident
-        os.close(fd)
-    return msg
+    while True:
+        try:
+            msg, fds = ctl.recv(sock)
+        except EOFError:
+            os._exit(0)
+        except ctl.ProtocolError:
+            continue  # refused whole; the node is trusted, so this is a bug, not an attack
+        ctl.close_all(fds)  # nobody sends us descriptors; never keep one by accident
+        return msg
 
 
 def _start_zygote(node: socket.socket, req: ctl.StartZygote) -> None:
@@ -68,9 +96,7 @@ def _start_zygote(node: socket.socket, req: ctl.StartZygote) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            node.close()
-            node_end.close()
-            os.close(rpipe)
+            _keep_only_fds({zyg_end.fileno(), wpipe})
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             _z0(req, zyg_end, wpipe)
         finally:
@@ -78,7 +104,7 @@ def _start_zygote(node: socket.socket, req: ctl.StartZygote) -> None:
     zyg_end.close()
     os.close(wpipe)
     with os.fdopen(rpipe, "rb") as r:
-        report = r.read().decode()
+        report = r.read(256).decode(errors="replace")
     try:
         z1 = int(report)
         pidfd = os.pidfd_open(z1)
@@ -105,7 +131,7 @@ def _z0(req: ctl.StartZygote, chan: socket.socket, report_fd: int) -> None:
         os._exit(71)
     pid = os.fork()
     if pid == 0:
-        os.close(report_fd)
+        _keep_only_fds({chan.fileno()})
         _z1(req, chan)
     chan.close()
     os.write(report_fd, str(pid).encode())
@@ -119,7 +145,6 @@ def _z0(req: ctl.StartZygote, chan: socket.socket, report_fd: int) -> None:
 
 def _z1(req: ctl.StartZygote, chan: socket.socket) -> None:
     try:
-        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         # As pid 1 of its namespace the zygote only receives signals it handles;
         # Python's SIGINT handler would let a sandbox interrupt it.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -134,11 +159,12 @@ def _z1(req: ctl.StartZygote, chan: socket.socket) -> None:
             os.setgroups([])
             os.setresgid(req.gid, req.gid, req.gid)
             os.setresuid(req.uid, req.uid, req.uid)
+        # After the uid change: changing credentials clears the parent-death signal.
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        _set_limits(req, sandbox=False)
         if req.layers.seccomp:
             seccomp.install()
-        os.environ.clear()
-        os.environ.update(sandbox_env(req.function, req.version, req.memory_mb, task_root, req.env))
     except BaseException as exc:
         ctl.send(
             chan,
@@ -207,12 +233,31 @@ def _python_paths() -> list[str]:
     return sorted(p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths))
 
 
+def _read_env(fds: list[int]) -> dict[str, str]:
+    """The function's environment, from the memfd the node attached to Load.
+
+    It reaches this process only, after the fork from the template, so no
+    other function's zygote can ever find it in inherited memory."""
+    if len(fds) != 1:
+        raise ValueError("Load must carry exactly one descriptor")
+    with os.fdopen(fds[0], "rb") as f:
+        return msgspec.msgpack.decode(f.read(), type=dict[str, str])
+
+
 def _zygote_loop(req: ctl.StartZygote, chan: socket.socket, task_root: str) -> None:
     try:
-        msg, _ = ctl.recv(chan)
+        msg, fds = ctl.recv(chan)
+        if not isinstance(msg, ctl.Load):
+            raise ValueError("expected Load")
+        env = _read_env(fds)
     except EOFError:
         os._exit(0)
-    assert isinstance(msg, ctl.Load)
+    except (ctl.ProtocolError, ValueError, OSError, msgspec.DecodeError) as exc:
+        ctl.send(chan, ctl.LoadFailed(error=ErrorInfo(type="InitError", message=str(exc))))
+        os._exit(0)
+    os.environ.clear()
+    os.environ.update(sandbox_env(req.function, req.version, req.memory_mb, task_root, env))
+    del env, fds
     try:
         handler = load_handler(task_root, req.handler)
     except BaseException as exc:
@@ -282,10 +327,11 @@ def _enter_sandbox(req: ctl.StartZygote) -> None:
     """Per-sandbox limits, applied before the sandbox reads its first request."""
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    devnull = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
+    _set_limits(req, sandbox=True)
+
+
+def _set_limits(req: ctl.StartZygote, *, sandbox: bool) -> None:
+    """rlimits for the zygote (before it imports user code) and each sandbox."""
     limits = [
         (resource.RLIMIT_NOFILE, req.nofile),
         (resource.RLIMIT_FSIZE, req.tmp_mb * 1024 * 1024),
@@ -293,7 +339,7 @@ def _enter_sandbox(req: ctl.StartZygote) -> None:
     ]
     if req.layers.rlimit_as:
         limits.append((resource.RLIMIT_AS, (req.memory_mb + 256) * 1024 * 1024))
-    if not req.layers.setuid:
+    if sandbox and not req.layers.setuid:
         limits.append((resource.RLIMIT_NPROC, max(req.nproc, 1)))
     for kind, value in limits:
         with contextlib.suppress(ValueError, OSError):

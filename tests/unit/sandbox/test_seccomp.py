@@ -39,3 +39,30 @@ def test_denied_list_names_the_dangerous_calls() -> None:
         "init_module",
     ):
         assert name in denied
+
+
+def _in_filtered_child(probe: str) -> str:
+    """Run ``probe`` (Python source printing one line) in a child under the filter."""
+    import subprocess
+    import sys
+
+    code = f"from edgerun.sandbox import seccomp\nseccomp.install()\n{probe}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not seccomp.supported(), reason="seccomp filter is built for x86_64/aarch64")
+def test_vsock_sockets_are_denied_but_unix_and_inet_are_not() -> None:
+    probe = """
+import socket
+def attempt(family, kind):
+    try:
+        socket.socket(family, kind).close()
+        return "ok"
+    except OSError as exc:
+        return str(exc.errno)
+print(attempt(40, socket.SOCK_STREAM), attempt(socket.AF_UNIX, socket.SOCK_STREAM),
+      attempt(socket.AF_INET, socket.SOCK_STREAM))
+"""
+    assert _in_filtered_child(probe) == "1 ok ok"
