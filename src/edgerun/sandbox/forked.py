@@ -43,6 +43,15 @@ def _pid_of(pidfd: int) -> int:
     raise OSError(f"pidfd {pidfd} has no Pid")
 
 
+def _threads(pid: int) -> int:
+    """How many threads a process runs (1 when it cannot be read: nothing to freeze)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[17])
+    except (OSError, ValueError, IndexError):
+        return 1
+
+
 def _status_code(status: int | None) -> int | None:
     if status is None:
         return None
@@ -104,8 +113,16 @@ class _Zygote:
             try:
                 return await self.chan.request_locked(msg, replies, timeout_s)
             finally:
-                if self.cgroup is not None and not self.closed:
-                    self.cgroup.freeze()
+                self.settle()
+
+    def settle(self) -> None:
+        """Freeze the zygote if its user code left a thread running.
+
+        Only then: a frozen process acts on SIGKILL only once thawed (cgroup
+        v1), so a frozen zygote would outlive a node that died, until that
+        node's next start sweeps it."""
+        if self.cgroup is not None and not self.closed and _threads(self.pid) > 1:
+            self.cgroup.freeze()
 
     async def reap(self, local_pid: int) -> int | None:
         if self.closed or self.chan.broken:
@@ -256,6 +273,10 @@ class ZygoteSandboxFactory:
             if self._closing:
                 return
             log.warning("sandbox template exited with %s; restarting it", template.returncode)
+            # Its zygotes die with it (parent-death signals); a frozen one only
+            # once thawed, which closing it does.
+            for key in list(self._zygotes):
+                self._drop(key)
             async with self._template_lock:
                 if self._template is template and not self._closing:
                     await asyncio.sleep(backoff)
@@ -533,7 +554,7 @@ class ZygoteSandboxFactory:
             if used is not None:
                 z.heap_mb = -(-used // _MB) + self.settings.zygote_slack_mb
                 z.cgroup.limit_memory(z.heap_mb * _MB)
-            z.cgroup.freeze()
+            z.settle()
 
     def held_mb(self) -> int:
         return sum(z.charge_mb for z in self._zygotes.values())

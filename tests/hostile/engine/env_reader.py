@@ -1,0 +1,5 @@
+import os
+
+
+def handler(event, context):
+    return {"length": len(os.environ.get(event["name"], ""))}
