@@ -13,6 +13,7 @@ import io
 import socket
 import threading
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -279,7 +280,8 @@ def test_bad_list_limits_are_400(cluster: LocalCluster, limit: str) -> None:
 
 def _zip_with(entries: list[tuple[str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as zf:
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", method) as zf:
+        warnings.simplefilter("ignore")  # "Duplicate name" is the point
         for name, data in entries:
             zf.writestr(name, data)
     return buf.getvalue()
