@@ -561,8 +561,12 @@ def peer_rows(s: Settings, logdir: Path, only: set[str]) -> list[Row]:
 # --- edgerun -----------------------------------------------------------------------------------
 
 
+_ADMIN: dict[str, str] = {}
+"""The cluster's authorization header (node status needs the admin token)."""
+
+
 def _status(url: str) -> dict[str, Any]:
-    resp = httpx.get(f"{url}/v1/status", timeout=5)
+    resp = httpx.get(f"{url}/v1/status", timeout=5, headers=_ADMIN)
     resp.raise_for_status()
     body: dict[str, Any] = resp.json()
     return body
@@ -679,6 +683,7 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
             "hello-edge": (HERE / "edgerun" / "hello", "handler.handler", "edge"),
         }
         token = cluster.token
+        _ADMIN["authorization"] = f"Bearer {token}"
         with Client(cluster.control_url, token) as client:
             for name, (folder, handler, placement) in folders.items():
                 config = FunctionConfig(handler=handler, placement=placement)  # type: ignore[arg-type]

@@ -383,17 +383,18 @@ def rm(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
 
 
 @app.command()
-def status() -> None:
+def status(token: TokenOpt = "") -> None:
     """Show the local topology: health and what each node holds."""
     import httpx
 
     nodes = _state().get("nodes", [])
     if not nodes:
         _fail("no cluster known: run `edgerun up` first")
+    token = token or _client("", "").token
     table = Table()
     for col in ("node", "role", "url", "health", "revision", "pool", "warm", "placements"):
         table.add_column(col)
-    with httpx.Client(timeout=2.0) as http:
+    with httpx.Client(timeout=2.0, headers={"authorization": f"Bearer {token}"}) as http:
         for n in nodes:
             try:
                 path = "/v1/health" if n["role"] == "control" else "/v1/status"

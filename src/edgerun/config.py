@@ -44,6 +44,16 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Requests that may wait for a worker before the node answers 429."""
     queue_timeout_s: float = 10.0
     max_payload_bytes: int = 6 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    """Request line and headers together; more is a 431."""
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    """From connection (or the first byte of a request) to its last header."""
+    body_timeout_s: float = 60.0
+    """From the last header to the last byte of the body."""
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    """Peer addresses whose X-Forwarded-For and x-edgerun-request-id are believed
+    (POPs are trusted through the cluster token instead)."""
     max_bundle_bytes: int = 250 * 1024 * 1024
     """Uncompressed size limit of a bundle."""
     idle_ttl_s: float = 300.0
@@ -97,6 +107,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return msgspec.json.encode(str(value)).decode()
 
 

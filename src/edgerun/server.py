@@ -19,6 +19,7 @@ from edgerun.config import NodeConfig
 from edgerun.control.app import ControlApp, load_or_create_token
 from edgerun.control.bundles import BundleStore
 from edgerun.control.registry import SqliteRegistry
+from edgerun.guard import GuardedProtocol, Limits
 from edgerun.node.app import NodeApp
 from edgerun.sandbox.base import SandboxFactory
 from edgerun.sandbox.cgroups import Cgroups
@@ -103,7 +104,8 @@ class Server:
                 host=cfg.host,
                 port=cfg.port,
                 loop="uvloop",
-                http="httptools",
+                http=GuardedProtocol.with_limits(Limits.of(cfg)),
+                proxy_headers=False,  # the node decides whom to believe (trusted_proxies)
                 lifespan="on",
                 access_log=False,
                 log_level="warning",

@@ -14,12 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from edgerun.client import Client
 from edgerun.cluster import LocalCluster
-from tests.integration.conftest import deploy_folder, node_knows, start_cluster, wait_for
+from tests.integration.conftest import (
+    deploy_folder,
+    node_knows,
+    node_status,
+    start_cluster,
+    wait_for,
+)
 
 FUNCTIONS = Path(__file__).parent / "functions"
 HOSTILE_MEMORY_MB = 128
@@ -68,7 +73,7 @@ SUPPORTED, UNSUPPORTED_REASON = _supported()
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c = start_cluster(tmp_path_factory.mktemp("hostile-cluster"))
     try:
-        status = httpx.get(f"{c.url('pop-1')}/v1/status", timeout=5).json()
+        status = node_status(c, "pop-1")
         off = [layer["name"] for layer in status["isolation"] if not layer["active"]]
         if off:
             pytest.skip(f"isolation layers unavailable on this machine: {', '.join(off)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -67,10 +68,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
     return time.monotonic() - start
 
 
+def admin(cluster: LocalCluster) -> dict[str, str]:
+    """Headers for the admin API (node status needs the cluster token)."""
+    return {"authorization": f"Bearer {cluster.token}"}
+
+
+def node_status(cluster: LocalCluster, node: str) -> dict[str, Any]:
+    resp = httpx.get(f"{cluster.url(node)}/v1/status", headers=admin(cluster), timeout=5)
+    resp.raise_for_status()
+    return resp.json()  # type: ignore[no-any-return]
+
+
 def node_knows(cluster: LocalCluster, node: str, name: str, sha: str) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            body = httpx.get(f"{cluster.url(node)}/v1/status", timeout=2).json()
+            body = node_status(cluster, node)
         except httpx.HTTPError:
             return False
         fn = body["functions"].get(name)

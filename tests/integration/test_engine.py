@@ -12,7 +12,7 @@ import pytest
 from edgerun.client import Client, invoke
 from edgerun.cluster import LocalCluster
 from tests.conftest import FUNCTIONS
-from tests.integration.conftest import deploy_folder, node_knows, wait_for
+from tests.integration.conftest import deploy_folder, node_knows, node_status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +44,11 @@ def test_region_output_is_found_through_the_pop(
     cluster: LocalCluster, pop: str, printer: str
 ) -> None:
     region = cluster.url("region-1")
-    resp = httpx.post(
-        f"{region}/v1/functions/printer/invocations",
-        json={},
-        headers={"x-edgerun-request-id": "req-from-region-test"},
-    )
+    resp = httpx.post(f"{region}/v1/functions/printer/invocations", json={})
     assert resp.status_code == 200
+    request_id = resp.headers["x-edgerun-request-id"]  # the region's own: callers cannot set it
     found = httpx.get(
-        f"{pop}/v1/logs", params={"request_id": "req-from-region-test"}, headers=auth(cluster)
+        f"{pop}/v1/logs", params={"request_id": request_id}, headers=auth(cluster)
     ).json()["logs"]
     assert found[0]["node"] == "region-1"
 
@@ -73,7 +70,7 @@ def test_prewarm_makes_the_first_request_warm(
         headers=auth(cluster),
     )
     assert resp.json()["started"] == 2
-    pool = httpx.get(f"{region}/v1/pool").json()
+    pool = httpx.get(f"{region}/v1/pool", headers=auth(cluster)).json()
     [entry] = [v for v in pool["versions"] if v["function"] == "prewarmed"]
     assert entry["idle"] == 2
     assert invoke(region, "prewarmed", {}).placement == "local-warm"
@@ -86,8 +83,8 @@ def test_prewarm_with_a_bad_count_is_400(cluster: LocalCluster, pop: str) -> Non
     assert resp.status_code == 400
 
 
-def test_status_reports_the_isolation_layers(pop: str) -> None:
-    layers = httpx.get(f"{pop}/v1/status").json()["isolation"]
+def test_status_reports_the_isolation_layers(cluster: LocalCluster) -> None:
+    layers = node_status(cluster, "pop-1")["isolation"]
     names = {layer["name"]: layer["active"] for layer in layers}
     assert "seccomp deny-list" in names
     if os.geteuid() == 0 and sys.platform == "linux":
@@ -99,7 +96,7 @@ def test_import_error_shows_on_every_node_that_tried(
 ) -> None:
     region = cluster.url("region-2")
     assert invoke(region, "broken-import", {}).status == 500
-    errors = httpx.get(f"{region}/v1/status").json()["functions"]["broken-import"]
+    errors = node_status(cluster, "region-2")["functions"]["broken-import"]
     assert "ModuleNotFoundError" in str(errors["init_errors"])
 
 

@@ -8,7 +8,7 @@ import pytest
 from edgerun.client import Client, invoke
 from edgerun.cluster import LocalCluster
 from tests.conftest import EXAMPLES
-from tests.integration.conftest import deploy_folder, node_knows, wait_for
+from tests.integration.conftest import deploy_folder, node_knows, node_status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +131,7 @@ def test_import_error_gives_500_and_shows_in_status(
     assert err["phase"] == "init"
 
     ran_at = result.placement.split(":")[1] if ":" in result.placement else "pop-1"
-    status = httpx.get(f"{cluster.url(ran_at)}/v1/status").json()
+    status = node_status(cluster, ran_at)
     errors = status["functions"]["broken-import"]["init_errors"]
     assert errors[deployed["broken-import"]]["type"] == "ModuleNotFoundError"
 

@@ -20,11 +20,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edgerun.control.bundles import BundleStore, validate_bundle
+from edgerun.control.bundles import BundleStore, verify_bundle
 from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry
 from edgerun.errors import bad_request, not_found
-from edgerun.http import EXCEPTION_HANDLERS, check_bearer, decode_json, json_response, read_body
+from edgerun.http import (
+    EXCEPTION_HANDLERS,
+    check_bearer,
+    decode_json,
+    json_response,
+    query_int,
+    read_body,
+)
 from edgerun.models import (
     SHA256_RE,
     AliasRequest,
@@ -38,6 +45,8 @@ from edgerun.models import (
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_FEED_WAIT_S = 60.0
+MAX_REVISION = 2**63 - 1
+"""Revisions are SQLite integers."""
 
 
 class ControlApp:
@@ -88,7 +97,7 @@ class ControlApp:
     async def upload_bundle(self, request: Request) -> Response:
         check_bearer(request, self.token)
         data = await read_body(request, MAX_UPLOAD_BYTES)
-        validate_bundle(data, max_uncompressed=self.max_bundle_bytes)
+        await asyncio.to_thread(verify_bundle, data, max_uncompressed=self.max_bundle_bytes)
         sha = await asyncio.to_thread(self.bundles.put, data)
         return json_response({"sha256": sha, "size": len(data)}, 201)
 
@@ -104,10 +113,7 @@ class ControlApp:
 
     async def list_functions(self, request: Request) -> Response:
         check_bearer(request, self.token)
-        limit_raw = request.query_params.get("limit", "100")
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
-            raise bad_request("limit must be an integer between 1 and 1000")
-        limit = int(limit_raw)
+        limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
         after = request.query_params.get("after", "")
         page = self.registry.list_functions(after=after, limit=limit + 1)
         more = len(page) > limit
@@ -181,8 +187,8 @@ class ControlApp:
     async def changes(self, request: Request) -> Response:
         """Long-poll: answer at once if anything changed after ``since``, else wait."""
         check_bearer(request, self.token)
-        since = _int_param(request, "since", 0)
-        wait = min(float(_int_param(request, "wait", 0)), MAX_FEED_WAIT_S)
+        since = query_int(request.query_params, "since", 0, lo=0, hi=MAX_REVISION)
+        wait = min(query_int(request.query_params, "wait", 0, lo=0, hi=3600), MAX_FEED_WAIT_S)
         revision, records = self.registry.changes(since)
         if not records and wait > 0:
             waiter = self._changed
@@ -190,15 +196,6 @@ class ControlApp:
                 await asyncio.wait_for(waiter.wait(), wait)
             revision, records = self.registry.changes(since)
         return json_response({"revision": revision, "functions": records})
-
-
-def _int_param(request: Request, key: str, default: int) -> int:
-    raw = request.query_params.get(key)
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise bad_request(f"query parameter {key!r} must be a non-negative integer, got {raw!r}")
-    return int(raw)
 
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:

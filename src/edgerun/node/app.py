@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -30,12 +32,21 @@ from starlette.routing import Route
 
 from edgerun.config import NodeConfig
 from edgerun.errors import ApiError, bad_request, not_found
-from edgerun.http import EXCEPTION_HANDLERS, check_bearer, decode_json, json_response, read_body
+from edgerun.http import (
+    EXCEPTION_HANDLERS,
+    bearer_ok,
+    check_bearer,
+    check_json_depth,
+    decode_json,
+    json_response,
+    read_body,
+    too_deep,
+)
 from edgerun.lambda_http import build_event
 from edgerun.models import SHA256_RE, FunctionRecord, UnknownQualifier, Version, validate_name
 from edgerun.node.catalog import Catalog, follow
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
-from edgerun.node.front import Front, Incoming, Reply
+from edgerun.node.front import FORWARDED_BY_HEADER, NODE_TOKEN_HEADER, Front, Incoming, Reply
 from edgerun.node.logs import LogEntry, LogRing
 from edgerun.node.placer import WARM_PREFIX, Placer
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
@@ -62,6 +73,14 @@ _HOP_BY_HOP = frozenset(
         "x-edgerun-reason",
     }
 )
+_FORWARD_OWNED = frozenset(
+    {NODE_TOKEN_HEADER, FORWARDED_BY_HEADER, "x-edgerun-request-id", "x-forwarded-for"}
+    | {"x-forwarded-host"}
+)
+"""Headers a POP sets itself when forwarding; whatever a caller sent is dropped."""
+_NOT_FORWARDED = _HOP_BY_HOP | _FORWARD_OWNED
+_NOT_FOR_FUNCTIONS = frozenset({"x-edgerun-version", NODE_TOKEN_HEADER})
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _INIT_ERROR_TTL_S = 10.0
 _JSON = [("content-type", "application/json")]
 _encode = msgspec.json.Encoder().encode
@@ -199,23 +218,26 @@ class NodeApp:
 
     # --- small endpoints ---------------------------------------------------
     async def health(self, request: Request) -> Response:
+        """Public; what this node holds warm (for POPs choosing a region) only with the token.
+
+        503 while the sandbox engine cannot start sandboxes, so POPs route around."""
         problem = self.factory.problem()
-        return json_response(
-            {
-                "status": "degraded" if problem else "ok",
-                "problem": problem,
-                "role": self.cfg.role,
-                "node": self.cfg.name,
-                "revision": self.catalog.revision,
-                "synced": self.catalog.synced,
-                "warm": sorted(v[:WARM_PREFIX] for v in self.pool.warm_versions()),
-                "load": round(self.pool.load(), 3),
-                "pool": self.pool.snapshot(),
-            },
-            status=503 if problem else 200,
-        )
+        body: dict[str, object] = {
+            "status": "degraded" if problem else "ok",
+            "problem": problem,
+            "role": self.cfg.role,
+            "node": self.cfg.name,
+            "revision": self.catalog.revision,
+            "synced": self.catalog.synced,
+            "load": round(self.pool.load(), 3),
+            "pool": self.pool.snapshot(),
+        }
+        if bearer_ok(request.headers.get("authorization"), self.token):
+            body["warm"] = sorted(v[:WARM_PREFIX] for v in self.pool.warm_versions())
+        return json_response(body, status=503 if problem else 200)
 
     async def status(self, request: Request) -> Response:
+        check_bearer(request, self.token)
         now = time.monotonic()
         functions = {}
         for name, fn in sorted(self.catalog.functions.items()):
@@ -256,6 +278,7 @@ class NodeApp:
 
     async def pool_state(self, request: Request) -> Response:
         """Read-only: what this node holds warm, for placement and `edgerun status`."""
+        check_bearer(request, self.token)
         return json_response(
             {"node": self.cfg.name, **self.pool.snapshot(), "versions": self.pool.versions()}
         )
@@ -299,7 +322,7 @@ class NodeApp:
         except BundleUnavailable as exc:
             raise ApiError(503, "CodeUnavailable", str(exc)) from None
         except SandboxInitError as exc:
-            raise _init_error(exc, {}) from None
+            raise _init_error(exc, {}, detail=True) from None
         return json_response({"function": fn.name, "version": version.sha256, "started": started})
 
     async def bundle(self, request: Request) -> Response:
@@ -317,16 +340,16 @@ class NodeApp:
     async def invoke_http(self, req: Incoming, target: str, path: str, body: bytes) -> Reply:
         name, qualifier = _split_target(target)
         fn, version = self._resolve(name, qualifier, req)
-        request_id = req.header("x-edgerun-request-id") or self._new_request_id()
+        request_id, source_ip, host = self._origin(req)
         event = build_event(
             method=req.method,
             path=path,
             query_string=req.query,
-            headers=[(k, v) for k, v in req.headers if k != "x-edgerun-version"],
+            headers=[(k, v) for k, v in req.headers if k not in _NOT_FOR_FUNCTIONS],
             body=body,
-            source_ip=req.header("x-forwarded-for") or req.client,
+            source_ip=source_ip,
             request_id=request_id,
-            domain=req.header("host") or self.cfg.name,
+            domain=host,
         )
         return await self._dispatch(_Call(fn, version, "http", event, request_id), req, body)
 
@@ -338,9 +361,32 @@ class NodeApp:
             event = msgspec.json.decode(body) if body.strip() else {}
         except msgspec.DecodeError as exc:
             raise bad_request(f"invocation payload is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise too_deep("invocation payload") from None
+        check_json_depth(body, "invocation payload")
         fn, version = self._resolve(name, qualifier, req)
-        request_id = req.header("x-edgerun-request-id") or self._new_request_id()
+        request_id = self._origin(req)[0]
         return await self._dispatch(_Call(fn, version, "direct", event, request_id), req, body)
+
+    def _origin(self, req: Incoming) -> tuple[str, str, str]:
+        """Request id, client address and host of a request.
+
+        The x-edgerun-request-id, X-Forwarded-For and X-Forwarded-Host headers
+        are believed only from a POP (it sends the cluster token) or a
+        configured trusted proxy; anyone else gets a fresh id and their own
+        socket address.
+        """
+        host = req.header("host") or self.cfg.name
+        token = req.header(NODE_TOKEN_HEADER)
+        trusted = (
+            token is not None and hmac.compare_digest(token.encode(), self.token.encode())
+        ) or (bool(req.client) and req.client in self.cfg.trusted_proxies)
+        if not trusted:
+            return self._new_request_id(), req.client, host
+        given_id = req.header("x-edgerun-request-id") or ""
+        request_id = given_id if _REQUEST_ID_RE.fullmatch(given_id) else self._new_request_id()
+        forwarded_for = (req.header("x-forwarded-for") or "").rpartition(",")[2].strip()
+        return request_id, forwarded_for or req.client, req.header("x-forwarded-host") or host
 
     def _resolve(
         self, name: str, qualifier: str | None, req: Incoming | Request
@@ -469,7 +515,8 @@ class NodeApp:
         key = (call.fn.name, sha)
         cached = self.init_errors.get(key)
         if cached and time.monotonic() - cached[0] < _INIT_ERROR_TTL_S:
-            raise _init_error(cached[1], self._headers(decision, call))
+            self._log_init_error(call, cached[1])
+            raise _init_error(cached[1], self._headers(decision, call), detail=False)
         try:
             await self.code.ensure(sha)
         except BundleUnavailable as exc:
@@ -486,7 +533,8 @@ class NodeApp:
                 took_ms = (time.perf_counter() - started) * 1000
         except SandboxInitError as exc:
             self.init_errors[key] = (time.monotonic(), exc)
-            raise _init_error(exc, self._headers(decision, call)) from None
+            self._log_init_error(call, exc)
+            raise _init_error(exc, self._headers(decision, call), detail=False) from None
         except SandboxError as exc:
             raise ApiError(
                 exc.status, exc.type, str(exc), headers=self._headers(decision, call, cold=cold)
@@ -522,13 +570,22 @@ class NodeApp:
         out += [(k, v) for k, v in reply.headers if k not in _HOP_BY_HOP]
         return Reply(reply.status, out, reply.body)
 
+    def _log_init_error(self, call: _Call, exc: SandboxInitError) -> None:
+        """The detail callers are not shown: in the logs under their request id, for the owner."""
+        detail = "\n".join([f"{exc.info.type}: {exc.info.message}", *exc.info.traceback])
+        self.logs.add(call.request_id, call.fn.name, call.version.sha256, self.cfg.name, detail)
+
     async def _forward(self, call: _Call, req: Incoming, body: bytes, decision: Decision) -> Reply:
         assert decision.region is not None
-        headers = [(k, v) for k, v in req.headers if k not in _HOP_BY_HOP]
+        _, source_ip, host = self._origin(req)
+        headers = [(k, v) for k, v in req.headers if k not in _NOT_FORWARDED]
         headers += [
             ("x-edgerun-version", call.version.sha256),
             ("x-edgerun-request-id", call.request_id),
-            ("x-edgerun-forwarded-by", self.cfg.name),
+            (FORWARDED_BY_HEADER, self.cfg.name),
+            (NODE_TOKEN_HEADER, self.token),
+            ("x-forwarded-for", source_ip),
+            ("x-forwarded-host", host),
         ]
         path = req.raw_path + (f"?{req.query}" if req.query else "")
         try:
@@ -568,11 +625,14 @@ def _split_target(target: str) -> tuple[str, str | None]:
     return name, qualifier or None
 
 
-def _init_error(exc: SandboxInitError, headers: dict[str, str]) -> ApiError:
-    return ApiError(
-        500,
-        exc.info.type,
-        f"the function failed to initialise: {exc.info.type}: {exc.info.message}",
-        extra={"traceback": exc.info.traceback, "phase": "init"},
-        headers=headers,
-    )
+def _init_error(exc: SandboxInitError, headers: dict[str, str], *, detail: bool) -> ApiError:
+    """The error an init failure gives: the exception text (which may hold secrets, and
+    may be another request's) only for the admin; invocations get the type and where
+    to look, the detail being in the node's logs under the request id."""
+    if detail:
+        message = f"the function failed to initialise: {exc.info.type}: {exc.info.message}"
+        extra: dict[str, Any] = {"traceback": exc.info.traceback, "phase": "init"}
+    else:
+        message = f"the function failed to initialise ({exc.info.type}); see its logs"
+        extra = {"phase": "init"}
+    return ApiError(500, exc.info.type, message, extra=extra, headers=headers)

@@ -8,6 +8,7 @@ admin and status API) is ordinary Starlette.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("edgerun.node")
 _encode = msgspec.json.Encoder().encode
 _INVOCATIONS = "/invocations"
+NODE_TOKEN_HEADER = "x-edgerun-node-token"
+"""Carries the cluster token on requests a POP forwards to a region. Not
+``authorization``: that header belongs to the caller and reaches the function."""
+FORWARDED_BY_HEADER = "x-edgerun-forwarded-by"
+_FORWARD_MARKS = (NODE_TOKEN_HEADER.encode(), FORWARDED_BY_HEADER.encode())
 
 
 @dataclass(slots=True)
@@ -38,6 +44,7 @@ class Incoming:
 
     method: str
     raw_path: str
+    """The path escaped exactly as it arrived (what a forward must send on)."""
     query: str
     headers: list[tuple[str, str]]
     client: str
@@ -71,18 +78,42 @@ class Front:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            try:
+                self._check_head(scope)
+            except ApiError as exc:
+                await _send(send, _error_reply(exc))
+                return
             if path.startswith("/fn/") or (
                 path.startswith("/v1/functions/") and path.endswith(_INVOCATIONS)
             ):
                 await self._invoke(scope, receive, send, path)
                 return
+            if any(k in _FORWARD_MARKS for k, _ in scope["headers"]):
+                # A POP forwards invocations only: nothing it relays reaches the admin API.
+                err = ApiError(404, "NotFound", f"no route for forwarded {scope['method']} {path}")
+                await _send(send, _error_reply(err))
+                return
         await self.fallback(scope, receive, send)
+
+    def _check_head(self, scope: Scope) -> None:
+        """Refuse too many or too large headers (the parser bounds what it buffers)."""
+        cfg = self.node.cfg
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        size = sum(len(k) + len(v) + 4 for k, v in headers)
+        if len(headers) > cfg.max_headers or size > cfg.max_header_bytes:
+            raise ApiError(
+                431,
+                "HeadersTooLarge",
+                f"a request may carry at most {cfg.max_headers} headers of "
+                f"{cfg.max_header_bytes} bytes in all; this one has {len(headers)} of {size}",
+            )
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         try:
+            raw_path: bytes = scope.get("raw_path") or path.encode()
             req = Incoming(
                 method=scope["method"],
-                raw_path=path,
+                raw_path=raw_path.decode("latin-1"),
                 query=scope["query_string"].decode("latin-1"),
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
                 client=scope["client"][0] if scope.get("client") else "",
@@ -92,6 +123,8 @@ class Front:
                 target, _, rest = path[4:].partition("/")
                 if not target:
                     raise ApiError(404, "NotFound", "no function named in the path: /fn/{name}/")
+                if any(part in (".", "..") for part in rest.split("/")):
+                    raise ApiError(400, "BadRequest", "the path has '.' or '..' segments")
                 reply = await self.node.invoke_http(req, target, "/" + rest, body)
             else:
                 if req.method != "POST":
@@ -101,36 +134,50 @@ class Front:
                 name = path[len("/v1/functions/") : -len(_INVOCATIONS)]
                 reply = await self.node.invoke_direct(req, name, body)
         except ApiError as exc:
-            reply = Reply(
-                exc.status,
-                [*exc.headers.items(), ("content-type", "application/json")],
-                _encode(exc.body()),
-            )
+            reply = _error_reply(exc)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), path)
-            err = ApiError(500, "InternalError", "internal error")
-            reply = Reply(500, [("content-type", "application/json")], _encode(err.body()))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": reply.status,
-                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": reply.body})
+            reply = _error_reply(ApiError(500, "InternalError", "internal error"))
+        await _send(send, reply)
 
     async def _body(self, req: Incoming, receive: Receive) -> bytes:
         check_content_length(req.header("content-length"), self.limit)
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ApiError(400, "BadRequest", "the client went away")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                raise too_large(self.limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        timeout_s = self.node.cfg.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ApiError(400, "BadRequest", "the client went away")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.limit:
+                        raise too_large(self.limit)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise ApiError(
+                408, "RequestTimeout", f"the request's body took longer than {timeout_s}s to arrive"
+            ) from None
+
+
+def _error_reply(exc: ApiError) -> Reply:
+    return Reply(
+        exc.status,
+        [*exc.headers.items(), ("content-type", "application/json")],
+        _encode(exc.body()),
+    )
+
+
+async def _send(send: Send, reply: Reply) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": reply.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": reply.body})

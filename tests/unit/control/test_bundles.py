@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import stat
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -303,3 +304,79 @@ def test_path_rejects_anything_but_a_lowercase_sha256_hex_digest(store, sha):
 def test_path_rejects_a_digest_with_a_trailing_newline(store):
     with pytest.raises(ValueError):
         store.path("0" * 64 + "\n")
+
+
+# --- bundles that no node could extract (issue 8, finding 18) ------------------------
+
+
+def entries_zip(entries: list[tuple[str, bytes]]) -> bytes:
+    """A zip with exactly these entries, repeats and all."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        warnings.simplefilter("ignore")  # "Duplicate name" is the point
+        for name, data in entries:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def patched(data: bytes, local_offset: int, central_offset: int, value: int) -> bytes:
+    """Set a 2-byte field of the first entry's local and central headers."""
+    out = bytearray(data)
+    struct.pack_into("<H", out, out.find(b"PK\x03\x04") + local_offset, value)
+    struct.pack_into("<H", out, out.find(b"PK\x01\x02") + central_offset, value)
+    return bytes(out)
+
+
+GOOD = make_bundle({"main.py": "def handler(e, c):\n    return 1\n"})
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (entries_zip([("a", b"x"), ("a/b", b"y")]), "both a file and a folder"),
+        (entries_zip([("a/b", b"y"), ("a", b"x")]), "both a file and a folder"),
+        (entries_zip([("a/", b""), ("a", b"x")]), "both a file and a folder"),
+        (entries_zip([("a", b"x"), ("a/", b"")]), "both a file and a folder"),
+        (entries_zip([("main.py", b"1"), ("main.py", b"2")]), "more than one entry"),
+        (entries_zip([("m.py", b"1"), ("./m.py", b"2")]), "more than one entry"),
+        (entries_zip([("x" * 300 + ".py", b"x")]), "component longer than 255"),
+        (entries_zip([("d/" * 4000 + "f.py", b"x")]), "deeper than"),
+        (patched(GOOD, 8, 10, 99), "compression method 99"),
+        (patched(GOOD, 4, 6, 99), "zip file version"),
+        (patched(GOOD, 6, 8, 1), "encrypted"),
+    ],
+    ids=[
+        "file-then-folder",
+        "folder-then-file",
+        "dir-entry-then-file",
+        "file-then-dir-entry",
+        "duplicate",
+        "duplicate-after-normalising",
+        "long-component",
+        "deep-path",
+        "unsupported-method",
+        "future-zip-version",
+        "encrypted",
+    ],
+)
+def test_bundles_no_node_could_extract_are_refused_and_never_extracted(
+    data: bytes, why: str, tmp_path: Path
+) -> None:
+    assert why in refused(data).message
+    with pytest.raises(BundleError):  # the node's extraction runs the same checks
+        extract_bundle(data, tmp_path / "dest", max_uncompressed=1 << 20)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_verify_reads_every_entry_at_upload() -> None:
+    data = bytearray(make_bundle({"main.py": b"x = 1\n" * 100}))
+    data[data.find(b"PK\x03\x04") + 30 + len("main.py") + 2] ^= 0xFF  # corrupt the deflate data
+    validate_bundle(bytes(data))  # the headers alone look fine
+    with pytest.raises(BundleError, match="corrupt"):
+        bundles.verify_bundle(bytes(data), max_uncompressed=1 << 20)
+    bundles.verify_bundle(GOOD, max_uncompressed=1 << 20)
+
+
+def test_repeated_folder_entries_and_nested_files_are_fine() -> None:
+    data = entries_zip([("pkg/", b""), ("pkg/", b""), ("pkg/a.py", b"1"), ("pkg/sub/b.py", b"2")])
+    assert len(validate_bundle(data)) == 4
