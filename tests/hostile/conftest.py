@@ -55,6 +55,8 @@ DEPLOYMENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "escaper": ("escaper", {}),
     "bundle-tamper": ("bundle-tamper", {}),
     "zygote-interrupter": ("zygote-interrupter", {}),
+    "forger": ("forger", {}),
+    "forger-in-region": ("forger", {"placement": "region", "idempotent": True}),
 }
 
 
