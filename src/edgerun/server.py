@@ -67,6 +67,10 @@ def make_engine(cfg: NodeConfig) -> tuple[SandboxFactory, list[Layer]]:
         return plain, [Layer("process per worker", True, "engine = process")]
     root = os.geteuid() == 0
     cgroups = Cgroups(f"{cfg.name}-{os.getpid()}") if root else None
+    if cgroups is not None and cgroups.version:
+        swept = cgroups.sweep_stale(cfg.name)
+        if swept:
+            log.warning("removed the cgroups of %d earlier run(s) of %s", swept, cfg.name)
     layers = detect(cfg.name, cgroups=cgroups)
     for layer in layers:
         if not layer.active:

@@ -263,3 +263,35 @@ async def test_descriptors_attached_to_forged_replies_are_closed(factory, tmp_pa
         sandbox = await factory.start(s)
         await sandbox.close()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+# --- what a node that died left frozen -------------------------------------------------------
+
+
+def test_a_restarted_node_sweeps_the_frozen_leftovers_of_its_dead_run() -> None:
+    import subprocess
+    import sys
+
+    node = f"sweep-{secrets.token_hex(3)}"
+    dead = Cgroups(f"{node}-999999999")  # no such pid: a run that is gone
+    if not dead.freezer:
+        pytest.skip("no freezer cgroup here")
+    cgroup = dead.create("zy-1", memory_mb=64, pids_max=8)
+    assert cgroup is not None
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        cgroup.add(proc.pid)
+        cgroup.freeze()
+        proc.kill()  # pending: a frozen task does not act on it
+        assert alive(proc.pid)
+
+        fresh = Cgroups(f"{node}-{os.getpid()}")
+        assert fresh.sweep_stale(node) == 1
+        proc.wait(timeout=10)
+        assert not any(
+            path.parent.joinpath(f"{node}-999999999").exists() for path in dead._dirs.values()
+        )
+        fresh.remove_all()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

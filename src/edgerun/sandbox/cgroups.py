@@ -102,14 +102,43 @@ class Cgroups:
         return SandboxCgroup(self.version, dirs)
 
     def remove_all(self) -> None:
-        # The freezer first: its tasks only die of SIGKILL once thawed.
-        for ctl, base in sorted(self._dirs.items(), key=lambda kv: kv[0] != "freezer"):
-            if base.is_dir():
-                for child in base.iterdir():
-                    if child.is_dir():
-                        SandboxCgroup(self.version, {ctl: child}).destroy()
-                with contextlib.suppress(OSError):
-                    base.rmdir()
+        _remove_tree(self._dirs)
+
+    def sweep_stale(self, node: str) -> int:
+        """Remove what earlier runs of ``node`` left behind (their process is gone).
+
+        A node that died without closing leaves its cgroups, and in them any
+        frozen process (a frozen task acts on SIGKILL only once thawed)."""
+        swept = 0
+        mine = {path.name for path in self._dirs.values()}
+        parents = {ctl: path.parent for ctl, path in self._dirs.items()}
+        stale: dict[str, dict[str, Path]] = {}
+        for ctl, parent in parents.items():
+            for child in parent.glob(f"{node}-*"):
+                pid = child.name.rsplit("-", 1)[1]
+                if child.name in mine or not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                    continue
+                stale.setdefault(child.name, {})[ctl] = child
+        for dirs in stale.values():
+            _remove_tree(dirs)
+            swept += 1
+        return swept
+
+
+def _remove_tree(dirs: dict[str, Path]) -> None:
+    """Kill and remove every cgroup under a node's subtree, then the subtree."""
+    # The freezer first: its tasks only die of SIGKILL once thawed.
+    for ctl, base in sorted(dirs.items(), key=lambda kv: kv[0] != "freezer"):
+        if base.is_dir():
+            for child in base.iterdir():
+                if child.is_dir():
+                    SandboxCgroup(_version_of(base), {ctl: child}).destroy()
+            with contextlib.suppress(OSError):
+                base.rmdir()
+
+
+def _version_of(path: Path) -> int:
+    return 2 if (path / "cgroup.controllers").exists() else 1
 
 
 class SandboxCgroup:
