@@ -320,7 +320,7 @@ def mb_stats(values: list[float]) -> dict[str, float]:
 @contextlib.contextmanager
 def instrumented(rec: dict[str, list[int]]) -> Iterator[None]:
     """Time the engine's own steps by wrapping them in this process only."""
-    orig_request = ctl.AsyncChannel.request
+    orig_request = ctl.AsyncChannel.request_locked
     orig_pid_of = forked._pid_of
     orig_create = Cgroups.create
     orig_add = SandboxCgroup.add
@@ -329,10 +329,12 @@ def instrumented(rec: dict[str, list[int]]) -> Iterator[None]:
     orig_uid_for = UidMap.uid_for
     orig_open = asyncio.open_unix_connection
 
-    async def request(self: ctl.AsyncChannel, msg: Any) -> tuple[Any, list[int]]:
+    async def request(
+        self: ctl.AsyncChannel, msg: Any, *args: Any, **kwargs: Any
+    ) -> tuple[Any, list[int]]:
         t0 = now_ns()
         try:
-            return await orig_request(self, msg)
+            return await orig_request(self, msg, *args, **kwargs)
         finally:
             rec[f"ctl {type(msg).__name__}"].append(now_ns() - t0)
 
@@ -354,7 +356,7 @@ def instrumented(rec: dict[str, list[int]]) -> Iterator[None]:
             rec["open_unix_connection"].append(now_ns() - t0)
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(ctl.AsyncChannel, "request", request))
+        stack.enter_context(mock.patch.object(ctl.AsyncChannel, "request_locked", request))
         stack.enter_context(mock.patch.object(forked, "_pid_of", timed("_pid_of", orig_pid_of)))
         stack.enter_context(
             mock.patch.object(Cgroups, "create", timed("cgroup create", orig_create))
@@ -826,7 +828,7 @@ async def run(opts: Options, work: Path) -> dict[str, Any]:
         ipc: list[int] = []
         for _ in range(opts.profile_samples):
             t0 = now_ns()
-            await zygote_ref.chan.request(ctl.Reap(pid=NOT_A_CHILD))
+            await zygote_ref.chan.request(ctl.Reap(pid=NOT_A_CHILD), {ctl.Reaped: 0}, 5.0)
             ipc.append(now_ns() - t0)
         start_prof = breakdown(prof, totals, START_STEPS)
         start_prof["ctl round trip without fork (Reap probe)"] = p50_p99(ipc)

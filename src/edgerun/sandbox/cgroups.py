@@ -233,14 +233,6 @@ class SandboxCgroup:
         except (OSError, ValueError):
             return None
 
-    def limit_memory(self, limit_bytes: int) -> None:
-        mem = self.dirs.get("memory")
-        if mem is None:
-            return
-        name = "memory.max" if self.version == 2 else "memory.limit_in_bytes"
-        with contextlib.suppress(OSError):
-            (mem / name).write_text(str(limit_bytes))
-
     def oom_killed(self) -> bool:
         mem = self.dirs.get("memory")
         if mem is None:

@@ -75,8 +75,6 @@ class EngineSettings:
     """Importing the handler in a new zygote (Lambda's init limit)."""
     fork_timeout_s: float = 5.0
     reap_timeout_s: float = 2.0
-    zygote_slack_mb: int = 16
-    """Heap a loaded zygote may grow by (forks, its loop) before its cgroup stops it."""
 
 
 @dataclass(eq=False)
@@ -92,7 +90,8 @@ class _Zygote:
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
     heap_mb: int = 0
-    """Its cgroup's memory after loading, plus slack; the cgroup is held to it."""
+    """Its cgroup's memory once the handler is imported (it runs no user code after,
+    but in a fork, and is frozen if the import left a thread running)."""
     tmp_mb: int = 0
     """What its private /tmp holds now (written by its sandboxes, outliving them)."""
 
@@ -552,8 +551,8 @@ class ZygoteSandboxFactory:
         if z.cgroup is not None:
             used = z.cgroup.memory_bytes()
             if used is not None:
-                z.heap_mb = -(-used // _MB) + self.settings.zygote_slack_mb
-                z.cgroup.limit_memory(z.heap_mb * _MB)
+                # Not a new limit: a fork's child is charged here until it is moved.
+                z.heap_mb = -(-used // _MB)
             z.settle()
 
     def held_mb(self) -> int:
