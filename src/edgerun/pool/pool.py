@@ -139,6 +139,8 @@ class Pool:
         self._closing: set[asyncio.Future[None]] = set()
         self._used_mb = 0
         self._waiting = 0
+        self.evictions = 0
+        self.starts = 0
         self._freed = asyncio.Event()
 
     # --- views -----------------------------------------------------------
@@ -202,6 +204,8 @@ class Pool:
             "busy": sum(v.busy for v in self._versions.values()),
             "starting": sum(v.starting for v in self._versions.values()),
             "waiting": self._waiting,
+            "starts": self.starts,
+            "evictions": self.evictions,
         }
 
     def versions(self) -> list[dict[str, object]]:
@@ -289,6 +293,7 @@ class Pool:
             victim.idle.remove(entry)
             self._uncharge(victim)
             victims_out.append(entry.sandbox)
+        self.evictions += len(chosen)
         self._charge(v)
         v.starting += 1
         return Reservation(spec.key, v.memory_mb, self._epochs.get(spec.function, 0))
@@ -392,9 +397,11 @@ class Pool:
                 r = self._reserve(spec, evict_below, victims)
             except LookupError as short:
                 await _close_all(dead)
-                need = int(short.args[0])
+                need = min(int(short.args[0]), self._factory.held_mb())
                 if need > 0 and not shed_tried:
-                    # Evicting idle sandboxes cannot free enough: stop unused zygotes.
+                    # Evicting idle sandboxes cannot free enough: stop unused zygotes
+                    # (only when they hold memory: shedding is not free, the next
+                    # start of their version pays a new zygote).
                     shed_tried = True
                     if await self._factory.shed(need):
                         continue
@@ -417,6 +424,7 @@ class Pool:
             raise
         v.starting -= 1
         v.busy += 1
+        self.starts += 1
         return sandbox
 
     async def _wait(self, deadline: float) -> None:

@@ -317,6 +317,8 @@ async def test_snapshot_counts_memory_idle_and_busy():
             "busy": 1,
             "starting": 0,
             "waiting": 0,
+            "starts": 2,
+            "evictions": 0,
         }
 
 
