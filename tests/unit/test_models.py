@@ -124,7 +124,9 @@ V3 = "0123456789" + "3" * 54
 
 def record(aliases: dict[str, str] | None = None) -> FunctionRecord:
     versions = {
-        sha: Version(sha256=sha, handler="app.handler", size=1, created_at=float(i))
+        sha: Version(
+            sha256=sha, bundle_sha256=sha, handler="app.handler", size=1, created_at=float(i)
+        )
         for i, sha in enumerate((V1, V2, V3))
     }
     return FunctionRecord(

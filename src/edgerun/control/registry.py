@@ -20,7 +20,14 @@ from typing import Protocol
 import msgspec
 
 from edgerun.errors import bad_request, not_found
-from edgerun.models import LATEST, FunctionConfig, FunctionRecord, Version, validate_name
+from edgerun.models import (
+    LATEST,
+    FunctionConfig,
+    FunctionRecord,
+    Version,
+    validate_name,
+    version_id,
+)
 
 
 class Registry(Protocol):
@@ -51,6 +58,7 @@ CREATE INDEX IF NOT EXISTS functions_revision ON functions (revision);
 CREATE TABLE IF NOT EXISTS versions (
     function TEXT NOT NULL,
     sha256 TEXT NOT NULL,
+    bundle_sha256 TEXT,
     handler TEXT NOT NULL,
     size BIGINT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL,
@@ -78,9 +86,18 @@ class SqliteRegistry:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES ('revision', 0) ON CONFLICT (key) DO NOTHING"
         )
+
+    def _migrate(self) -> None:
+        """Registries made before versions had ids of their own: a version's id
+        was its bundle's hash, so each keeps that id and records it as its bundle."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(versions)")}
+        if "bundle_sha256" not in columns:
+            self._db.execute("ALTER TABLE versions ADD COLUMN bundle_sha256 TEXT")
+        self._db.execute("UPDATE versions SET bundle_sha256 = sha256 WHERE bundle_sha256 IS NULL")
 
     def close(self) -> None:
         with self._lock:
@@ -114,6 +131,8 @@ class SqliteRegistry:
     def deploy(
         self, name: str, config: FunctionConfig, sha256: str, size: int
     ) -> tuple[FunctionRecord, bool]:
+        """Point ``latest`` at the version of bundle ``sha256`` with ``config.handler``,
+        creating it if it is new; an existing version is never changed."""
         validate_name(name)
         now = time.time()
         with self._tx() as cur:
@@ -134,21 +153,24 @@ class SqliteRegistry:
                     + " WHERE name = ?",
                     (_encode_config(config).decode(), now, rev, *((now,) if created else ()), name),
                 )
-            exists = cur.execute(
-                "SELECT 1 FROM versions WHERE function = ? AND sha256 = ?", (name, sha256)
+            # Versions never change: the same bundle and handler is the same
+            # version; another handler is another version.
+            row = cur.execute(
+                "SELECT sha256 FROM versions"
+                " WHERE function = ? AND bundle_sha256 = ? AND handler = ?",
+                (name, sha256, config.handler),
             ).fetchone()
-            if exists:
-                cur.execute(
-                    "UPDATE versions SET handler = ? WHERE function = ? AND sha256 = ?",
-                    (config.handler, name, sha256),
-                )
+            if row is not None:
+                vid = str(row[0])
             else:
+                vid = version_id(sha256, config.handler)
                 cur.execute(
-                    "INSERT INTO versions (function, sha256, handler, size, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (name, sha256, config.handler, size, now),
+                    "INSERT INTO versions"
+                    " (function, sha256, bundle_sha256, handler, size, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, vid, sha256, config.handler, size, now),
                 )
-            self._upsert_alias(cur, name, LATEST, sha256)
+            self._upsert_alias(cur, name, LATEST, vid)
             record = self._load(cur, name)
         assert record is not None
         return record, created
@@ -173,10 +195,12 @@ class SqliteRegistry:
     def _record(cur: sqlite3.Cursor, row: tuple[object, ...]) -> FunctionRecord:
         name, config, created_at, updated_at, revision, deleted = row
         versions = {
-            sha: Version(sha256=sha, handler=handler, size=size, created_at=created)
-            for sha, handler, size, created in cur.execute(
-                "SELECT sha256, handler, size, created_at FROM versions WHERE function = ?"
-                " ORDER BY created_at",
+            vid: Version(
+                sha256=vid, bundle_sha256=bundle, handler=handler, size=size, created_at=created
+            )
+            for vid, bundle, handler, size, created in cur.execute(
+                "SELECT sha256, bundle_sha256, handler, size, created_at FROM versions"
+                " WHERE function = ? ORDER BY created_at",
                 (name,),
             ).fetchall()
         }

@@ -172,7 +172,11 @@ class NodeApp:
     async def _prefetch(self, records: list[FunctionRecord]) -> None:
         """Fetch the code every alias points at, so the first request is not slowed."""
         for record in records:
-            for sha in set(record.aliases.values()):
+            for vid in set(record.aliases.values()):
+                version = record.versions.get(vid)
+                if version is None:
+                    continue
+                sha = version.bundle_sha256
                 if not self.code.ready(sha):
                     task = asyncio.create_task(self._prefetch_one(sha))
                     self._background.add(task)
@@ -218,7 +222,9 @@ class NodeApp:
         for name, fn in sorted(self.catalog.functions.items()):
             functions[name] = {
                 "aliases": fn.aliases,
-                "code_cached": sorted(s for s in fn.versions if self.code.ready(s)),
+                "code_cached": sorted(
+                    vid for vid, v in fn.versions.items() if self.code.ready(v.bundle_sha256)
+                ),
                 "init_errors": {
                     sha: {"type": err.info.type, "message": err.info.message}
                     for (n, sha), (at, err) in self.init_errors.items()
@@ -291,7 +297,7 @@ class NodeApp:
         fn, version = self._resolve(body.function, body.qualifier, request)
         call = _Call(fn, version, "direct", None, "prewarm")
         try:
-            await self.code.ensure(version.sha256)
+            await self.code.ensure(version.bundle_sha256)
             started = await self.pool.prewarm(self._spec(call), body.count)
         except BundleUnavailable as exc:
             raise ApiError(503, "CodeUnavailable", str(exc)) from None
@@ -406,7 +412,7 @@ class NodeApp:
 
         async def warm() -> None:
             try:
-                await self.code.ensure(call.version.sha256)
+                await self.code.ensure(call.version.bundle_sha256)
                 await self.pool.prewarm(spec, 1, evict_below=rate)
             except SandboxInitError as exc:
                 self.init_errors[(call.fn.name, call.version.sha256)] = (time.monotonic(), exc)
@@ -430,7 +436,7 @@ class NodeApp:
             function=call.fn.name,
             version=call.version.sha256,
             handler=call.version.handler,
-            bundle_dir=self.code.code_dir(call.version.sha256),
+            bundle_dir=self.code.code_dir(call.version.bundle_sha256),
             memory_mb=cfg.memory_mb,
             timeout_s=cfg.timeout_s,
             env=cfg.env,
@@ -468,7 +474,7 @@ class NodeApp:
         if cached and time.monotonic() - cached[0] < _INIT_ERROR_TTL_S:
             raise _init_error(cached[1], self._headers(decision, call))
         try:
-            await self.code.ensure(sha)
+            await self.code.ensure(call.version.bundle_sha256)
         except BundleUnavailable as exc:
             raise ApiError(
                 503, "CodeUnavailable", str(exc), headers=self._headers(decision, call)
