@@ -16,7 +16,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -152,7 +152,7 @@ class NodeApp:
                     self.client,
                     self.cfg.control_url.rstrip("/"),
                     wait_s=self.cfg.feed_wait_s,
-                    on_change=self._prefetch,
+                    on_change=self._on_change,
                 )
             ),
             asyncio.create_task(self._reap_forever()),
@@ -169,6 +169,25 @@ class NodeApp:
             await self.regions.close()
             await self.client.aclose()
 
+    async def _on_change(self, records: list[FunctionRecord]) -> None:
+        """Stop what deleted functions still run, then prefetch what aliases point at."""
+        deleted = [r.name for r in records if r.deleted]
+        if deleted:
+            await asyncio.gather(*(self._stop_function(name) for name in deleted))
+        await self._prefetch([r for r in records if not r.deleted])
+
+    async def _stop_function(self, name: str) -> None:
+        """A deleted function: its idle sandboxes and zygotes stop now, busy ones when
+        their call ends; its memory charge is freed with them."""
+        try:
+            await self.pool.stop_function(name)
+        except Exception:
+            log.exception("stopping deleted function %s failed", name)
+        for key in [k for k in self._specs if k[0] == name]:
+            del self._specs[key]
+        for key in [k for k in self.init_errors if k[0] == name]:
+            del self.init_errors[key]
+
     async def _prefetch(self, records: list[FunctionRecord]) -> None:
         """Fetch the code every alias points at, so the first request is not slowed."""
         for record in records:
@@ -181,6 +200,11 @@ class NodeApp:
                     task = asyncio.create_task(self._prefetch_one(sha))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _prefetch_one(self, sha: str) -> None:
         try:
@@ -498,6 +522,9 @@ class NodeApp:
             exc.headers.update(self._headers(decision, call))
             raise
         self.init_errors.pop(key, None)
+        if self.catalog.get(call.fn.name) is None:
+            # Deleted while this call started its sandbox: do not keep it warm.
+            self._spawn(self._stop_function(call.fn.name))
         if reply.logs:
             self.logs.add(call.request_id, call.fn.name, sha, self.cfg.name, reply.logs)
         headers = self._headers(decision, call, cold=cold)
