@@ -25,14 +25,26 @@ def handler(event, context):
 """
 
 
-def _pids_of(uid: int) -> list[int]:
+def _ppid(pid: int) -> int:
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _pids_of(uid: int, under: int) -> list[int]:
+    """Processes running as ``uid`` that descend from process ``under`` (uids are
+    per node: another node on this host may give another function the same one)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and entry.stat().st_uid == uid:
-                pids.append(int(entry.name))
-        except OSError:
+            if not entry.name.isdigit() or entry.stat().st_uid != uid:
+                continue
+            pid = int(entry.name)
+            while pid > 1 and pid != under:
+                pid = _ppid(pid)
+        except (OSError, ValueError, IndexError):
             continue
+        if pid == under:
+            pids.append(int(entry.name))
     return pids
 
 
@@ -61,14 +73,17 @@ def test_delete_stops_sandboxes_and_zygotes_within_two_seconds(
     assert out.placement == "local-cold"
     assert name in _pool_functions(cluster, "pop-1")
     uid = _uid(cluster, "pop-1", name)
+    proc = cluster.nodes["pop-1"].proc
+    assert proc is not None
     if uid is not None:
-        assert _pids_of(uid), "a zygote and a sandbox run as the function's uid"
+        assert _pids_of(uid, proc.pid), "a zygote and a sandbox run as the function's uid"
 
     client.delete(name)
 
     took = wait_for(
         lambda: (
-            name not in _pool_functions(cluster, "pop-1") and (uid is None or not _pids_of(uid))
+            name not in _pool_functions(cluster, "pop-1")
+            and (uid is None or not _pids_of(uid, proc.pid))
         ),
         timeout=2.0,
         what="the POP to stop the deleted function's sandboxes and zygotes",
