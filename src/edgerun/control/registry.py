@@ -41,6 +41,8 @@ class Registry(Protocol):
     def set_alias(self, name: str, alias: str, sha256: str) -> FunctionRecord: ...
     def delete_alias(self, name: str, alias: str) -> FunctionRecord: ...
     def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]: ...
+    def collect(self, retain: int) -> tuple[list[tuple[str, str]], set[str]]: ...
+    def unreferenced(self, bundles: set[str]) -> set[str]: ...
     def close(self) -> None: ...
 
 
@@ -72,6 +74,20 @@ CREATE TABLE IF NOT EXISTS aliases (
 );
 """
 
+
+def retention(record: FunctionRecord, retain: int) -> dict[str, list[str]]:
+    """Why each version of ``record`` is kept: the aliases pointing at it and
+    ``newest N``; an empty list means it is collectable."""
+    why: dict[str, list[str]] = {vid: [] for vid in record.versions}
+    for alias, vid in sorted(record.aliases.items()):
+        if vid in why:
+            why[vid].append(f"alias {alias}")
+    newest = sorted(record.versions.values(), key=lambda v: v.created_at, reverse=True)
+    for v in newest[: max(retain, 0)]:
+        why[v.sha256].append(f"newest {retain}")
+    return why
+
+
 _encode_config = msgspec.json.Encoder().encode
 _decode_config = msgspec.json.Decoder(FunctionConfig).decode
 
@@ -98,6 +114,7 @@ class SqliteRegistry:
         if "bundle_sha256" not in columns:
             self._db.execute("ALTER TABLE versions ADD COLUMN bundle_sha256 TEXT")
         self._db.execute("UPDATE versions SET bundle_sha256 = sha256 WHERE bundle_sha256 IS NULL")
+        self._db.execute("CREATE INDEX IF NOT EXISTS versions_bundle ON versions (bundle_sha256)")
 
     def close(self) -> None:
         with self._lock:
@@ -289,6 +306,60 @@ class SqliteRegistry:
             updated = self._load(cur, name)
         assert updated is not None
         return updated
+
+    def collect(self, retain: int) -> tuple[list[tuple[str, str]], set[str]]:
+        """Remove every version that is neither among its function's newest
+        ``retain`` nor pointed at by an alias (see :func:`retention`).
+
+        Each function that lost versions gets a new revision, so nodes learn
+        it through the change feed. Returns the removed ``(function, version)``
+        pairs and the bundles no version refers to any more."""
+        removed: list[tuple[str, str]] = []
+        candidates: set[str] = set()
+        with self._tx() as cur:
+            names = [
+                str(row[0])
+                for row in cur.execute(
+                    "SELECT function FROM versions GROUP BY function HAVING COUNT(*) > ?",
+                    (max(retain, 0),),
+                ).fetchall()
+            ]
+            for name in names:
+                record = self._load(cur, name)
+                if record is None or record.deleted:
+                    continue
+                gone = [vid for vid, why in retention(record, retain).items() if not why]
+                if not gone:
+                    continue
+                rev = self._bump(cur)
+                for vid in gone:
+                    candidates.add(record.versions[vid].bundle_sha256)
+                    cur.execute(
+                        "DELETE FROM versions WHERE function = ? AND sha256 = ?", (name, vid)
+                    )
+                    removed.append((name, vid))
+                cur.execute(
+                    "UPDATE functions SET revision = ?, updated_at = ? WHERE name = ?",
+                    (rev, time.time(), name),
+                )
+            unused = self._unreferenced(cur, candidates)
+        return removed, unused
+
+    def unreferenced(self, bundles: set[str]) -> set[str]:
+        """Those of ``bundles`` that no version of any function refers to."""
+        with self._lock:
+            return self._unreferenced(self._db.cursor(), bundles)
+
+    @staticmethod
+    def _unreferenced(cur: sqlite3.Cursor, bundles: set[str]) -> set[str]:
+        return {
+            sha
+            for sha in bundles
+            if cur.execute(
+                "SELECT 1 FROM versions WHERE bundle_sha256 = ? LIMIT 1", (sha,)
+            ).fetchone()
+            is None
+        }
 
     def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]:
         """Functions changed after ``since`` (tombstones included), oldest first.

@@ -105,7 +105,15 @@ class NodeApp:
         self.catalog = Catalog(data / "registry.json")
         upstreams = [r.url.rstrip("/") for r in cfg.regions] if cfg.role == "pop" else []
         upstreams.append(cfg.control_url.rstrip("/"))
-        self.code = CodeCache(data, self.client, upstreams, max_uncompressed=cfg.max_bundle_bytes)
+        self.code = CodeCache(
+            data,
+            self.client,
+            upstreams,
+            max_uncompressed=cfg.max_bundle_bytes,
+            limit_bytes=cfg.code_cache_mb << 20,
+        )
+        self._bundle_of: dict[str, str] = {}
+        """Version id -> bundle sha of every version this node built a spec for."""
         self.pool = Pool(
             factory,
             capacity_mb=cfg.capacity_mb,
@@ -175,6 +183,27 @@ class NodeApp:
         if deleted:
             await asyncio.gather(*(self._stop_function(name) for name in deleted))
         await self._prefetch([r for r in records if not r.deleted])
+        self.collect_code()
+
+    def collect_code(self) -> list[str]:
+        """Remove bundles no version in the registry refers to, unless a sandbox,
+        a zygote or a fetch still uses them; returns the removed hashes."""
+        keep = {
+            v.bundle_sha256 for fn in self.catalog.functions.values() for v in fn.versions.values()
+        }
+        live = self.pool.live_versions() | self.factory.loaded_versions()
+        if any(vid not in self._bundle_of for vid in live):
+            return []  # a live version whose code is unknown: remove nothing
+        keep |= {self._bundle_of[vid] for vid in live}
+        keep |= self.code.inflight()
+        removed = sorted(self.code.cached() - keep)
+        for sha in removed:
+            self.code.remove(sha)
+        for vid in [v for v, sha in self._bundle_of.items() if sha not in keep]:
+            del self._bundle_of[vid]
+        if removed:
+            log.info("collected %d bundle(s): %s", len(removed), [s[:12] for s in removed])
+        return removed
 
     async def _stop_function(self, name: str) -> None:
         """A deleted function: its idle sandboxes and zygotes stop now, busy ones when
@@ -217,6 +246,7 @@ class NodeApp:
             await asyncio.sleep(min(30.0, self.cfg.idle_ttl_s / 2))
             await self.pool.reap_idle()
             await self.factory.reap_idle()
+            self.collect_code()
 
     def _new_request_id(self) -> str:
         """Unique per node process: a random prefix and a counter (cheaper than uuid4)."""
@@ -263,6 +293,7 @@ class NodeApp:
                 "synced": self.catalog.synced,
                 "pool": self.pool.snapshot(),
                 "warm_versions": sorted(self.pool.warm_versions()),
+                "code_cache": self.code.usage(),
                 "regions": [
                     {
                         "name": r.name,
@@ -468,6 +499,7 @@ class NodeApp:
         )
         if len(self._specs) > 10_000:
             self._specs.clear()
+        self._bundle_of[call.version.sha256] = call.version.bundle_sha256
         self._specs[cache_key] = (call.fn.revision, spec)
         return spec
 

@@ -191,6 +191,10 @@ class Pool:
         """Versions with at least one live sandbox, idle or busy."""
         return {v.version for v in self._versions.values() if v.idle or v.busy}
 
+    def live_versions(self) -> set[str]:
+        """Versions holding any slot (reserved, busy or idle): their code is in use."""
+        return {v.version for v in self._versions.values() if v.count}
+
     def functions(self) -> set[str]:
         """Functions holding any slot (reserved, busy or idle)."""
         return {f for f, n in self._per_function.items() if n}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgerun.control.registry import SqliteRegistry
+from edgerun.control.registry import SqliteRegistry, retention
 from edgerun.errors import ApiError
 from edgerun.models import FunctionConfig, version_id
 
@@ -400,3 +400,37 @@ def test_data_persists_across_reopening_the_database_file(db_path):
         assert reopened.revision() == revision
     finally:
         reopened.close()
+
+
+# --- retention and collection -----------------------------------------------------
+
+
+def test_collect_keeps_the_newest_n_and_aliased_versions(registry):
+    bundles = [c * 64 for c in "0123456"]
+    ids = [deploy(registry, bundle=b)[0].aliases["latest"] for b in bundles]
+    registry.set_alias("hello", "prod", ids[0])
+
+    why = retention(registry.get("hello"), 3)
+    assert why[ids[0]] == ["alias prod"]
+    assert why[ids[6]] == ["alias latest", "newest 3"]
+    assert why[ids[4]] == ["newest 3"]
+    assert why[ids[1]] == []
+
+    revision = registry.revision()
+    removed, unused = registry.collect(3)
+
+    assert sorted(removed) == sorted(("hello", vid) for vid in ids[1:4])
+    assert unused == set(bundles[1:4])
+    record = registry.get("hello")
+    assert set(record.versions) == {ids[0], *ids[4:]}
+    assert record.revision > revision, "nodes learn of the collection through the feed"
+    assert registry.collect(3) == ([], set())
+
+
+def test_a_bundle_another_function_uses_is_not_unreferenced(registry):
+    deploy(registry, name="one", bundle=BUNDLE_A)
+    deploy(registry, name="two", bundle=BUNDLE_A)
+
+    registry.delete("one")
+
+    assert registry.unreferenced({BUNDLE_A, BUNDLE_B}) == {BUNDLE_B}
