@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edgerun.pool.pool import Pool, PoolFull
+from edgerun.pool.pool import Pool, PoolFull, Reservation
 from edgerun.sandbox.base import SandboxSpec
 
 CAPACITY_MB = 512
@@ -168,6 +168,7 @@ class PoolMachine(RuleBasedStateMachine):
         )
         self.tasks: list[asyncio.Task[None]] = []
         self.holds: list[asyncio.Event] = []
+        self.reservations: list[tuple[SandboxSpec, Reservation]] = []
         self.unexpected: list[BaseException] = []
 
     # --- scheduling -------------------------------------------------------------
@@ -185,8 +186,10 @@ class PoolMachine(RuleBasedStateMachine):
                 if not isinstance(exc, EXPECTED):
                     self.unexpected.append(exc)
 
-    async def _lease(self, spec: SandboxSpec, hold: asyncio.Event | None) -> None:
-        async with self.pool.lease(spec) as (sandbox, _cold):
+    async def _lease(
+        self, spec: SandboxSpec, hold: asyncio.Event | None, r: Reservation | None = None
+    ) -> None:
+        async with self.pool.lease(spec, reservation=r) as (sandbox, _cold):
             self.factory.leased.add(id(sandbox))
             try:
                 if hold is not None:
@@ -213,6 +216,30 @@ class PoolMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(self.holds) - 1))
         self.holds.pop(i).set()
+
+    @rule(function=st.sampled_from(FUNCTIONS), evict=st.booleans())
+    def reserve(self, function: str, evict: bool) -> None:
+        spec = make_spec(function, "v1")
+
+        async def go() -> Reservation | None:  # reserve() is called on the loop
+            return self.pool.reserve(spec, evict_below=1e9 if evict else None)
+
+        r = self.loop.run_until_complete(go())
+        if r is not None:
+            self.reservations.append((spec, r))
+
+    @precondition(lambda self: bool(self.reservations))
+    @rule(data=st.data(), use=st.booleans(), hold=st.booleans())
+    def settle_a_reservation(self, data: st.DataObject, use: bool, hold: bool) -> None:
+        i = data.draw(st.integers(0, len(self.reservations) - 1))
+        spec, r = self.reservations.pop(i)
+        if not use:
+            self.pool.cancel(r)
+            return
+        event = asyncio.Event() if hold else None
+        if event is not None:
+            self.holds.append(event)
+        self._spawn(self._lease(spec, event, r))
 
     @rule(function=st.sampled_from(FUNCTIONS), count=st.integers(1, 3), evict=st.booleans())
     def prewarm(self, function: str, count: int, evict: bool) -> None:
@@ -317,6 +344,8 @@ class PoolMachine(RuleBasedStateMachine):
             self.factory.close_gate.set()
             for event in self.holds:
                 event.set()
+            for _spec, r in self.reservations:
+                self.pool.cancel(r)
             for _ in range(200):
                 if not self.tasks:
                     break
