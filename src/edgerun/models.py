@@ -60,11 +60,16 @@ def version_id(bundle_sha256: str, handler: str) -> str:
 class Version(msgspec.Struct, kw_only=True):
     sha256: str
     """The version id: :func:`version_id` of its bundle and handler."""
-    bundle_sha256: str
-    """The code: sha256 of the bundle's zip."""
     handler: str
     size: int
     created_at: float
+    bundle_sha256: str = ""
+    """The code: sha256 of the bundle's zip. Records written before versions had
+    ids of their own lack it: their id was the bundle's hash."""
+
+    def __post_init__(self) -> None:
+        if not self.bundle_sha256:
+            self.bundle_sha256 = self.sha256
 
 
 class FunctionRecord(msgspec.Struct, kw_only=True):

@@ -187,7 +187,10 @@ class NodeApp:
 
     def collect_code(self) -> list[str]:
         """Remove bundles no version in the registry refers to, unless a sandbox,
-        a zygote or a fetch still uses them; returns the removed hashes."""
+        a zygote or a fetch still uses them; returns the removed hashes. Only once
+        the registry copy is in sync: a node serving from a stale copy keeps all."""
+        if not self.catalog.synced:
+            return []
         keep = {
             v.bundle_sha256 for fn in self.catalog.functions.values() for v in fn.versions.values()
         }
