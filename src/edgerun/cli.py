@@ -351,15 +351,26 @@ def ls(control: ControlOpt = "", token: TokenOpt = "") -> None:
 
 @app.command()
 def versions(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
-    """List a function's versions."""
+    """List a function's versions, and which are retained and why.
+
+    A version is kept while an alias points at it or it is among the newest N
+    (the control plane's ``retain_versions``); the others are "collectable":
+    the next collection removes them and their code from every node."""
     with _errors(), _client(control, token) as client:
         table = Table()
-        for col in ("version", "handler", "size", "created", "aliases"):
+        for col in ("version", "handler", "size", "created", "aliases", "retained"):
             table.add_column(col)
         for v in client.versions(name):
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["created_at"]))
+            why = v.get("retained")
+            retained = ", ".join(why) if why else ("collectable" if why is not None else "?")
             table.add_row(
-                v["sha256"], v["handler"], str(v["size"]), created, ", ".join(v["aliases"])
+                v["sha256"],
+                v["handler"],
+                str(v["size"]),
+                created,
+                ", ".join(v["aliases"]),
+                retained,
             )
         out.print(table)
 

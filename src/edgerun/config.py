@@ -56,6 +56,13 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     (POPs are trusted through the cluster token instead)."""
     max_bundle_bytes: int = 250 * 1024 * 1024
     """Uncompressed size limit of a bundle."""
+    code_cache_mb: int = 10_240
+    """Disk a node's code cache (zips plus extracted code) may use; 0: no limit."""
+    retain_versions: int = 3
+    """Control plane: each function keeps its newest N versions and every version an
+    alias points at; the others are collected, with their code on every node."""
+    gc_interval_s: float = 60.0
+    """How often the control plane collects versions and nodes collect code."""
     idle_ttl_s: float = 300.0
     """How long an idle warm worker is kept."""
     feed_wait_s: float = 20.0
@@ -132,6 +139,7 @@ class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     capacity_mb: int = 1024
     max_memory_mb: int = 512
     max_timeout_s: float = 30.0
+    code_cache_mb: int = 10_240
     popular_per_min: float = 2.0
     placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
 

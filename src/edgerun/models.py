@@ -1,14 +1,23 @@
 """The registry's records, shared by the control plane, nodes and the SDK.
 
 A *function* is a name plus a configuration; a *version* is an immutable
-bundle identified by the sha256 of its bytes, together with the handler that
+pair of a bundle (identified by the sha256 of its bytes) and the handler that
 was deployed with it. Runtime settings (memory, timeout, env, placement) live
 on the function, so changing them does not mint a new code version, while a
 rollback (moving an alias) brings back the code *and* its handler.
+
+A version's id (``Version.sha256``, what aliases point at and what
+``x-edgerun-version`` reports) is :func:`version_id`: the sha256 of the
+bundle's hash and the handler, so everything that decides what runs is in
+the name and a version never changes once created. Deploying the same bundle
+with another handler creates another version. Nodes locate code by
+``Version.bundle_sha256`` (code is stored and fetched per bundle, shared by
+the versions that use it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -43,11 +52,24 @@ class FunctionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     latency_sensitive: bool = False
 
 
+def version_id(bundle_sha256: str, handler: str) -> str:
+    """The id of the version running ``handler`` from bundle ``bundle_sha256``."""
+    return hashlib.sha256(f"edgerun-version\0{bundle_sha256}\0{handler}".encode()).hexdigest()
+
+
 class Version(msgspec.Struct, kw_only=True):
     sha256: str
+    """The version id: :func:`version_id` of its bundle and handler."""
     handler: str
     size: int
     created_at: float
+    bundle_sha256: str = ""
+    """The code: sha256 of the bundle's zip. Records written before versions had
+    ids of their own lack it: their id was the bundle's hash."""
+
+    def __post_init__(self) -> None:
+        if not self.bundle_sha256:
+            self.bundle_sha256 = self.sha256
 
 
 class FunctionRecord(msgspec.Struct, kw_only=True):

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgerun.client import EdgerunError, Invocation, invoke
+from edgerun.client import Client, EdgerunError, Invocation, invoke
 from edgerun.cluster import LocalCluster
 from tests.hostile.conftest import (
     HOSTILE_MEMORY_MB,
@@ -276,7 +276,9 @@ def test_another_functions_bundle_is_out_of_reach(
     # the victim can read its own secret, and the secret is on the POP's disk
     assert reported(invoke(pop, "victim", {})) == {"secret": "victim-secret-do-not-leak"}
     code = data_dir(cluster, "pop-1") / "code"
-    secret = code / deployed["victim"] / "victim_secret.txt"
+    with Client(cluster.control_url, cluster.token) as client:
+        bundle = client.get("victim").versions[deployed["victim"]].bundle_sha256
+    secret = code / bundle / "victim_secret.txt"
     assert secret.is_file()
     paths = [
         str(secret),

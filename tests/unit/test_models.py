@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 
 from edgerun.errors import ApiError
@@ -15,6 +16,7 @@ from edgerun.models import (
     resolve_qualifier,
     validate_config,
     validate_name,
+    version_id,
 )
 
 # --- validate_name ------------------------------------------------------------------
@@ -124,7 +126,9 @@ V3 = "0123456789" + "3" * 54
 
 def record(aliases: dict[str, str] | None = None) -> FunctionRecord:
     versions = {
-        sha: Version(sha256=sha, handler="app.handler", size=1, created_at=float(i))
+        sha: Version(
+            sha256=sha, bundle_sha256=sha, handler="app.handler", size=1, created_at=float(i)
+        )
         for i, sha in enumerate((V1, V2, V3))
     }
     return FunctionRecord(
@@ -189,3 +193,17 @@ def test_alias_takes_precedence_over_a_matching_hash_prefix():
 
 def test_function_record_resolve_returns_the_version():
     assert record().resolve("prod") == record().versions[V1]
+
+
+def test_a_version_recorded_before_version_ids_uses_its_id_as_its_bundle() -> None:
+    old = b'{"sha256": "' + V1.encode() + b'", "handler": "a.b", "size": 1, "created_at": 0}'
+
+    version = msgspec.json.decode(old, type=Version)
+
+    assert version.bundle_sha256 == V1
+
+
+def test_a_version_id_covers_bundle_and_handler() -> None:
+    assert version_id(V1, "a.b") != version_id(V1, "a.c")
+    assert version_id(V1, "a.b") != version_id(V2, "a.b")
+    assert version_id(V1, "a.b") == version_id(V1, "a.b")

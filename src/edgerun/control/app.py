@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -22,7 +24,7 @@ from starlette.routing import Route
 
 from edgerun.control.bundles import BundleStore, verify_bundle
 from edgerun.control.openapi import openapi_document
-from edgerun.control.registry import Registry
+from edgerun.control.registry import Registry, retention
 from edgerun.errors import bad_request, not_found
 from edgerun.http import (
     EXCEPTION_HANDLERS,
@@ -43,6 +45,8 @@ from edgerun.models import (
     validate_name,
 )
 
+log = logging.getLogger("edgerun.control")
+
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_FEED_WAIT_S = 60.0
 MAX_REVISION = 2**63 - 1
@@ -59,11 +63,18 @@ class ControlApp:
         token: str,
         *,
         max_bundle_bytes: int = 250 * 1024 * 1024,
+        retain_versions: int = 3,
+        gc_interval_s: float = 60.0,
     ) -> None:
+        """Each function keeps its newest ``retain_versions`` versions and every
+        aliased one; the others are collected every ``gc_interval_s`` (and on
+        ``POST /v1/admin/gc``), their bundles with them once nothing refers to them."""
         self.registry = registry
         self.bundles = bundles
         self.token = token
         self.max_bundle_bytes = max_bundle_bytes
+        self.retain_versions = retain_versions
+        self.gc_interval_s = gc_interval_s
         self._changed = asyncio.Event()
         routes = [
             Route("/v1/health", self.health, methods=["GET"]),
@@ -78,8 +89,48 @@ class ControlApp:
             Route("/v1/functions/{name}/aliases/{alias}", self.set_alias, methods=["PUT"]),
             Route("/v1/functions/{name}/aliases/{alias}", self.delete_alias, methods=["DELETE"]),
             Route("/v1/changes", self.changes, methods=["GET"]),
+            Route("/v1/admin/gc", self.gc, methods=["POST"]),
         ]
-        self.asgi = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+        self.asgi = Starlette(
+            routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=self._lifespan
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._collect_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _collect_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.gc_interval_s)
+            try:
+                self.collect()
+            except Exception:
+                log.exception("collecting versions failed")
+
+    def collect(self) -> dict[str, object]:
+        """Remove collectable versions, then the bundles nothing refers to any more.
+
+        Synchronous on the event loop: a deploy cannot register a version of a
+        bundle between the check that nothing refers to it and its removal."""
+        removed, unused = self.registry.collect(self.retain_versions)
+        for sha in sorted(unused):
+            self.bundles.delete(sha)
+        if removed:
+            self._notify()
+        return {
+            "versions": [{"function": f, "version": v} for f, v in removed],
+            "bundles": sorted(unused),
+        }
+
+    async def gc(self, request: Request) -> Response:
+        check_bearer(request, self.token)
+        return json_response(self.collect())
 
     def _notify(self) -> None:
         """Wake every long-poll waiting on the change feed."""
@@ -147,8 +198,14 @@ class ControlApp:
 
     async def delete_function(self, request: Request) -> Response:
         check_bearer(request, self.token)
-        record = self.registry.delete(request.path_params["name"])
+        name = request.path_params["name"]
+        before = self.registry.get(name)
+        record = self.registry.delete(name)
         self._notify()
+        # A deleted function's code goes at once (unless another function shares it).
+        bundles = {v.bundle_sha256 for v in before.versions.values()} if before else set()
+        for sha in sorted(self.registry.unreferenced(bundles)):
+            self.bundles.delete(sha)
         return json_response({"deleted": record.name, "revision": record.revision})
 
     async def list_versions(self, request: Request) -> Response:
@@ -157,11 +214,18 @@ class ControlApp:
         by_version: dict[str, list[str]] = {}
         for alias, sha in record.aliases.items():
             by_version.setdefault(sha, []).append(alias)
+        why = retention(record, self.retain_versions)
         versions = [
-            {**msgspec.structs.asdict(v), "aliases": sorted(by_version.get(v.sha256, []))}
+            {
+                **msgspec.structs.asdict(v),
+                "aliases": sorted(by_version.get(v.sha256, [])),
+                "retained": why[v.sha256],
+            }
             for v in sorted(record.versions.values(), key=lambda v: v.created_at)
         ]
-        return json_response({"name": record.name, "versions": versions})
+        return json_response(
+            {"name": record.name, "retain_versions": self.retain_versions, "versions": versions}
+        )
 
     async def set_alias(self, request: Request) -> Response:
         check_bearer(request, self.token)

@@ -114,7 +114,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/functions/{name}/versions": {
             "get": _op(
-                "List a function's versions and their aliases",
+                "List a function's versions, their aliases and why each is retained",
                 {"200": _json(obj, "Versions")},
                 params=fn,
             )
@@ -129,6 +129,13 @@ def openapi_document() -> dict[str, Any]:
             "delete": _op(
                 "Delete an alias", {"200": _json(record, "The function")}, params=[*fn, "alias"]
             ),
+        },
+        "/v1/admin/gc": {
+            "post": _op(
+                "Collect now: versions neither aliased nor among the newest N, and their"
+                " bundles once nothing refers to them",
+                {"200": _json(obj, "The removed versions and bundles")},
+            )
         },
         "/v1/changes": {
             "get": _op(

@@ -20,7 +20,14 @@ from typing import Protocol
 import msgspec
 
 from edgerun.errors import bad_request, not_found
-from edgerun.models import LATEST, FunctionConfig, FunctionRecord, Version, validate_name
+from edgerun.models import (
+    LATEST,
+    FunctionConfig,
+    FunctionRecord,
+    Version,
+    validate_name,
+    version_id,
+)
 
 
 class Registry(Protocol):
@@ -34,6 +41,8 @@ class Registry(Protocol):
     def set_alias(self, name: str, alias: str, sha256: str) -> FunctionRecord: ...
     def delete_alias(self, name: str, alias: str) -> FunctionRecord: ...
     def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]: ...
+    def collect(self, retain: int) -> tuple[list[tuple[str, str]], set[str]]: ...
+    def unreferenced(self, bundles: set[str]) -> set[str]: ...
     def close(self) -> None: ...
 
 
@@ -51,6 +60,7 @@ CREATE INDEX IF NOT EXISTS functions_revision ON functions (revision);
 CREATE TABLE IF NOT EXISTS versions (
     function TEXT NOT NULL,
     sha256 TEXT NOT NULL,
+    bundle_sha256 TEXT,
     handler TEXT NOT NULL,
     size BIGINT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL,
@@ -63,6 +73,20 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (function, alias)
 );
 """
+
+
+def retention(record: FunctionRecord, retain: int) -> dict[str, list[str]]:
+    """Why each version of ``record`` is kept: the aliases pointing at it and
+    ``newest N``; an empty list means it is collectable."""
+    why: dict[str, list[str]] = {vid: [] for vid in record.versions}
+    for alias, vid in sorted(record.aliases.items()):
+        if vid in why:
+            why[vid].append(f"alias {alias}")
+    newest = sorted(record.versions.values(), key=lambda v: v.created_at, reverse=True)
+    for v in newest[: max(retain, 0)]:
+        why[v.sha256].append(f"newest {retain}")
+    return why
+
 
 _encode_config = msgspec.json.Encoder().encode
 _decode_config = msgspec.json.Decoder(FunctionConfig).decode
@@ -78,9 +102,19 @@ class SqliteRegistry:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES ('revision', 0) ON CONFLICT (key) DO NOTHING"
         )
+
+    def _migrate(self) -> None:
+        """Registries made before versions had ids of their own: a version's id
+        was its bundle's hash, so each keeps that id and records it as its bundle."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(versions)")}
+        if "bundle_sha256" not in columns:
+            self._db.execute("ALTER TABLE versions ADD COLUMN bundle_sha256 TEXT")
+        self._db.execute("UPDATE versions SET bundle_sha256 = sha256 WHERE bundle_sha256 IS NULL")
+        self._db.execute("CREATE INDEX IF NOT EXISTS versions_bundle ON versions (bundle_sha256)")
 
     def close(self) -> None:
         with self._lock:
@@ -114,6 +148,8 @@ class SqliteRegistry:
     def deploy(
         self, name: str, config: FunctionConfig, sha256: str, size: int
     ) -> tuple[FunctionRecord, bool]:
+        """Point ``latest`` at the version of bundle ``sha256`` with ``config.handler``,
+        creating it if it is new; an existing version is never changed."""
         validate_name(name)
         now = time.time()
         with self._tx() as cur:
@@ -134,21 +170,24 @@ class SqliteRegistry:
                     + " WHERE name = ?",
                     (_encode_config(config).decode(), now, rev, *((now,) if created else ()), name),
                 )
-            exists = cur.execute(
-                "SELECT 1 FROM versions WHERE function = ? AND sha256 = ?", (name, sha256)
+            # Versions never change: the same bundle and handler is the same
+            # version; another handler is another version.
+            row = cur.execute(
+                "SELECT sha256 FROM versions"
+                " WHERE function = ? AND bundle_sha256 = ? AND handler = ?",
+                (name, sha256, config.handler),
             ).fetchone()
-            if exists:
-                cur.execute(
-                    "UPDATE versions SET handler = ? WHERE function = ? AND sha256 = ?",
-                    (config.handler, name, sha256),
-                )
+            if row is not None:
+                vid = str(row[0])
             else:
+                vid = version_id(sha256, config.handler)
                 cur.execute(
-                    "INSERT INTO versions (function, sha256, handler, size, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (name, sha256, config.handler, size, now),
+                    "INSERT INTO versions"
+                    " (function, sha256, bundle_sha256, handler, size, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, vid, sha256, config.handler, size, now),
                 )
-            self._upsert_alias(cur, name, LATEST, sha256)
+            self._upsert_alias(cur, name, LATEST, vid)
             record = self._load(cur, name)
         assert record is not None
         return record, created
@@ -173,10 +212,12 @@ class SqliteRegistry:
     def _record(cur: sqlite3.Cursor, row: tuple[object, ...]) -> FunctionRecord:
         name, config, created_at, updated_at, revision, deleted = row
         versions = {
-            sha: Version(sha256=sha, handler=handler, size=size, created_at=created)
-            for sha, handler, size, created in cur.execute(
-                "SELECT sha256, handler, size, created_at FROM versions WHERE function = ?"
-                " ORDER BY created_at",
+            vid: Version(
+                sha256=vid, bundle_sha256=bundle, handler=handler, size=size, created_at=created
+            )
+            for vid, bundle, handler, size, created in cur.execute(
+                "SELECT sha256, bundle_sha256, handler, size, created_at FROM versions"
+                " WHERE function = ? ORDER BY created_at",
                 (name,),
             ).fetchall()
         }
@@ -265,6 +306,60 @@ class SqliteRegistry:
             updated = self._load(cur, name)
         assert updated is not None
         return updated
+
+    def collect(self, retain: int) -> tuple[list[tuple[str, str]], set[str]]:
+        """Remove every version that is neither among its function's newest
+        ``retain`` nor pointed at by an alias (see :func:`retention`).
+
+        Each function that lost versions gets a new revision, so nodes learn
+        it through the change feed. Returns the removed ``(function, version)``
+        pairs and the bundles no version refers to any more."""
+        removed: list[tuple[str, str]] = []
+        candidates: set[str] = set()
+        with self._tx() as cur:
+            names = [
+                str(row[0])
+                for row in cur.execute(
+                    "SELECT function FROM versions GROUP BY function HAVING COUNT(*) > ?",
+                    (max(retain, 0),),
+                ).fetchall()
+            ]
+            for name in names:
+                record = self._load(cur, name)
+                if record is None or record.deleted:
+                    continue
+                gone = [vid for vid, why in retention(record, retain).items() if not why]
+                if not gone:
+                    continue
+                rev = self._bump(cur)
+                for vid in gone:
+                    candidates.add(record.versions[vid].bundle_sha256)
+                    cur.execute(
+                        "DELETE FROM versions WHERE function = ? AND sha256 = ?", (name, vid)
+                    )
+                    removed.append((name, vid))
+                cur.execute(
+                    "UPDATE functions SET revision = ?, updated_at = ? WHERE name = ?",
+                    (rev, time.time(), name),
+                )
+            unused = self._unreferenced(cur, candidates)
+        return removed, unused
+
+    def unreferenced(self, bundles: set[str]) -> set[str]:
+        """Those of ``bundles`` that no version of any function refers to."""
+        with self._lock:
+            return self._unreferenced(self._db.cursor(), bundles)
+
+    @staticmethod
+    def _unreferenced(cur: sqlite3.Cursor, bundles: set[str]) -> set[str]:
+        return {
+            sha
+            for sha in bundles
+            if cur.execute(
+                "SELECT 1 FROM versions WHERE bundle_sha256 = ? LIMIT 1", (sha,)
+            ).fetchone()
+            is None
+        }
 
     def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]:
         """Functions changed after ``since`` (tombstones included), oldest first.

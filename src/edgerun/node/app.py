@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -124,7 +124,15 @@ class NodeApp:
         self.catalog = Catalog(data / "registry.json")
         upstreams = [r.url.rstrip("/") for r in cfg.regions] if cfg.role == "pop" else []
         upstreams.append(cfg.control_url.rstrip("/"))
-        self.code = CodeCache(data, self.client, upstreams, max_uncompressed=cfg.max_bundle_bytes)
+        self.code = CodeCache(
+            data,
+            self.client,
+            upstreams,
+            max_uncompressed=cfg.max_bundle_bytes,
+            limit_bytes=cfg.code_cache_mb << 20,
+        )
+        self._bundle_of: dict[str, str] = {}
+        """Version id -> bundle sha of every version this node built a spec for."""
         self.pool = Pool(
             factory,
             capacity_mb=cfg.capacity_mb,
@@ -171,7 +179,7 @@ class NodeApp:
                     self.client,
                     self.cfg.control_url.rstrip("/"),
                     wait_s=self.cfg.feed_wait_s,
-                    on_change=self._prefetch,
+                    on_change=self._on_change,
                 )
             ),
             asyncio.create_task(self._reap_forever()),
@@ -188,14 +196,66 @@ class NodeApp:
             await self.regions.close()
             await self.client.aclose()
 
+    async def _on_change(self, records: list[FunctionRecord]) -> None:
+        """Stop what deleted functions still run, then prefetch what aliases point at."""
+        deleted = [r.name for r in records if r.deleted]
+        if deleted:
+            await asyncio.gather(*(self._stop_function(name) for name in deleted))
+        await self._prefetch([r for r in records if not r.deleted])
+        self.collect_code()
+
+    def collect_code(self) -> list[str]:
+        """Remove bundles no version in the registry refers to, unless a sandbox,
+        a zygote or a fetch still uses them; returns the removed hashes. Only once
+        the registry copy is in sync: a node serving from a stale copy keeps all."""
+        if not self.catalog.synced:
+            return []
+        keep = {
+            v.bundle_sha256 for fn in self.catalog.functions.values() for v in fn.versions.values()
+        }
+        live = self.pool.live_versions() | self.factory.loaded_versions()
+        if any(vid not in self._bundle_of for vid in live):
+            return []  # a live version whose code is unknown: remove nothing
+        keep |= {self._bundle_of[vid] for vid in live}
+        keep |= self.code.inflight()
+        removed = sorted(self.code.cached() - keep)
+        for sha in removed:
+            self.code.remove(sha)
+        for vid in [v for v, sha in self._bundle_of.items() if sha not in keep]:
+            del self._bundle_of[vid]
+        if removed:
+            log.info("collected %d bundle(s): %s", len(removed), [s[:12] for s in removed])
+        return removed
+
+    async def _stop_function(self, name: str) -> None:
+        """A deleted function: its idle sandboxes and zygotes stop now, busy ones when
+        their call ends; its memory charge is freed with them."""
+        try:
+            await self.pool.stop_function(name)
+        except Exception:
+            log.exception("stopping deleted function %s failed", name)
+        for key in [k for k in self._specs if k[0] == name]:
+            del self._specs[key]
+        for key in [k for k in self.init_errors if k[0] == name]:
+            del self.init_errors[key]
+
     async def _prefetch(self, records: list[FunctionRecord]) -> None:
         """Fetch the code every alias points at, so the first request is not slowed."""
         for record in records:
-            for sha in set(record.aliases.values()):
+            for vid in set(record.aliases.values()):
+                version = record.versions.get(vid)
+                if version is None:
+                    continue
+                sha = version.bundle_sha256
                 if not self.code.ready(sha):
                     task = asyncio.create_task(self._prefetch_one(sha))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _prefetch_one(self, sha: str) -> None:
         try:
@@ -208,6 +268,7 @@ class NodeApp:
             await asyncio.sleep(min(30.0, self.cfg.idle_ttl_s / 2))
             await self.pool.reap_idle()
             await self.factory.reap_idle()
+            self.collect_code()
 
     def _new_request_id(self) -> str:
         """Unique per node process: a random prefix and a counter (cheaper than uuid4)."""
@@ -243,7 +304,9 @@ class NodeApp:
         for name, fn in sorted(self.catalog.functions.items()):
             functions[name] = {
                 "aliases": fn.aliases,
-                "code_cached": sorted(s for s in fn.versions if self.code.ready(s)),
+                "code_cached": sorted(
+                    vid for vid, v in fn.versions.items() if self.code.ready(v.bundle_sha256)
+                ),
                 "init_errors": {
                     sha: {"type": err.info.type, "message": err.info.message}
                     for (n, sha), (at, err) in self.init_errors.items()
@@ -258,6 +321,7 @@ class NodeApp:
                 "synced": self.catalog.synced,
                 "pool": self.pool.snapshot(),
                 "warm_versions": sorted(self.pool.warm_versions()),
+                "code_cache": self.code.usage(),
                 "regions": [
                     {
                         "name": r.name,
@@ -317,7 +381,7 @@ class NodeApp:
         fn, version = self._resolve(body.function, body.qualifier, request)
         call = _Call(fn, version, "direct", None, "prewarm")
         try:
-            await self.code.ensure(version.sha256)
+            await self.code.ensure(version.bundle_sha256)
             started = await self.pool.prewarm(self._spec(call), body.count)
         except BundleUnavailable as exc:
             raise ApiError(503, "CodeUnavailable", str(exc)) from None
@@ -455,7 +519,7 @@ class NodeApp:
 
         async def warm() -> None:
             try:
-                await self.code.ensure(call.version.sha256)
+                await self.code.ensure(call.version.bundle_sha256)
                 await self.pool.prewarm(spec, 1, evict_below=rate)
             except SandboxInitError as exc:
                 self.init_errors[(call.fn.name, call.version.sha256)] = (time.monotonic(), exc)
@@ -479,7 +543,7 @@ class NodeApp:
             function=call.fn.name,
             version=call.version.sha256,
             handler=call.version.handler,
-            bundle_dir=self.code.code_dir(call.version.sha256),
+            bundle_dir=self.code.code_dir(call.version.bundle_sha256),
             memory_mb=cfg.memory_mb,
             timeout_s=cfg.timeout_s,
             env=cfg.env,
@@ -487,6 +551,7 @@ class NodeApp:
         )
         if len(self._specs) > 10_000:
             self._specs.clear()
+        self._bundle_of[call.version.sha256] = call.version.bundle_sha256
         self._specs[cache_key] = (call.fn.revision, spec)
         return spec
 
@@ -518,7 +583,7 @@ class NodeApp:
             self._log_init_error(call, cached[1])
             raise _init_error(cached[1], self._headers(decision, call), detail=False)
         try:
-            await self.code.ensure(sha)
+            await self.code.ensure(call.version.bundle_sha256)
         except BundleUnavailable as exc:
             raise ApiError(
                 503, "CodeUnavailable", str(exc), headers=self._headers(decision, call)
@@ -543,6 +608,9 @@ class NodeApp:
             exc.headers.update(self._headers(decision, call))
             raise
         self.init_errors.pop(key, None)
+        if self.catalog.get(call.fn.name) is None:
+            # Deleted while this call started its sandbox: do not keep it warm.
+            self._spawn(self._stop_function(call.fn.name))
         if reply.logs:
             self.logs.add(call.request_id, call.fn.name, sha, self.cfg.name, reply.logs)
         headers = self._headers(decision, call, cold=cold)

@@ -1,10 +1,29 @@
 """A node's warm pool: reuse idle sandboxes, start new ones within a memory budget.
 
 Each sandbox charges its function's ``memory_mb`` against the node's
-``capacity_mb`` and serves one request at a time. When the budget is spent,
-idle sandboxes of other versions are evicted, least valuable first (lowest
-recent use rate, then least recently used); busy ones never are. Past that
-a request waits in a bounded queue, and past the queue it gets a 429.
+``capacity_mb`` and serves one request at a time; memory the sandbox engine
+holds outside sandboxes (loaded zygotes, :meth:`SandboxFactory.held_mb`)
+counts against the same budget. When the budget is spent, idle sandboxes of
+other versions are evicted, least valuable first (lowest recent use rate,
+then least recently used); busy ones never are. When evicting every idle
+sandbox the asker may displace still would not free enough, the pool asks the
+engine to shed unused zygotes (:meth:`SandboxFactory.shed`) and looks again.
+Past that a request waits in a bounded queue, and past the queue it gets a 429.
+
+The pool is a state machine driven from one event loop. Every transition
+(lease, reserve, start, evict, release, reap, stop) is an atomic step: it
+chooses, detaches and (un)charges synchronously, with no ``await`` between a
+choice and its effect, and only then awaits the slow part (closing victims,
+starting a sandbox). So two requests never pick the same victim or the same
+memory, and nothing a step chose can change under it.
+
+States of a sandbox slot, and the memory each holds:
+
+- *reserved*: a start was decided (memory charged, counted for its function),
+  the sandbox does not exist yet;
+- *busy*: leased to one invocation;
+- *idle*: warm, waiting for a request, the only state eviction may touch;
+- gone: detached and uncharged, then closed.
 """
 
 from __future__ import annotations
@@ -13,7 +32,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -41,7 +60,7 @@ class PoolView(NamedTuple):
 
     has_idle: bool
     free_mb: int
-    """Memory no sandbox holds."""
+    """Memory neither sandboxes nor the engine hold."""
     evictable_mb: int
     """Memory held by idle sandboxes of other versions worth less than the asker."""
     at_function_max: bool
@@ -64,12 +83,13 @@ class _Version:
     idle: list[_Entry] = field(default_factory=list)
     busy: int = 0
     starting: int = 0
+    """Reserved slots: charged, sandbox not started yet."""
     uses: float = 0.0
     uses_at: float = 0.0
 
     @property
     def count(self) -> int:
-        return len(self.idle) + self.busy
+        return len(self.idle) + self.busy + self.starting
 
     def use_rate(self, now: float) -> float:
         """Exponentially decayed count of recent uses."""
@@ -78,6 +98,16 @@ class _Version:
     def record_use(self, now: float) -> None:
         self.uses = self.use_rate(now) + 1.0
         self.uses_at = now
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A slot held for one sandbox of ``key``: memory charged, not started yet."""
+
+    key: str
+    memory_mb: int
+    epoch: int
+    used: bool = False
 
 
 class Pool:
@@ -102,51 +132,84 @@ class Pool:
         self.queue_timeout_s = queue_timeout_s
         self.idle_ttl_s = idle_ttl_s
         self._versions: dict[str, _Version] = {}
+        self._per_function: dict[str, int] = {}
+        """Sandboxes (reserved, busy or idle) per function, all versions together."""
+        self._epochs: dict[str, int] = {}
+        """Bumped when a function is stopped: older sandboxes are discarded on release."""
+        self._closing: set[asyncio.Future[None]] = set()
         self._used_mb = 0
         self._waiting = 0
-        self._freed = asyncio.Condition()
+        self.evictions = 0
+        self.starts = 0
+        self._freed = asyncio.Event()
 
     # --- views -----------------------------------------------------------
     def _value(self, v: _Version, now: float) -> float:
         return self._value_of(v.function) if self._value_of else v.use_rate(now)
+
+    def _free_mb(self) -> int:
+        return self.capacity_mb - self._used_mb - self._factory.held_mb()
 
     def _evictable_mb(self, key: str, below: float | None = None) -> int:
         now = time.monotonic()
         return sum(
             v.memory_mb * len(v.idle)
             for k, v in self._versions.items()
-            if k != key and (below is None or self._value(v, now) < below)
+            if k != key and v.idle and (below is None or self._value(v, now) < below)
         )
 
-    def view(self, key: str, value: float | None = None) -> PoolView:
+    def _at_max(self, function: str) -> bool:
+        return self._per_function.get(function, 0) >= self.max_per_function
+
+    def view(self, key: str, value: float | None = None, function: str | None = None) -> PoolView:
         """The pool as one version sees it; only idle sandboxes worth less than
         ``value`` count as evictable (all of them when it is None)."""
         v = self._versions.get(key)
         has_idle = bool(v and v.idle)
+        fn = function if function is not None else (v.function if v else None)
         return PoolView(
             has_idle=has_idle,
-            free_mb=self.capacity_mb - self._used_mb,
+            free_mb=self._free_mb(),
             # With an idle sandbox nothing need be evicted: skip the scan.
             evictable_mb=0 if has_idle else self._evictable_mb(key, value),
-            at_function_max=bool(v and v.count >= self.max_per_function),
+            at_function_max=fn is not None and self._at_max(fn),
             busy=v.busy if v else 0,
         )
 
     def load(self) -> float:
         """Share of the memory budget in use (0..1)."""
-        return self._used_mb / self.capacity_mb if self.capacity_mb else 1.0
+        if not self.capacity_mb:
+            return 1.0
+        return (self._used_mb + self._factory.held_mb()) / self.capacity_mb
+
+    @property
+    def used_mb(self) -> int:
+        """Memory charged for sandboxes (reserved, busy and idle)."""
+        return self._used_mb
 
     def warm_versions(self) -> set[str]:
         """Versions with at least one live sandbox, idle or busy."""
+        return {v.version for v in self._versions.values() if v.idle or v.busy}
+
+    def live_versions(self) -> set[str]:
+        """Versions holding any slot (reserved, busy or idle): their code is in use."""
         return {v.version for v in self._versions.values() if v.count}
+
+    def functions(self) -> set[str]:
+        """Functions holding any slot (reserved, busy or idle)."""
+        return {f for f, n in self._per_function.items() if n}
 
     def snapshot(self) -> dict[str, object]:
         return {
             "capacity_mb": self.capacity_mb,
             "used_mb": self._used_mb,
+            "held_mb": self._factory.held_mb(),
             "idle": sum(len(v.idle) for v in self._versions.values()),
             "busy": sum(v.busy for v in self._versions.values()),
+            "starting": sum(v.starting for v in self._versions.values()),
             "waiting": self._waiting,
+            "starts": self.starts,
+            "evictions": self.evictions,
         }
 
     def versions(self) -> list[dict[str, object]]:
@@ -163,93 +226,210 @@ class Pool:
             if v.count
         ]
 
-    # --- acquire / release ----------------------------------------------
-    @contextlib.asynccontextmanager
-    async def lease(
-        self, spec: SandboxSpec, evict_below: float | None = None
-    ) -> AsyncIterator[tuple[Sandbox, bool]]:
-        """Hold a sandbox for one invocation; yields ``(sandbox, was_cold)``.
-
-        Only idle sandboxes valued under ``evict_below`` (when given) may be
-        evicted to make room. A sandbox that died or timed out during the
-        lease is discarded, never put back.
-        """
-        sandbox, cold = await self._acquire(spec, evict_below)
-        v = self._versions[spec.key]
-        try:
-            yield sandbox, cold
-        finally:
-            v.busy -= 1
-            if sandbox.alive:
-                v.idle.append(_Entry(sandbox, time.monotonic()))
-            else:
-                self._used_mb -= v.memory_mb
-                await sandbox.close()
-            await self._wake()
-
-    async def _wake(self) -> None:
-        async with self._freed:
-            self._freed.notify_all()
-
+    # --- atomic steps (no await inside) -----------------------------------
     def _entry(self, spec: SandboxSpec) -> _Version:
         v = self._versions.get(spec.key)
         if v is None:
             v = self._versions[spec.key] = _Version(spec.function, spec.version, spec.memory_mb)
         return v
 
-    async def _acquire(self, spec: SandboxSpec, evict_below: float | None) -> tuple[Sandbox, bool]:
-        if spec.memory_mb > self.capacity_mb:
-            raise TooBigForNode(spec.memory_mb, self.capacity_mb)
-        v = self._entry(spec)
-        v.record_use(time.monotonic())
-        deadline = time.monotonic() + self.queue_timeout_s
-        while True:
-            while v.idle:
-                entry = v.idle.pop()
-                if entry.sandbox.alive:
-                    v.busy += 1
-                    return entry.sandbox, False
-                self._used_mb -= v.memory_mb
-                await entry.sandbox.close()
-            if v.count < self.max_per_function and await self._make_room(
-                spec.key, v.memory_mb, evict_below
-            ):
-                return await self._start(spec, v), True
-            await self._wait(deadline)
+    def _uncharge(self, v: _Version) -> None:
+        self._used_mb -= v.memory_mb
+        left = self._per_function.get(v.function, 0) - 1
+        if left > 0:
+            self._per_function[v.function] = left
+        else:
+            self._per_function.pop(v.function, None)
 
-    async def _make_room(self, key: str, need: int, below: float | None = None) -> bool:
-        """Evict idle sandboxes of other versions until ``need`` MB are free."""
-        if self._used_mb + need <= self.capacity_mb:
-            return True
-        if self._used_mb + need - self._evictable_mb(key, below) > self.capacity_mb:
-            return False
+    def _charge(self, v: _Version) -> None:
+        self._used_mb += v.memory_mb
+        self._per_function[v.function] = self._per_function.get(v.function, 0) + 1
+
+    def _wake(self) -> None:
+        """Wake every waiter (synchronous: a new event for the next round)."""
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+    def _take_idle(self, v: _Version, dead: list[Sandbox]) -> Sandbox | None:
+        """Lease step: the most recently used live idle sandbox, now busy."""
+        while v.idle:
+            entry = v.idle.pop()
+            if entry.sandbox.alive:
+                v.busy += 1
+                return entry.sandbox
+            self._uncharge(v)
+            dead.append(entry.sandbox)
+        return None
+
+    def _victims(self, key: str, need: int, below: float | None) -> list[tuple[_Version, _Entry]]:
+        """Idle sandboxes to evict so ``need`` MB fit, least valuable first ([] when
+        they fit already); raises LookupError(short_mb) when evicting cannot do it."""
+        short = need - self._free_mb()
+        if short <= 0:
+            return []
         now = time.monotonic()
         candidates = sorted(
-            ((self._value(v, now), e.last_used, k, e)
-             for k, v in self._versions.items() if k != key for e in v.idle),
+            ((self._value(v, now), e.last_used, v, e)
+             for k, v in self._versions.items() if k != key and v.idle
+             for e in v.idle),
             key=lambda c: (c[0], c[1]),
         )  # fmt: skip
-        if below is not None:
-            candidates = [c for c in candidates if c[0] < below]
-        for _rate, _last, k, entry in candidates:
-            if self._used_mb + need <= self.capacity_mb:
+        chosen: list[tuple[_Version, _Entry]] = []
+        for value, _last, v, entry in candidates:
+            if below is not None and value >= below:
                 break
-            victim = self._versions[k]
-            victim.idle.remove(entry)
-            self._used_mb -= victim.memory_mb
-            await entry.sandbox.close()
-        return self._used_mb + need <= self.capacity_mb
+            chosen.append((v, entry))
+            short -= v.memory_mb
+            if short <= 0:
+                return chosen
+        raise LookupError(short)
 
-    async def _start(self, spec: SandboxSpec, v: _Version) -> Sandbox:
-        self._used_mb += v.memory_mb
-        v.busy += 1
+    def _reserve(
+        self, spec: SandboxSpec, below: float | None, victims_out: list[Sandbox]
+    ) -> Reservation:
+        """Reserve step: evict what must go and charge one slot for ``spec``, or
+        raise LookupError(short_mb) having changed nothing."""
+        v = self._entry(spec)
+        if self._at_max(spec.function):
+            raise LookupError(0)
+        chosen = self._victims(spec.key, v.memory_mb, below)
+        for victim, entry in chosen:  # evict: detach and uncharge now, close later
+            victim.idle.remove(entry)
+            self._uncharge(victim)
+            victims_out.append(entry.sandbox)
+        self.evictions += len(chosen)
+        self._charge(v)
+        v.starting += 1
+        return Reservation(spec.key, v.memory_mb, self._epochs.get(spec.function, 0))
+
+    def reserve(self, spec: SandboxSpec, evict_below: float | None = None) -> Reservation | None:
+        """Hold a slot for a sandbox of ``spec`` now (a run-here decision keeps
+        its room while its code is fetched); None when there is no room.
+
+        Pass the reservation to :meth:`lease`, or give it back with
+        :meth:`cancel`. Victims it evicted are closed in the background."""
+        if spec.memory_mb > self.capacity_mb:
+            return None
+        victims: list[Sandbox] = []
         try:
-            return await self._factory.start(spec)
+            r = self._reserve(spec, evict_below, victims)
+        except LookupError:
+            return None
+        self._close_later(victims)
+        return r
+
+    def _close_later(self, sandboxes: list[Sandbox]) -> None:
+        """Close sandboxes already detached and uncharged, without holding up
+        the caller (which owns a sandbox or slot by now)."""
+        if sandboxes:
+            task = asyncio.ensure_future(_close_all(sandboxes))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def cancel(self, r: Reservation) -> None:
+        """Give back an unused reservation."""
+        if r.used:
+            return
+        r.used = True
+        v = self._versions[r.key]
+        v.starting -= 1
+        self._uncharge(v)
+        self._wake()
+
+    def _release(self, v: _Version, sandbox: Sandbox, epoch: int) -> bool:
+        """Release step: back to idle, or detached and uncharged; True to close it."""
+        v.busy -= 1
+        self._wake()
+        if sandbox.alive and epoch == self._epochs.get(v.function, 0):
+            v.idle.append(_Entry(sandbox, time.monotonic()))
+            return False
+        self._uncharge(v)
+        return True
+
+    # --- acquire / release ----------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lease(
+        self,
+        spec: SandboxSpec,
+        evict_below: float | None = None,
+        reservation: Reservation | None = None,
+    ) -> AsyncIterator[tuple[Sandbox, bool]]:
+        """Hold a sandbox for one invocation; yields ``(sandbox, was_cold)``.
+
+        Only idle sandboxes valued under ``evict_below`` (when given) may be
+        evicted to make room. A sandbox that died or timed out during the
+        lease, or whose function was stopped meanwhile, is discarded, never
+        put back.
+        """
+        sandbox, cold, epoch = await self._acquire(spec, evict_below, reservation)
+        v = self._versions[spec.key]
+        try:
+            yield sandbox, cold
+        finally:
+            if self._release(v, sandbox, epoch):
+                await sandbox.close()
+
+    async def _acquire(
+        self, spec: SandboxSpec, evict_below: float | None, reservation: Reservation | None
+    ) -> tuple[Sandbox, bool, int]:
+        if spec.memory_mb > self.capacity_mb:
+            if reservation is not None:
+                self.cancel(reservation)
+            raise TooBigForNode(spec.memory_mb, self.capacity_mb)
+        self._entry(spec).record_use(time.monotonic())
+        if reservation is not None and not reservation.used:
+            v = self._entry(spec)
+            # A warm sandbox may have come free since: prefer it, give the slot back.
+            dead: list[Sandbox] = []
+            sandbox = self._take_idle(v, dead)
+            if sandbox is not None:
+                self.cancel(reservation)
+                self._close_later(dead)
+                return sandbox, False, self._epochs.get(spec.function, 0)
+            return await self._start(spec, reservation, []), True, reservation.epoch
+        deadline = time.monotonic() + self.queue_timeout_s
+        shed_tried = False
+        while True:
+            v = self._entry(spec)  # reaping may have dropped an unused entry
+            dead = []
+            sandbox = self._take_idle(v, dead)
+            if sandbox is not None:
+                self._close_later(dead)
+                return sandbox, False, self._epochs.get(spec.function, 0)
+            victims: list[Sandbox] = dead
+            try:
+                r = self._reserve(spec, evict_below, victims)
+            except LookupError as short:
+                await _close_all(dead)
+                need = min(int(short.args[0]), self._factory.held_mb())
+                if need > 0 and not shed_tried:
+                    # Evicting idle sandboxes cannot free enough: stop unused zygotes
+                    # (only when they hold memory: shedding is not free, the next
+                    # start of their version pays a new zygote).
+                    shed_tried = True
+                    if await self._factory.shed(need):
+                        continue
+                await self._wait(deadline)
+                shed_tried = False
+                continue
+            return await self._start(spec, r, victims), True, r.epoch
+
+    async def _start(self, spec: SandboxSpec, r: Reservation, victims: list[Sandbox]) -> Sandbox:
+        """Start step: turn a reservation into a busy sandbox (or give it back)."""
+        r.used = True
+        v = self._versions[r.key]  # kept while it holds a reserved slot
+        try:
+            await _close_all(victims)
+            sandbox = await self._factory.start(spec)
         except BaseException:
-            self._used_mb -= v.memory_mb
-            v.busy -= 1
-            await self._wake()
+            v.starting -= 1
+            self._uncharge(v)
+            self._wake()
             raise
+        v.starting -= 1
+        v.busy += 1
+        self.starts += 1
+        return sandbox
 
     async def _wait(self, deadline: float) -> None:
         if self._waiting >= self.max_queue:
@@ -259,8 +439,7 @@ class Pool:
             raise PoolFull(f"no sandbox became free within {self.queue_timeout_s:g} s")
         self._waiting += 1
         try:
-            async with self._freed:
-                await asyncio.wait_for(self._freed.wait(), remaining)
+            await asyncio.wait_for(self._freed.wait(), remaining)
         except TimeoutError:
             raise PoolFull(f"no sandbox became free within {self.queue_timeout_s:g} s") from None
         finally:
@@ -269,38 +448,62 @@ class Pool:
     async def prewarm(self, spec: SandboxSpec, count: int, evict_below: float | None = None) -> int:
         """Start up to ``count`` idle sandboxes in free memory, evicting only
         idle sandboxes valued under ``evict_below`` (none when it is None)."""
-        v = self._entry(spec)
+        if spec.memory_mb > self.capacity_mb:
+            return 0
         started = 0
-        while (
-            started < count
-            and v.count < self.max_per_function
-            and (
-                self._used_mb + v.memory_mb <= self.capacity_mb
-                or (evict_below is not None
-                    and await self._make_room(spec.key, v.memory_mb, evict_below))
-            )
-        ):  # fmt: skip
-            sandbox = await self._start(spec, v)
-            v.busy -= 1
-            v.idle.append(_Entry(sandbox, time.monotonic()))
+        while started < count:
+            v = self._entry(spec)
+            victims: list[Sandbox] = []
+            if evict_below is None and self._free_mb() < v.memory_mb:
+                break
+            try:
+                r = self._reserve(spec, evict_below, victims)
+            except LookupError:
+                break
+            sandbox = await self._start(spec, r, victims)
+            v = self._versions[spec.key]
+            if self._release(v, sandbox, r.epoch):  # stopped while it started
+                await sandbox.close()
+                break
             started += 1
         return started
 
     # --- housekeeping -----------------------------------------------------
-    async def reap_idle(self, now: float | None = None) -> int:
-        """Stop sandboxes idle for longer than the TTL; returns how many."""
-        now = time.monotonic() if now is None else now
-        reaped = 0
+    def _detach_idle(self, keep: Callable[[_Version, _Entry], bool]) -> list[Sandbox]:
+        """Evict step: detach and uncharge every idle sandbox ``keep`` refuses."""
+        gone: list[Sandbox] = []
         for v in self._versions.values():
-            expired = [e for e in v.idle if now - e.last_used > self.idle_ttl_s]
+            expired = [e for e in v.idle if not keep(v, e)]
             for entry in expired:
                 v.idle.remove(entry)
-                self._used_mb -= v.memory_mb
-                await entry.sandbox.close()
-            reaped += len(expired)
-        if reaped:
-            await self._wake()
-        return reaped
+                self._uncharge(v)
+                gone.append(entry.sandbox)
+        if gone:
+            self._wake()
+        return gone
+
+    async def reap_idle(self, now: float | None = None) -> int:
+        """Stop sandboxes idle for longer than the TTL; returns how many."""
+        t = time.monotonic() if now is None else now
+        gone = self._detach_idle(lambda _v, e: t - e.last_used <= self.idle_ttl_s)
+        for key in [k for k, v in self._versions.items() if not v.count]:
+            if t - self._versions[key].uses_at > self.idle_ttl_s:
+                del self._versions[key]
+        await _close_all(gone)
+        return len(gone)
+
+    async def stop_function(self, function: str) -> int:
+        """Stop every sandbox of ``function`` (it was deleted): idle ones now,
+        busy and starting ones when released; then its zygotes. Returns how
+        many idle sandboxes were stopped."""
+        self._epochs[function] = self._epochs.get(function, 0) + 1
+        gone = self._detach_idle(lambda v, _e: v.function != function)
+        for key in [k for k, v in self._versions.items() if v.function == function]:
+            if not self._versions[key].count:
+                del self._versions[key]
+        await _close_all(gone)
+        await self._factory.stop_function(function)
+        return len(gone)
 
     async def drop_idle(self) -> None:
         """Stop every idle sandbox (used at shutdown)."""
@@ -308,4 +511,12 @@ class Pool:
 
     async def close(self) -> None:
         await self.drop_idle()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self._factory.close()
+
+
+async def _close_all(sandboxes: Iterable[Sandbox]) -> None:
+    todo = list(sandboxes)
+    if todo:
+        await asyncio.gather(*(s.close() for s in todo), return_exceptions=True)

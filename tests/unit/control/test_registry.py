@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from edgerun.control.registry import SqliteRegistry
+from edgerun.control.registry import SqliteRegistry, retention
 from edgerun.errors import ApiError
-from edgerun.models import FunctionConfig
+from edgerun.models import FunctionConfig, version_id
 
-SHA_A = "a" * 64
-SHA_B = "b" * 64
-SHA_C = "c" * 64
+BUNDLE_A = "a" * 64
+BUNDLE_B = "b" * 64
+BUNDLE_C = "c" * 64
+HANDLER = FunctionConfig().handler
+V_A = version_id(BUNDLE_A, HANDLER)
+V_B = version_id(BUNDLE_B, HANDLER)
+V_C = version_id(BUNDLE_C, HANDLER)
 
 
 @pytest.fixture
@@ -28,8 +32,8 @@ def registry(db_path: Path) -> Iterator[SqliteRegistry]:
     reg.close()
 
 
-def deploy(reg: SqliteRegistry, name: str = "hello", sha: str = SHA_A, **config: object):
-    return reg.deploy(name, FunctionConfig(**config), sha, 100)  # type: ignore[arg-type]
+def deploy(reg: SqliteRegistry, name: str = "hello", bundle: str = BUNDLE_A, **config: object):
+    return reg.deploy(name, FunctionConfig(**config), bundle, 100)  # type: ignore[arg-type]
 
 
 # --- deploy -------------------------------------------------------------------
@@ -38,20 +42,22 @@ def deploy(reg: SqliteRegistry, name: str = "hello", sha: str = SHA_A, **config:
 def test_deploy_creates_function_with_one_version_and_latest_alias(registry):
     record, created = deploy(registry, handler="app.main")
 
+    vid = version_id(BUNDLE_A, "app.main")
     assert created is True
     assert record.name == "hello"
     assert record.deleted is False
-    assert list(record.versions) == [SHA_A]
-    assert record.versions[SHA_A].handler == "app.main"
-    assert record.versions[SHA_A].size == 100
-    assert record.aliases == {"latest": SHA_A}
+    assert list(record.versions) == [vid]
+    assert record.versions[vid].handler == "app.main"
+    assert record.versions[vid].bundle_sha256 == BUNDLE_A
+    assert record.versions[vid].size == 100
+    assert record.aliases == {"latest": vid}
     assert registry.get("hello") == record
 
 
 def test_deploy_of_existing_function_is_not_reported_as_created(registry):
     deploy(registry)
 
-    _, created = deploy(registry, sha=SHA_B)
+    _, created = deploy(registry, bundle=BUNDLE_B)
 
     assert created is False
 
@@ -61,25 +67,63 @@ def test_redeploying_the_same_bundle_does_not_duplicate_the_version(registry):
 
     record, _ = deploy(registry)
 
-    assert list(record.versions) == [SHA_A]
-    assert record.aliases == {"latest": SHA_A}
+    assert list(record.versions) == [V_A]
+    assert record.aliases == {"latest": V_A}
 
 
-def test_redeploying_the_same_bundle_updates_its_handler(registry):
-    deploy(registry, handler="app.one")
+def test_redeploying_the_same_bundle_with_another_handler_is_a_new_version(registry):
+    first, _ = deploy(registry, handler="app.one")
+    v1 = first.aliases["latest"]
+    registry.set_alias("hello", "prod", v1)
 
     record, _ = deploy(registry, handler="app.two")
 
-    assert record.versions[SHA_A].handler == "app.two"
+    v2 = record.aliases["latest"]
+    assert v2 != v1
+    assert record.versions[v1].handler == "app.one"
+    assert record.versions[v2].handler == "app.two"
+    assert record.versions[v1].bundle_sha256 == record.versions[v2].bundle_sha256 == BUNDLE_A
+    assert record.aliases["prod"] == v1
+
+
+def test_redeploying_the_same_bundle_and_handler_moves_latest_back_to_that_version(registry):
+    one, _ = deploy(registry, handler="app.one")
+    deploy(registry, handler="app.two")
+
+    record, _ = deploy(registry, handler="app.one")
+
+    assert len(record.versions) == 2
+    assert record.aliases["latest"] == one.aliases["latest"]
+
+
+def test_a_registry_from_before_version_ids_keeps_its_versions(db_path):
+    import sqlite3
+
+    db = sqlite3.connect(db_path)
+    db.executescript(
+        "CREATE TABLE versions (function TEXT NOT NULL, sha256 TEXT NOT NULL,"
+        " handler TEXT NOT NULL, size BIGINT NOT NULL,"
+        " created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (function, sha256));"
+        f"INSERT INTO versions VALUES ('hello', '{BUNDLE_A}', 'app.old', 1, 1.0);"
+    )
+    db.close()
+    reg = SqliteRegistry(db_path)
+    try:
+        record, _ = deploy(reg, handler="app.old")
+    finally:
+        reg.close()
+
+    assert list(record.versions) == [BUNDLE_A]
+    assert record.versions[BUNDLE_A].bundle_sha256 == BUNDLE_A
 
 
 def test_deploying_a_new_bundle_adds_a_version_and_moves_latest(registry):
     deploy(registry)
 
-    record, _ = deploy(registry, sha=SHA_B)
+    record, _ = deploy(registry, bundle=BUNDLE_B)
 
-    assert set(record.versions) == {SHA_A, SHA_B}
-    assert record.aliases["latest"] == SHA_B
+    assert set(record.versions) == {V_A, V_B}
+    assert record.aliases["latest"] == V_B
 
 
 def test_deploy_stores_the_config_on_the_function(registry):
@@ -108,8 +152,8 @@ def test_new_registry_starts_at_revision_zero(registry):
 def test_revision_increases_with_every_mutation(registry):
     seen = [registry.revision()]
     seen.append(deploy(registry)[0].revision)
-    seen.append(deploy(registry, sha=SHA_B)[0].revision)
-    seen.append(registry.set_alias("hello", "prod", SHA_A).revision)
+    seen.append(deploy(registry, bundle=BUNDLE_B)[0].revision)
+    seen.append(registry.set_alias("hello", "prod", V_A).revision)
     seen.append(registry.delete_alias("hello", "prod").revision)
     seen.append(registry.delete("hello").revision)
 
@@ -128,7 +172,7 @@ def test_failed_mutation_does_not_bump_the_revision(registry):
     before = registry.revision()
 
     with pytest.raises(ApiError):
-        registry.set_alias("hello", "prod", SHA_C)
+        registry.set_alias("hello", "prod", V_C)
 
     assert registry.revision() == before
 
@@ -158,7 +202,7 @@ def test_changes_since_head_is_empty(registry):
 def test_changes_reports_a_function_once_at_its_latest_revision(registry):
     deploy(registry, name="one")
     deploy(registry, name="two")
-    deploy(registry, name="one", sha=SHA_B)
+    deploy(registry, name="one", bundle=BUNDLE_B)
 
     _, records = registry.changes(0)
 
@@ -239,25 +283,25 @@ def test_list_functions_skips_deleted_functions(registry):
 
 def test_set_alias_points_the_alias_at_a_version(registry):
     deploy(registry)
-    deploy(registry, sha=SHA_B)
+    deploy(registry, bundle=BUNDLE_B)
 
-    record = registry.set_alias("hello", "prod", SHA_A)
+    record = registry.set_alias("hello", "prod", V_A)
 
-    assert record.aliases == {"latest": SHA_B, "prod": SHA_A}
+    assert record.aliases == {"latest": V_B, "prod": V_A}
 
 
 def test_set_alias_to_an_unknown_version_is_a_404(registry):
     deploy(registry)
 
     with pytest.raises(ApiError) as exc:
-        registry.set_alias("hello", "prod", SHA_C)
+        registry.set_alias("hello", "prod", V_C)
 
     assert exc.value.status == 404
 
 
 def test_set_alias_on_an_unknown_function_is_a_404(registry):
     with pytest.raises(ApiError) as exc:
-        registry.set_alias("nope", "prod", SHA_A)
+        registry.set_alias("nope", "prod", V_A)
 
     assert exc.value.status == 404
 
@@ -266,7 +310,7 @@ def test_set_alias_latest_is_a_400(registry):
     deploy(registry)
 
     with pytest.raises(ApiError) as exc:
-        registry.set_alias("hello", "latest", SHA_A)
+        registry.set_alias("hello", "latest", V_A)
 
     assert exc.value.status == 400
 
@@ -275,18 +319,18 @@ def test_set_alias_with_an_invalid_alias_name_is_a_400(registry):
     deploy(registry)
 
     with pytest.raises(ApiError) as exc:
-        registry.set_alias("hello", "Prod", SHA_A)
+        registry.set_alias("hello", "Prod", V_A)
 
     assert exc.value.status == 400
 
 
 def test_delete_alias_removes_it(registry):
     deploy(registry)
-    registry.set_alias("hello", "prod", SHA_A)
+    registry.set_alias("hello", "prod", V_A)
 
     record = registry.delete_alias("hello", "prod")
 
-    assert record.aliases == {"latest": SHA_A}
+    assert record.aliases == {"latest": V_A}
 
 
 def test_delete_alias_latest_is_a_400(registry):
@@ -331,12 +375,12 @@ def test_redeploy_after_delete_revives_the_function_with_only_the_new_version(re
     deploy(registry)
     registry.delete("hello")
 
-    record, created = deploy(registry, sha=SHA_B)
+    record, created = deploy(registry, bundle=BUNDLE_B)
 
     assert created is True
     assert record.deleted is False
-    assert list(record.versions) == [SHA_B]
-    assert record.aliases == {"latest": SHA_B}
+    assert list(record.versions) == [V_B]
+    assert record.aliases == {"latest": V_B}
     assert registry.get("hello") == record
 
 
@@ -346,7 +390,7 @@ def test_redeploy_after_delete_revives_the_function_with_only_the_new_version(re
 def test_data_persists_across_reopening_the_database_file(db_path):
     reg = SqliteRegistry(db_path)
     deploy(reg)
-    reg.set_alias("hello", "prod", SHA_A)
+    reg.set_alias("hello", "prod", V_A)
     record, revision = reg.get("hello"), reg.revision()
     reg.close()
 
@@ -356,3 +400,37 @@ def test_data_persists_across_reopening_the_database_file(db_path):
         assert reopened.revision() == revision
     finally:
         reopened.close()
+
+
+# --- retention and collection -----------------------------------------------------
+
+
+def test_collect_keeps_the_newest_n_and_aliased_versions(registry):
+    bundles = [c * 64 for c in "0123456"]
+    ids = [deploy(registry, bundle=b)[0].aliases["latest"] for b in bundles]
+    registry.set_alias("hello", "prod", ids[0])
+
+    why = retention(registry.get("hello"), 3)
+    assert why[ids[0]] == ["alias prod"]
+    assert why[ids[6]] == ["alias latest", "newest 3"]
+    assert why[ids[4]] == ["newest 3"]
+    assert why[ids[1]] == []
+
+    revision = registry.revision()
+    removed, unused = registry.collect(3)
+
+    assert sorted(removed) == sorted(("hello", vid) for vid in ids[1:4])
+    assert unused == set(bundles[1:4])
+    record = registry.get("hello")
+    assert set(record.versions) == {ids[0], *ids[4:]}
+    assert record.revision > revision, "nodes learn of the collection through the feed"
+    assert registry.collect(3) == ([], set())
+
+
+def test_a_bundle_another_function_uses_is_not_unreferenced(registry):
+    deploy(registry, name="one", bundle=BUNDLE_A)
+    deploy(registry, name="two", bundle=BUNDLE_A)
+
+    registry.delete("one")
+
+    assert registry.unreferenced({BUNDLE_A, BUNDLE_B}) == {BUNDLE_B}

@@ -48,6 +48,18 @@ class FakeFactory:
         self.started.append(sandbox)
         return sandbox
 
+    def held_mb(self) -> int:
+        return 0
+
+    async def shed(self, need_mb: int) -> int:
+        return 0
+
+    def loaded_versions(self) -> set[str]:
+        return {s.spec.version for s in self.started if not s.closed}
+
+    async def stop_function(self, function: str) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
@@ -300,9 +312,13 @@ async def test_snapshot_counts_memory_idle_and_busy():
         assert pool.snapshot() == {
             "capacity_mb": 384,
             "used_mb": 256,
+            "held_mb": 0,
             "idle": 1,
             "busy": 1,
+            "starting": 0,
             "waiting": 0,
+            "starts": 2,
+            "evictions": 0,
         }
 
 
@@ -393,3 +409,137 @@ async def test_state_counts_only_cheaper_idle_sandboxes_as_evictable():
     await use(pool, big_spec("b", 128))
 
     assert pool.view(big_spec("me", 128).key, values["me"]) == PoolView(False, 0, 128, False)
+
+
+# --- concurrency, per-function limits, engine memory, stopping -----------------------
+
+
+class SlowCloseFactory(FakeFactory):
+    """Closing a sandbox takes a few event-loop turns, as a real one does."""
+
+    def __init__(self, held: int = 0, sheddable: int = 0) -> None:
+        super().__init__()
+        self.held = held
+        self.sheddable = sheddable
+        self.shed_calls: list[int] = []
+        self.stopped: list[str] = []
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        sandbox = await super().start(spec)
+        sandbox.close = self._slow_close(sandbox)  # type: ignore[method-assign]
+        return sandbox
+
+    @staticmethod
+    def _slow_close(sandbox: FakeSandbox):  # type: ignore[no-untyped-def]
+        async def close() -> None:
+            sandbox.alive = False
+            for _ in range(3):
+                await anyio.sleep(0)
+            sandbox.closed = True
+
+        return close
+
+    def held_mb(self) -> int:
+        return self.held
+
+    async def shed(self, need_mb: int) -> int:
+        self.shed_calls.append(need_mb)
+        await anyio.sleep(0)
+        freed = min(self.sheddable, need_mb)
+        self.sheddable -= freed
+        self.held -= freed
+        return freed
+
+    async def stop_function(self, function: str) -> None:
+        self.stopped.append(function)
+
+
+async def test_concurrent_cold_starts_into_a_full_pool_each_evict_their_own_victims():
+    factory = SlowCloseFactory()
+    pool = make_pool(factory, slots=8)  # type: ignore[arg-type]
+    for i in range(8):
+        await use(pool, spec(f"old-{i}"))
+    errors: list[BaseException] = []
+
+    async def cold(name: str) -> None:
+        try:
+            async with pool.lease(spec(name)):
+                await anyio.sleep(0)
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(cold, f"new-{i % 4}")
+
+    assert errors == []
+    assert pool.used_mb == sum(128 for s in factory.started if not s.closed)
+    assert pool.used_mb <= 8 * 128
+
+
+async def test_per_function_maximum_counts_every_version_of_the_function():
+    pool = Pool(FakeFactory(), capacity_mb=1024, max_per_function=2, queue_timeout_s=0.05)  # type: ignore[arg-type]
+
+    async with pool.lease(spec("f", "v1")), pool.lease(spec("f", "v2")):
+        assert pool.view(spec("f", "v3").key, function="f").at_function_max
+        with pytest.raises(PoolFull):
+            await use(pool, spec("f", "v3"))
+
+
+async def test_memory_the_engine_holds_counts_against_the_budget():
+    factory = SlowCloseFactory(held=128)
+    pool = make_pool(factory, slots=2)  # type: ignore[arg-type]
+
+    assert pool.view(spec().key).free_mb == 128
+    async with pool.lease(spec("a")):
+        assert pool.view(spec("b").key).free_mb == 0
+
+
+async def test_zygotes_are_shed_when_evicting_idle_sandboxes_is_not_enough():
+    factory = SlowCloseFactory(held=128, sheddable=128)
+    pool = make_pool(factory, slots=2, queue_timeout_s=0.05)  # type: ignore[arg-type]
+    async with pool.lease(spec("a")):
+        _, cold = await use(pool, spec("b"))
+
+    assert cold
+    assert factory.shed_calls == [128]
+    assert factory.held_mb() == 0
+
+
+async def test_stop_function_closes_idle_now_and_busy_on_release():
+    factory = SlowCloseFactory()
+    pool = make_pool(factory, slots=4)  # type: ignore[arg-type]
+    idle, _ = await use(pool, spec("gone", "v1"))
+    kept, _ = await use(pool, spec("kept"))
+
+    async with pool.lease(spec("gone", "v2")) as (busy, _):
+        await pool.stop_function("gone")
+        assert idle.closed and not busy.closed
+        assert pool.used_mb == 2 * 128
+
+    assert busy.closed and not kept.closed
+    assert factory.stopped == ["gone"]
+    assert pool.used_mb == 128
+    assert pool.functions() == {"kept"}
+
+
+async def test_a_reservation_holds_its_slot_until_leased():
+    pool = make_pool(SlowCloseFactory(), slots=1, queue_timeout_s=0.05)  # type: ignore[arg-type]
+    r = pool.reserve(spec("mine"))
+    assert r is not None
+    assert pool.reserve(spec("other")) is None
+
+    async with pool.lease(spec("mine"), reservation=r) as (_, cold):
+        assert cold
+    assert pool.used_mb == 128
+
+
+async def test_a_cancelled_reservation_frees_its_slot():
+    pool = make_pool(SlowCloseFactory(), slots=1)  # type: ignore[arg-type]
+    r = pool.reserve(spec("mine"))
+    assert r is not None
+
+    pool.cancel(r)
+
+    assert pool.used_mb == 0
+    assert pool.reserve(spec("other")) is not None
