@@ -47,7 +47,14 @@ def build_app(cfg: NodeConfig) -> Any:
             )
         registry = SqliteRegistry(data / "registry.db")
         bundles = BundleStore(data / "bundles")
-        return ControlApp(registry, bundles, token, max_bundle_bytes=cfg.max_bundle_bytes).asgi
+        return ControlApp(
+            registry,
+            bundles,
+            token,
+            max_bundle_bytes=cfg.max_bundle_bytes,
+            retain_versions=cfg.retain_versions,
+            gc_interval_s=cfg.gc_interval_s,
+        ).asgi
     path = token_path(cfg)
     try:
         token = path.read_text().strip()

@@ -160,9 +160,11 @@ class AsyncChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._fd = sock.fileno()
         sock.setblocking(False)
         self.lock = asyncio.Lock()
         self.broken = False
+        self._waiting: asyncio.Future[None] | None = None
 
     async def request(
         self,
@@ -204,17 +206,29 @@ class AsyncChannel:
     async def _recv(self) -> tuple[Any, list[int]]:
         loop = asyncio.get_running_loop()
         while True:
+            if self.sock.fileno() < 0:
+                raise EOFError("control channel closed")
             try:
                 return recv(self.sock)
             except BlockingIOError:
                 pass
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.sock.fileno(), _wake, ready)
+            loop.add_reader(self._fd, _wake, ready)
+            self._waiting = ready
             try:
                 await ready
             finally:
-                loop.remove_reader(self.sock.fileno())
+                if self._waiting is ready:
+                    self._waiting = None
+                    loop.remove_reader(self._fd)
 
     def close(self) -> None:
+        """Close, failing a request in flight with EOFError (the zygote was stopped)."""
         self.broken = True
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._fd)
+            if not waiting.done():
+                waiting.set_exception(EOFError("control channel closed"))
         self.sock.close()

@@ -87,6 +87,7 @@ class _Zygote:
     cgroup: SandboxCgroup | None
     settings: EngineSettings
     live: int = 0
+    forking: int = 0
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
     heap_mb: int = 0
@@ -353,6 +354,7 @@ class ZygoteSandboxFactory:
     async def start(self, spec: SandboxSpec) -> ForkedSandbox:
         for attempt in (1, 2):
             zygote = await self._zygote(spec)
+            zygote.forking += 1  # not idle until its sandbox counts as live: shed() waits
             try:
                 return await self._fork(zygote, spec)
             except (OSError, EOFError, TimeoutError, ctl.ProtocolError) as exc:
@@ -364,6 +366,8 @@ class ZygoteSandboxFactory:
                     raise SandboxCrashed(
                         f"the zygote of {spec.function!r} failed twice in a row ({exc})"
                     ) from None
+            finally:
+                zygote.forking -= 1
         raise AssertionError("unreachable")
 
     async def _fork(self, zygote: _Zygote, spec: SandboxSpec) -> ForkedSandbox:
@@ -563,7 +567,7 @@ class ZygoteSandboxFactory:
         for key, z in sorted(self._zygotes.items(), key=lambda kv: kv[1].last_used):
             if freed >= need_mb:
                 break
-            if z.live <= 0:
+            if z.live <= 0 and not z.forking:
                 freed += z.charge_mb
                 self._drop(key)
         return freed
@@ -581,7 +585,7 @@ class ZygoteSandboxFactory:
         idle = [
             k
             for k, z in self._zygotes.items()
-            if z.live <= 0 and now - z.last_used > self.settings.zygote_ttl_s
+            if z.live <= 0 and not z.forking and now - z.last_used > self.settings.zygote_ttl_s
         ]
         for key in idle:
             self._drop(key)

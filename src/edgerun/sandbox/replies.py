@@ -66,8 +66,7 @@ def check_result(result: Result) -> Result:
             raise InvalidResponse(f"the function answered an invalid header name {name[:64]!r}")
         if not _FIELD_VALUE.fullmatch(value):
             raise InvalidResponse(
-                f"the header {name[:64]!r} holds a control character or a character "
-                "outside latin-1"
+                f"the header {name[:64]!r} holds a control character or a character outside latin-1"
             )
         size = len(name) + len(value)
         if size > MAX_HEADER_LINE:
