@@ -10,7 +10,7 @@ import pytest
 
 from edgerun.client import Client, invoke
 from edgerun.cluster import LocalCluster
-from tests.integration.conftest import deploy_folder, node_knows, wait_for
+from tests.integration.conftest import admin, deploy_folder, node_knows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def _pids_of(uid: int, under: int) -> list[int]:
 
 
 def _pool_functions(cluster: LocalCluster, node: str) -> set[str]:
-    body = httpx.get(f"{cluster.url(node)}/v1/pool", timeout=2).json()
+    body = httpx.get(f"{cluster.url(node)}/v1/pool", headers=admin(cluster), timeout=2).json()
     return {v["function"] for v in body["versions"]}
 
 
@@ -88,6 +88,6 @@ def test_delete_stops_sandboxes_and_zygotes_within_two_seconds(
         timeout=2.0,
         what="the POP to stop the deleted function's sandboxes and zygotes",
     )
-    pool = httpx.get(f"{cluster.url('pop-1')}/v1/pool", timeout=2).json()
+    pool = httpx.get(f"{cluster.url('pop-1')}/v1/pool", headers=admin(cluster), timeout=2).json()
     assert all(v["function"] != name for v in pool["versions"])
     assert took < 2.0

@@ -12,7 +12,7 @@ import pytest
 
 from edgerun.client import Client, invoke
 from edgerun.cluster import LocalCluster
-from tests.integration.conftest import deploy_folder, wait_for
+from tests.integration.conftest import admin, deploy_folder, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_a_deleted_functions_code_is_collected_everywhere(
 
 def test_status_reports_the_disk_the_code_cache_uses(cluster: LocalCluster) -> None:
     for node in NODES:
-        body = httpx.get(f"{cluster.url(node)}/v1/status", timeout=5).json()
+        body = httpx.get(f"{cluster.url(node)}/v1/status", headers=admin(cluster), timeout=5).json()
         usage = body["code_cache"]
         assert usage["used_mb"] >= 0
         assert usage["limit_mb"] == 10_240

@@ -19,7 +19,7 @@ import pytest
 
 from edgerun.client import Client
 from edgerun.cluster import LocalCluster
-from tests.integration.conftest import deploy_folder, node_knows, start_cluster, wait_for
+from tests.integration.conftest import admin, deploy_folder, node_knows, start_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,9 @@ def _deploy(client: Client, cluster: LocalCluster, root: Path, name: str) -> Non
 
 
 def _pool(cluster: LocalCluster) -> dict[str, object]:
-    body: dict[str, object] = httpx.get(f"{cluster.url('pop-1')}/v1/pool", timeout=5).json()
+    body: dict[str, object] = httpx.get(
+        f"{cluster.url('pop-1')}/v1/pool", headers=admin(cluster), timeout=5
+    ).json()
     return body
 
 
