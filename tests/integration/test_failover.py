@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[tuple[LocalCluster, Client]]:
     """A cluster of its own, since these tests kill its nodes."""
-    cluster = start_cluster(tmp_path / "c", pop_capacity_mb=256)
+    # Two 128 MB sandboxes, and room for the zygotes they fork from (charged too).
+    cluster = start_cluster(tmp_path / "c", pop_capacity_mb=256 + 32)
     client = Client(cluster.control_url, cluster.token)
     try:
         yield cluster, client

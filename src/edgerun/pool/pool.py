@@ -284,6 +284,20 @@ class Pool:
                 return chosen
         raise LookupError(short)
 
+    def _evict_idle(self, key: str, below: float | None) -> list[Sandbox]:
+        """Evict step: detach and uncharge every idle sandbox of other versions
+        worth less than ``below``; the caller closes them."""
+        now = time.monotonic()
+        out: list[Sandbox] = []
+        for k, v in self._versions.items():
+            if k == key or not v.idle or (below is not None and self._value(v, now) >= below):
+                continue
+            while v.idle:
+                out.append(v.idle.pop().sandbox)
+                self._uncharge(v)
+                self.evictions += 1
+        return out
+
     def _reserve(
         self, spec: SandboxSpec, below: float | None, victims_out: list[Sandbox]
     ) -> Reservation:
@@ -409,6 +423,13 @@ class Pool:
                     shed_tried = True
                     if await self._factory.shed(need):
                         continue
+                    # Their zygotes still serve idle sandboxes: evict those that may
+                    # go, then shed again (a function nearly as big as the node).
+                    evicted = self._evict_idle(spec.key, evict_below)
+                    if evicted:
+                        await _close_all(evicted)
+                        if await self._factory.shed(need):
+                            continue
                 await self._wait(deadline)
                 shed_tried = False
                 continue
