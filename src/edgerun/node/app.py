@@ -634,9 +634,8 @@ class NodeApp:
                 f"{self.cfg.max_payload_bytes}-byte limit",
                 headers=headers,
             )
-        out = list(headers.items())
-        out += [(k, v) for k, v in reply.headers if k not in _HOP_BY_HOP]
-        return Reply(reply.status, out, reply.body)
+        # The sandbox layer has checked the headers and dropped framing and ours.
+        return Reply(reply.status, list(headers.items()) + reply.headers, reply.body)
 
     def _log_init_error(self, call: _Call, exc: SandboxInitError) -> None:
         """The detail callers are not shown: in the logs under their request id, for the owner."""

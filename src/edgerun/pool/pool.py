@@ -332,13 +332,22 @@ class Pool:
         self._close_later(victims)
         return r
 
-    def _close_later(self, sandboxes: list[Sandbox]) -> None:
+    def _close_later(self, sandboxes: list[Sandbox]) -> asyncio.Future[None] | None:
         """Close sandboxes already detached and uncharged, without holding up
-        the caller (which owns a sandbox or slot by now)."""
-        if sandboxes:
-            task = asyncio.ensure_future(_close_all(sandboxes))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        the caller (which owns a sandbox or slot by now). :meth:`close` waits."""
+        if not sandboxes:
+            return None
+        task = asyncio.ensure_future(_close_all(sandboxes))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
+
+    async def _close(self, sandboxes: Iterable[Sandbox]) -> None:
+        """Close detached sandboxes and wait; they are closed even if the caller
+        is cancelled meanwhile (nothing uncharged may stay running)."""
+        task = self._close_later(list(sandboxes))
+        if task is not None:
+            await asyncio.shield(task)
 
     def cancel(self, r: Reservation) -> None:
         """Give back an unused reservation."""
@@ -381,7 +390,7 @@ class Pool:
             yield sandbox, cold
         finally:
             if self._release(v, sandbox, epoch):
-                await sandbox.close()
+                await self._close([sandbox])
 
     async def _acquire(
         self, spec: SandboxSpec, evict_below: float | None, reservation: Reservation | None
@@ -400,7 +409,7 @@ class Pool:
                 self.cancel(reservation)
                 self._close_later(dead)
                 return sandbox, False, self._epochs.get(spec.function, 0)
-            return await self._start(spec, reservation, []), True, reservation.epoch
+            return await self._start(spec, reservation, dead), True, reservation.epoch
         deadline = time.monotonic() + self.queue_timeout_s
         shed_tried = False
         while True:
@@ -414,7 +423,7 @@ class Pool:
             try:
                 r = self._reserve(spec, evict_below, victims)
             except LookupError as short:
-                await _close_all(dead)
+                await self._close(dead)
                 need = min(int(short.args[0]), self._factory.held_mb())
                 if need > 0 and not shed_tried:
                     # Evicting idle sandboxes cannot free enough: stop unused zygotes
@@ -427,7 +436,7 @@ class Pool:
                     # go, then shed again (a function nearly as big as the node).
                     evicted = self._evict_idle(spec.key, evict_below)
                     if evicted:
-                        await _close_all(evicted)
+                        await self._close(evicted)
                         if await self._factory.shed(need):
                             continue
                 await self._wait(deadline)
@@ -440,7 +449,7 @@ class Pool:
         r.used = True
         v = self._versions[r.key]  # kept while it holds a reserved slot
         try:
-            await _close_all(victims)
+            await self._close(victims)
             sandbox = await self._factory.start(spec)
         except BaseException:
             v.starting -= 1
@@ -484,7 +493,7 @@ class Pool:
             sandbox = await self._start(spec, r, victims)
             v = self._versions[spec.key]
             if self._release(v, sandbox, r.epoch):  # stopped while it started
-                await sandbox.close()
+                await self._close([sandbox])
                 break
             started += 1
         return started
@@ -510,7 +519,7 @@ class Pool:
         for key in [k for k, v in self._versions.items() if not v.count]:
             if t - self._versions[key].uses_at > self.idle_ttl_s:
                 del self._versions[key]
-        await _close_all(gone)
+        await self._close(gone)
         return len(gone)
 
     async def stop_function(self, function: str) -> int:
@@ -522,7 +531,7 @@ class Pool:
         for key in [k for k, v in self._versions.items() if v.function == function]:
             if not self._versions[key].count:
                 del self._versions[key]
-        await _close_all(gone)
+        await self._close(gone)
         await self._factory.stop_function(function)
         return len(gone)
 
@@ -532,7 +541,7 @@ class Pool:
 
     async def close(self) -> None:
         await self.drop_idle()
-        if self._closing:
+        while self._closing:  # closes started meanwhile are waited for too
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self._factory.close()
 

@@ -265,9 +265,10 @@ class SandboxCgroup:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            # A frozen task only acts on SIGKILL once thawed (cgroup v1).
-            self.frozen = True
-            self.thaw()
+            # A frozen task only acts on SIGKILL once thawed (cgroup v1); the state
+            # is written whatever ``frozen`` says: another run may have frozen it.
+            self._write_freezer(False)
+            self.frozen = False
             time.sleep(0.002)
 
     def destroy(self) -> None:

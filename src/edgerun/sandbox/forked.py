@@ -269,7 +269,10 @@ class ZygoteSandboxFactory:
         while not self._closing:
             template = self._template
             assert template is not None
+            started = time.monotonic()
             await template.wait()
+            if time.monotonic() - started > 60:
+                backoff = 0.1  # it ran fine for a while: not a crash loop
             if self._closing:
                 return
             log.warning("sandbox template exited with %s; restarting it", template.returncode)
@@ -323,7 +326,7 @@ class ZygoteSandboxFactory:
         """Why this engine cannot start zygotes now, or None when it can."""
         if self._closing or self._template_up():
             return None
-        return "the sandbox template process is not running (it restarts on the next cold start)"
+        return "the sandbox template process is not running; it is being restarted"
 
     async def _template_channel(self) -> ctl.AsyncChannel:
         """The channel to a live template, restarting a dead one first."""

@@ -71,10 +71,7 @@ def _keep_only_fds(keep: set[int]) -> None:
     for fd in sorted(k for k in keep if k >= 3):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, _MAX_FD)
-    if devnull not in keep and devnull > 2:
-        with contextlib.suppress(OSError):
-            os.close(devnull)
+    os.closerange(low, _MAX_FD)  # devnull too, unless it landed on 0-2
 
 
 def _next_message(sock: socket.socket) -> object:

@@ -543,3 +543,18 @@ async def test_a_cancelled_reservation_frees_its_slot():
 
     assert pool.used_mb == 0
     assert pool.reserve(spec("other")) is not None
+
+
+async def test_a_dead_idle_sandbox_met_by_a_reserved_lease_is_closed():
+    factory = FakeFactory()
+    pool = make_pool(factory, slots=2)
+    first, _ = await use(pool, spec("mine"))  # back to idle
+    first.alive = False  # it died while idle
+    r = pool.reserve(spec("mine"))
+    assert r is not None
+
+    async with pool.lease(spec("mine"), reservation=r) as (sandbox, cold):
+        assert cold and sandbox is not first
+
+    assert first.closed
+    assert pool.used_mb == 128

@@ -9,6 +9,7 @@ operations interleave at every ``await`` the pool and the fake engine make.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -51,6 +52,8 @@ class GatedSandbox:
         self.closing = False
         self.closed = False
         self._factory = factory
+        self.serial = next(factory.serials)
+        """Creation order: ids are addresses, which differ between replays."""
 
     async def invoke(self, msg: object) -> object:
         raise NotImplementedError
@@ -77,6 +80,7 @@ class GatedFactory:
     operations run while they are suspended; zygotes charge ZYGOTE_MB each."""
 
     def __init__(self) -> None:
+        self.serials = itertools.count()
         self.live: dict[int, GatedSandbox] = {}
         """Started and not being closed."""
         self.pending: list[SandboxSpec] = []
@@ -269,7 +273,7 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.factory.live))
     @rule(data=st.data())
     def a_sandbox_dies(self, data: st.DataObject) -> None:
-        sandboxes = sorted(self.factory.live.values(), key=id)
+        sandboxes = sorted(self.factory.live.values(), key=lambda s: s.serial)
         data.draw(st.sampled_from(sandboxes)).alive = False
 
     @rule(gated=st.booleans())
