@@ -267,7 +267,8 @@ class NodeApp:
         while True:
             await asyncio.sleep(min(30.0, self.cfg.idle_ttl_s / 2))
             await self.pool.reap_idle()
-            await self.factory.reap_idle()
+            if await self.factory.reap_idle():
+                self.pool.wake()  # zygote memory came free: waiters may fit now
             self.collect_code()
 
     def _new_request_id(self) -> str:
