@@ -130,6 +130,7 @@ class NodeApp:
             upstreams,
             max_uncompressed=cfg.max_bundle_bytes,
             limit_bytes=cfg.code_cache_mb << 20,
+            in_use=self._code_in_use,
         )
         self._bundle_of: dict[str, str] = {}
         """Version id -> bundle sha of every version this node built a spec for."""
@@ -210,14 +211,13 @@ class NodeApp:
         the registry copy is in sync: a node serving from a stale copy keeps all."""
         if not self.catalog.synced:
             return []
+        in_use = self._code_in_use()
+        if in_use is None:
+            return []  # a live version whose code is unknown: remove nothing
         keep = {
             v.bundle_sha256 for fn in self.catalog.functions.values() for v in fn.versions.values()
         }
-        live = self.pool.live_versions() | self.factory.loaded_versions()
-        if any(vid not in self._bundle_of for vid in live):
-            return []  # a live version whose code is unknown: remove nothing
-        keep |= {self._bundle_of[vid] for vid in live}
-        keep |= self.code.inflight()
+        keep |= in_use | self.code.inflight()
         removed = sorted(self.code.cached() - keep)
         for sha in removed:
             self.code.remove(sha)
@@ -226,6 +226,14 @@ class NodeApp:
         if removed:
             log.info("collected %d bundle(s): %s", len(removed), [s[:12] for s in removed])
         return removed
+
+    def _code_in_use(self) -> set[str] | None:
+        """Bundles of versions with a sandbox slot or a loaded zygote (None when
+        one of them was built before this node knew its bundle)."""
+        live = self.pool.live_versions() | self.factory.loaded_versions()
+        if any(vid not in self._bundle_of for vid in live):
+            return None
+        return {self._bundle_of[vid] for vid in live}
 
     async def _stop_function(self, name: str) -> None:
         """A deleted function: its idle sandboxes and zygotes stop now, busy ones when
@@ -259,7 +267,7 @@ class NodeApp:
 
     async def _prefetch_one(self, sha: str) -> None:
         try:
-            await self.code.ensure(sha)
+            await self.code.ensure(sha, prefetch=True)
         except (BundleUnavailable, ApiError) as exc:
             log.warning("prefetch of %s failed: %s", sha[:12], exc)
 
@@ -267,7 +275,8 @@ class NodeApp:
         while True:
             await asyncio.sleep(min(30.0, self.cfg.idle_ttl_s / 2))
             await self.pool.reap_idle()
-            await self.factory.reap_idle()
+            if await self.factory.reap_idle():
+                self.pool.wake()  # zygote memory came free: waiters may fit now
             self.collect_code()
 
     def _new_request_id(self) -> str:

@@ -4,28 +4,42 @@ Regions fetch from the control plane; POPs from their regions (falling back
 to the control plane). Each bundle is checked against its sha256 before it
 is stored, so no upstream has to be trusted with the code's integrity.
 
-The cache counts the disk it uses (zips plus extracted copies) and refuses
-to take a bundle past its limit (``code_cache_mb``) with a 507; the node's
+The cache counts the disk it uses (zips plus extracted copies) and keeps it
+under its limit (``code_cache_mb``): a fetch a request waits for evicts the
+least recently used bundles nothing pins (a live sandbox, a loaded zygote, a
+fetch in flight, a use in the last ``keep_recent_s``), and past that is refused
+with a 507; a prefetch stops at a high-water mark and never evicts. The node's
 collector removes bundles nothing refers to (:meth:`CodeCache.remove`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import shutil
-import zipfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from edgerun.control.bundles import BundleError, BundleStore, extract_bundle, sha256_hex
+from edgerun.control.bundles import (
+    BundleError,
+    BundleStore,
+    extract_bundle,
+    sha256_hex,
+    validate_bundle,
+)
 from edgerun.errors import ApiError
 from edgerun.models import SHA256_RE
 
 log = logging.getLogger("edgerun.node.code")
+
+PREFETCH_HIGH_WATER = 0.8
+"""Prefetches fill the cache up to this share of its limit, evicting nothing."""
+_KNOWN_SIZES = 4096
+"""Sizes remembered of bundles fetched (or refused), to refuse before downloading."""
 
 
 class BundleUnavailable(Exception):
@@ -73,8 +87,13 @@ class CodeCache:
         *,
         max_uncompressed: int,
         limit_bytes: int = 0,
+        in_use: Callable[[], set[str] | None] = lambda: None,
+        keep_recent_s: float = 30.0,
     ) -> None:
-        """``limit_bytes`` bounds zips plus extracted code (0: no limit)."""
+        """``limit_bytes`` bounds zips plus extracted code (0: no limit).
+        ``in_use()`` names the bundles live sandboxes and zygotes run (None when
+        unknown: then nothing is evicted); a bundle used in the last
+        ``keep_recent_s`` is not evicted either (its request may be queued)."""
         self.zips = BundleStore(root / "zips")
         self._code_root = root / "code"
         self._client = client
@@ -85,9 +104,24 @@ class CodeCache:
         """Bundles known to be extracted (a set lookup, not a stat per request)."""
         self.limit_bytes = limit_bytes
         self._sizes: dict[str, int] = {}
-        """Disk used per bundle (zip plus extracted copy)."""
+        """Disk used per bundle on disk (zip plus extracted copy)."""
+        self._in_use = in_use
+        self.keep_recent_s = keep_recent_s
+        self._used_at: dict[str, float] = {}
+        self._known: dict[str, tuple[int, int]] = {}
+        """Bundle -> (expanded bytes, zip bytes), of bundles seen."""
+        self._wanted: set[str] = set()
+        """Bundles a request (not only a prefetch) waits for: these may evict."""
         self._code_root.mkdir(parents=True, exist_ok=True)
-        for sha in self.cached():
+        found = set()
+        for p in self._code_root.iterdir():
+            if p.name.startswith((".trash-", ".extract-")):  # left by a crash
+                shutil.rmtree(p, ignore_errors=True)
+            elif SHA256_RE.match(p.name):
+                found.add(p.name)
+        if self.zips.root.is_dir():
+            found |= {p.stem for p in self.zips.root.glob("*/*.zip") if SHA256_RE.match(p.stem)}
+        for sha in found:
             self._sizes[sha] = self._measure(sha)
 
     # --- accounting and collection -------------------------------------------
@@ -107,11 +141,8 @@ class CodeCache:
         }
 
     def cached(self) -> set[str]:
-        """Bundles with a zip or an extracted copy on disk."""
-        found = {p.name for p in self._code_root.iterdir() if SHA256_RE.match(p.name)}
-        if self.zips.root.is_dir():
-            found |= {p.stem for p in self.zips.root.glob("*/*.zip") if SHA256_RE.match(p.stem)}
-        return found
+        """Bundles with a zip or an extracted copy on disk (or being written)."""
+        return set(self._sizes)
 
     def inflight(self) -> set[str]:
         """Bundles being fetched or extracted right now: never collected."""
@@ -126,6 +157,7 @@ class CodeCache:
             return
         self._ready.discard(sha)
         self._sizes.pop(sha, None)
+        self._used_at.pop(sha, None)
         self.zips.delete(sha)
         dest = self.code_dir(sha)
         trash = self._code_root / f".trash-{sha}-{os.getpid()}-{id(dest)}"
@@ -135,18 +167,48 @@ class CodeCache:
             return
         asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, trash, True)
 
-    def _check_room(self, sha: str, data: bytes, new_zip: bool) -> int:
-        """The bytes taking ``sha`` will add, or CodeCacheFull past the limit."""
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                expands = sum(i.file_size for i in zf.infolist())
-        except (zipfile.BadZipFile, ValueError):
-            expands = 0  # extraction says what is wrong with it
-        need = expands + (len(data) if new_zip else 0)
+    def _take_room(self, sha: str, need: int) -> None:
+        """Make room for ``need`` more bytes, or raise CodeCacheFull. A prefetch
+        stops at the high-water mark; a fetch a request waits for evicts the
+        least recently used bundles nothing pins. Synchronous: concurrent
+        fetches cannot both take the last of the room."""
+        if not self.limit_bytes:
+            return
         used = self.used_bytes
-        if self.limit_bytes and used + need > self.limit_bytes:
+        if sha not in self._wanted:
+            if used + need > self.limit_bytes * PREFETCH_HIGH_WATER:
+                raise CodeCacheFull(sha, need, used, self.limit_bytes)
+            return
+        if used + need > self.limit_bytes:
+            for victim in self._evictable():
+                log.info("evicting bundle %s for %s", victim[:12], sha[:12])
+                used -= self._sizes.get(victim, 0)
+                self.remove(victim)
+                if used + need <= self.limit_bytes:
+                    break
+        if used + need > self.limit_bytes:
             raise CodeCacheFull(sha, need, used, self.limit_bytes)
-        return need
+
+    def _evictable(self) -> list[str]:
+        """Bundles that may be evicted, least recently used first."""
+        pinned = self._in_use()
+        if pinned is None:
+            return []  # what runs is not known: evict nothing
+        pinned = pinned | set(self._inflight)
+        recent = time.monotonic() - self.keep_recent_s
+        return sorted(
+            (s for s in self._sizes if s not in pinned and self._used_at.get(s, 0.0) <= recent),
+            key=lambda s: self._used_at.get(s, 0.0),
+        )
+
+    def _expanded_bytes(self, sha: str, data: bytes) -> int:
+        """What the bundle expands to (in a worker thread: it reads the whole zip)."""
+        try:
+            return sum(
+                i.file_size for i in validate_bundle(data, max_uncompressed=self._max_uncompressed)
+            )
+        except BundleError as exc:
+            raise BundleUnavailable(f"bundle {sha} cannot be unpacked: {exc.message}") from None
 
     def code_dir(self, sha: str) -> Path:
         return self._code_root / sha
@@ -159,17 +221,27 @@ class CodeCache:
             return True
         return False
 
-    async def ensure(self, sha: str) -> Path:
-        """The extracted code of bundle ``sha``, fetching it once if needed."""
+    async def ensure(self, sha: str, *, prefetch: bool = False) -> Path:
+        """The extracted code of bundle ``sha``, fetching it once if needed.
+
+        A ``prefetch`` (nobody waits for it) never evicts other bundles."""
         path = self.code_dir(sha)
+        if not prefetch:
+            self._used_at[sha] = time.monotonic()
         if self.ready(sha):
             return path
+        if not prefetch:
+            self._wanted.add(sha)  # a prefetch in flight may now evict for it
         fut = self._inflight.get(sha)
         if fut is None:
             fut = asyncio.ensure_future(self._fetch_and_extract(sha))
             self._inflight[sha] = fut
-            fut.add_done_callback(lambda _f: self._inflight.pop(sha, None))
+            fut.add_done_callback(lambda _f: self._done(sha))
         return await asyncio.shield(fut)
+
+    def _done(self, sha: str) -> None:
+        self._inflight.pop(sha, None)
+        self._wanted.discard(sha)
 
     async def zip_bytes(self, sha: str) -> bytes:
         """The bundle's zip, fetching it if this node does not have it yet."""
@@ -185,10 +257,18 @@ class CodeCache:
         data = self.zips.get(sha)
         have_zip = data is not None
         if data is None:
+            known = self._known.get(sha)
+            if known is not None:  # refuse before downloading what would not fit
+                self._take_room(sha, sum(known))
             data = await self._download(sha)
-        # Check and charge in one step (no await between): concurrent fetches
-        # cannot both take the last of the room.
-        self._sizes[sha] = self._sizes.get(sha, 0) + self._check_room(sha, data, not have_zip)
+        expands = await asyncio.to_thread(self._expanded_bytes, sha, data)
+        self._known[sha] = (expands, len(data))
+        if len(self._known) > _KNOWN_SIZES:
+            del self._known[next(iter(self._known))]
+        need = expands + (0 if have_zip else len(data))
+        # Check and charge in one step (no await between).
+        self._take_room(sha, need)
+        self._sizes[sha] = self._sizes.get(sha, 0) + need
         dest = self.code_dir(sha)
         try:
             if not have_zip:
@@ -199,7 +279,11 @@ class CodeCache:
         except BundleError as exc:
             raise BundleUnavailable(f"bundle {sha} cannot be unpacked: {exc.message}") from None
         finally:
-            self._sizes[sha] = await asyncio.to_thread(self._measure, sha)
+            size = await asyncio.to_thread(self._measure, sha)
+            if size:
+                self._sizes[sha] = size
+            else:
+                self._sizes.pop(sha, None)
         return dest
 
     async def _download(self, sha: str) -> bytes:

@@ -59,7 +59,7 @@ class Placer:
         """The decision for one request (counted as a hit), and the function's rate."""
         rate = self.popularity.hit(fn.name, time.monotonic())
         cfg = fn.config
-        view = self.pool.view(spec.key, rate, spec.function)
+        view = self.pool.view(spec.key, rate, spec.function, spec.memory_mb)
         prefix = spec.version[:WARM_PREFIX]
         regions = [
             RegionView(r.name, r.healthy, r.latency_ms, warm=prefix in r.warm, load=r.load)

@@ -6,9 +6,11 @@ holds outside sandboxes (loaded zygotes, :meth:`SandboxFactory.held_mb`)
 counts against the same budget. When the budget is spent, idle sandboxes of
 other versions are evicted, least valuable first (lowest recent use rate,
 then least recently used); busy ones never are. When evicting every idle
-sandbox the asker may displace still would not free enough, the pool asks the
-engine to shed unused zygotes (:meth:`SandboxFactory.shed`) and looks again.
-Past that a request waits in a bounded queue, and past the queue it gets a 429.
+sandbox the asker may displace still would not free enough, and the zygotes
+hold at least what is missing, the pool asks the engine to shed unused zygotes
+(:meth:`SandboxFactory.shed`) and looks again, once per request (see
+:meth:`Pool._shed_for`). Past that a request waits in a bounded queue, and
+past the queue it gets a 429.
 
 The pool is a state machine driven from one event loop. Every transition
 (lease, reserve, start, evict, release, reap, stop) is an atomic step: it
@@ -55,6 +57,13 @@ class TooBigForNode(ApiError):
         )  # fmt: skip
 
 
+class FunctionStopped(ApiError):
+    def __init__(self, function: str) -> None:
+        super().__init__(
+            404, "NotFound", f"function {function!r} was deleted while its sandbox started"
+        )
+
+
 class PoolView(NamedTuple):
     """What the placement policy may know about the pool, for one version."""
 
@@ -62,7 +71,8 @@ class PoolView(NamedTuple):
     free_mb: int
     """Memory neither sandboxes nor the engine hold."""
     evictable_mb: int
-    """Memory held by idle sandboxes of other versions worth less than the asker."""
+    """Memory held by idle sandboxes of other versions worth less than the asker
+    (0, not computed, when the asker fits in free memory)."""
     at_function_max: bool
     busy: int = 0
 
@@ -142,6 +152,8 @@ class Pool:
         self.evictions = 0
         self.starts = 0
         self._freed = asyncio.Event()
+        self._generation = 0
+        """Bumped whenever memory or a slot may have come free (see :meth:`_wake`)."""
 
     # --- views -----------------------------------------------------------
     def _value(self, v: _Version, now: float) -> float:
@@ -161,17 +173,29 @@ class Pool:
     def _at_max(self, function: str) -> bool:
         return self._per_function.get(function, 0) >= self.max_per_function
 
-    def view(self, key: str, value: float | None = None, function: str | None = None) -> PoolView:
+    def view(
+        self,
+        key: str,
+        value: float | None = None,
+        function: str | None = None,
+        memory_mb: int | None = None,
+    ) -> PoolView:
         """The pool as one version sees it; only idle sandboxes worth less than
-        ``value`` count as evictable (all of them when it is None)."""
+        ``value`` count as evictable (all of them when it is None). When a
+        sandbox of ``memory_mb`` fits in free memory, evictable_mb is not
+        computed (0): nothing need be evicted."""
         v = self._versions.get(key)
         has_idle = bool(v and v.idle)
         fn = function if function is not None else (v.function if v else None)
+        free = self._free_mb()
+        if memory_mb is None and v is not None:
+            memory_mb = v.memory_mb
+        # With an idle sandbox, or room for a new one, nothing need be evicted: skip the scan.
+        fits = memory_mb is not None and memory_mb <= free
         return PoolView(
             has_idle=has_idle,
-            free_mb=self._free_mb(),
-            # With an idle sandbox nothing need be evicted: skip the scan.
-            evictable_mb=0 if has_idle else self._evictable_mb(key, value),
+            free_mb=free,
+            evictable_mb=0 if has_idle or fits else self._evictable_mb(key, value),
             at_function_max=fn is not None and self._at_max(fn),
             busy=v.busy if v else 0,
         )
@@ -246,9 +270,17 @@ class Pool:
         self._per_function[v.function] = self._per_function.get(v.function, 0) + 1
 
     def _wake(self) -> None:
-        """Wake every waiter (synchronous: a new event for the next round)."""
-        self._freed.set()
-        self._freed = asyncio.Event()
+        """Memory or a slot may have come free: wake every waiter (synchronous: a
+        new event for the next round). The generation tells a request that failed
+        to find room before it got to wait (see :meth:`_wait`)."""
+        self._generation += 1
+        if self._waiting:
+            self._freed.set()
+            self._freed = asyncio.Event()
+
+    def wake(self) -> None:
+        """Memory the engine held was freed outside the pool (its zygotes reaped)."""
+        self._wake()
 
     def _take_idle(self, v: _Version, dead: list[Sandbox]) -> Sandbox | None:
         """Lease step: the most recently used live idle sandbox, now busy."""
@@ -283,20 +315,6 @@ class Pool:
             if short <= 0:
                 return chosen
         raise LookupError(short)
-
-    def _evict_idle(self, key: str, below: float | None) -> list[Sandbox]:
-        """Evict step: detach and uncharge every idle sandbox of other versions
-        worth less than ``below``; the caller closes them."""
-        now = time.monotonic()
-        out: list[Sandbox] = []
-        for k, v in self._versions.items():
-            if k == key or not v.idle or (below is not None and self._value(v, now) >= below):
-                continue
-            while v.idle:
-                out.append(v.idle.pop().sandbox)
-                self._uncharge(v)
-                self.evictions += 1
-        return out
 
     def _reserve(
         self, spec: SandboxSpec, below: float | None, victims_out: list[Sandbox]
@@ -411,41 +429,78 @@ class Pool:
                 return sandbox, False, self._epochs.get(spec.function, 0)
             return await self._start(spec, reservation, dead), True, reservation.epoch
         deadline = time.monotonic() + self.queue_timeout_s
-        shed_tried = False
+        shed_failed = False
         while True:
             v = self._entry(spec)  # reaping may have dropped an unused entry
             dead = []
             sandbox = self._take_idle(v, dead)
+            self._close_later(dead)  # detached and uncharged: closing needs no waiting
             if sandbox is not None:
-                self._close_later(dead)
                 return sandbox, False, self._epochs.get(spec.function, 0)
-            victims: list[Sandbox] = dead
+            victims: list[Sandbox] = []
+            seen = self._generation  # anything freed from here on ends the wait at once
             try:
                 r = self._reserve(spec, evict_below, victims)
-            except LookupError as short:
-                await self._close(dead)
-                need = min(int(short.args[0]), self._factory.held_mb())
-                if need > 0 and not shed_tried:
-                    # Evicting idle sandboxes cannot free enough: stop unused zygotes
-                    # (only when they hold memory: shedding is not free, the next
-                    # start of their version pays a new zygote).
-                    shed_tried = True
-                    if await self._factory.shed(need):
+            except LookupError as exc:
+                short = int(exc.args[0])
+                if not shed_failed and 0 < short <= self._factory.held_mb():
+                    if await self._shed_for(spec.key, short, evict_below):
                         continue
-                    # Their zygotes still serve idle sandboxes: evict those that may
-                    # go, then shed again (a function nearly as big as the node).
-                    evicted = self._evict_idle(spec.key, evict_below)
-                    if evicted:
-                        await self._close(evicted)
-                        if await self._factory.shed(need):
-                            continue
-                await self._wait(deadline)
-                shed_tried = False
+                    shed_failed = True  # it fell short: wait, do not shed or evict again
+                await self._wait(deadline, seen)
                 continue
             return await self._start(spec, r, victims), True, r.epoch
 
+    async def _shed_for(self, key: str, short: int, below: float | None) -> bool:
+        """Evicting every idle sandbox ``below`` allows would still leave ``short``
+        MB missing, no more than the engine's zygotes hold: stop unused zygotes.
+        True when that closed the gap (look again).
+
+        Shedding is not free (the next start of their version pays a new zygote).
+        Idle sandboxes are evicted for it only when the zygotes left to shed are
+        theirs and hold enough (a function nearly as big as the node); otherwise
+        nothing is evicted."""
+        freed = await self._shed(short)
+        if freed >= short:
+            return True
+        # What the zygotes still hold serves live sandboxes. Evicting the idle
+        # sandboxes of versions left with no other slot makes their zygotes sheddable.
+        left = short - freed
+        doomed = self._orphaned_by_eviction(key, below)
+        if not doomed or left > self._factory.held_mb():
+            return False
+        evicted = self._detach_idle(lambda v, _e: v.version not in doomed)
+        self.evictions += len(evicted)
+        await self._close(evicted)  # their zygotes count them live until closed
+        return await self._shed(left) >= left
+
+    def _orphaned_by_eviction(self, key: str, below: float | None) -> set[str]:
+        """Versions with a loaded zygote whose every slot is an idle sandbox
+        that ``key``'s request may evict: evicting those frees the zygote."""
+        now = time.monotonic()
+        kept: set[str] = set()
+        evictable: set[str] = set()
+        for k, v in self._versions.items():
+            if k == key or v.busy or v.starting or not v.idle:
+                if v.count:
+                    kept.add(v.version)
+            elif below is not None and self._value(v, now) >= below:
+                kept.add(v.version)
+            else:
+                evictable.add(v.version)
+        return (evictable - kept) & self._factory.loaded_versions()
+
+    async def _shed(self, need: int) -> int:
+        """Ask the engine to stop unused zygotes; waiters learn what it freed."""
+        freed = await self._factory.shed(need)
+        if freed > 0:
+            self._wake()
+        return freed
+
     async def _start(self, spec: SandboxSpec, r: Reservation, victims: list[Sandbox]) -> Sandbox:
-        """Start step: turn a reservation into a busy sandbox (or give it back)."""
+        """Start step: turn a reservation into a busy sandbox (or give it back).
+
+        Raises FunctionStopped when the function was stopped while it started."""
         r.used = True
         v = self._versions[r.key]  # kept while it holds a reserved slot
         try:
@@ -457,11 +512,21 @@ class Pool:
             self._wake()
             raise
         v.starting -= 1
+        if r.epoch != self._epochs.get(spec.function, 0):
+            # Stopped meanwhile: its zygotes were stopped before this start made one.
+            self._uncharge(v)
+            self._wake()
+            await self._close([sandbox])
+            await self._factory.stop_function(spec.function)
+            raise FunctionStopped(spec.function)
         v.busy += 1
         self.starts += 1
         return sandbox
 
-    async def _wait(self, deadline: float) -> None:
+    async def _wait(self, deadline: float, seen: int) -> None:
+        """Wait until something is freed, unless it was since generation ``seen``."""
+        if self._generation != seen:
+            return
         if self._waiting >= self.max_queue:
             raise PoolFull("every sandbox this node can hold is busy and the queue is full")
         remaining = deadline - time.monotonic()
@@ -490,9 +555,12 @@ class Pool:
                 r = self._reserve(spec, evict_below, victims)
             except LookupError:
                 break
-            sandbox = await self._start(spec, r, victims)
+            try:
+                sandbox = await self._start(spec, r, victims)
+            except FunctionStopped:
+                break
             v = self._versions[spec.key]
-            if self._release(v, sandbox, r.epoch):  # stopped while it started
+            if self._release(v, sandbox, r.epoch):  # died at once
                 await self._close([sandbox])
                 break
             started += 1
@@ -508,8 +576,6 @@ class Pool:
                 v.idle.remove(entry)
                 self._uncharge(v)
                 gone.append(entry.sandbox)
-        if gone:
-            self._wake()
         return gone
 
     async def reap_idle(self, now: float | None = None) -> int:
@@ -519,6 +585,8 @@ class Pool:
         for key in [k for k, v in self._versions.items() if not v.count]:
             if t - self._versions[key].uses_at > self.idle_ttl_s:
                 del self._versions[key]
+        if gone:
+            self._wake()
         await self._close(gone)
         return len(gone)
 
@@ -531,6 +599,8 @@ class Pool:
         for key in [k for k, v in self._versions.items() if v.function == function]:
             if not self._versions[key].count:
                 del self._versions[key]
+        if gone:
+            self._wake()
         await self._close(gone)
         await self._factory.stop_function(function)
         return len(gone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ from tests.conftest import make_zip
 
 from edgerun.control.bundles import sha256_hex
 from edgerun.errors import ApiError
-from edgerun.node.code_cache import CodeCache
+from edgerun.node.code_cache import BundleUnavailable, CodeCache
 
 pytestmark = pytest.mark.anyio
 
@@ -21,15 +22,29 @@ def bundle(name: str, size: int) -> bytes:
     return make_zip({"main.py": f"# {name}\n", "blob.bin": b"x" * size})
 
 
-def cache(tmp_path: Path, bundles: dict[str, bytes], limit_mb: int = 0) -> CodeCache:
+def cache(
+    tmp_path: Path,
+    bundles: dict[str, bytes],
+    limit_mb: int = 0,
+    downloads: list[str] | None = None,
+    **kw: Any,
+) -> CodeCache:
     def serve(request: httpx.Request) -> httpx.Response:
-        data = bundles.get(request.url.path.rsplit("/", 1)[-1])
+        sha = request.url.path.rsplit("/", 1)[-1]
+        if downloads is not None:
+            downloads.append(sha)
+        data = bundles.get(sha)
         return httpx.Response(200, content=data) if data else httpx.Response(404)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(serve))
     return CodeCache(
-        tmp_path, client, ["http://up"], max_uncompressed=100 * MB, limit_bytes=limit_mb * MB
+        tmp_path, client, ["http://up"], max_uncompressed=100 * MB, limit_bytes=limit_mb * MB, **kw
     )
+
+
+def bundles(*names: str, size: int = 2 * MB) -> dict[str, bytes]:
+    """Stored (uncompressed) zips: each takes about twice ``size`` on disk."""
+    return {sha256_hex(b): b for b in (bundle(n, size) for n in names)}
 
 
 async def test_the_cache_counts_the_disk_its_zips_and_code_use(tmp_path: Path) -> None:
@@ -77,3 +92,101 @@ async def test_removing_a_bundle_frees_its_disk_and_room_for_another(tmp_path: P
     assert code.cached() == set()
     await code.ensure(b)
     assert code.ready(b)
+
+
+async def test_a_request_evicts_the_least_recently_used_bundles_nothing_pins(
+    tmp_path: Path,
+) -> None:
+    shas = bundles("a", "b", "c", "d")
+    a, b, c, d = shas
+    pinned = {c}
+    code = cache(tmp_path, shas, limit_mb=13, in_use=lambda: pinned, keep_recent_s=0)
+    for sha in (a, b, c):
+        await code.ensure(sha)
+    await code.ensure(a)  # b is now the least recently used
+
+    await code.ensure(d)
+
+    assert code.ready(a) and code.ready(c) and code.ready(d)
+    assert not code.ready(b)
+    assert code.cached() == {a, c, d}
+    assert code.used_bytes <= 13 * MB
+
+
+async def test_pinned_or_recently_used_bundles_are_not_evicted(tmp_path: Path) -> None:
+    shas = bundles("a", "b", "c")
+    a, b, c = shas
+    code = cache(tmp_path, shas, limit_mb=9, in_use=lambda: {a}, keep_recent_s=60)
+    await code.ensure(a)
+    await code.ensure(b)  # used just now: its request may still be queued
+
+    with pytest.raises(ApiError) as exc:
+        await code.ensure(c)
+
+    assert exc.value.status == 507
+    assert code.ready(a) and code.ready(b)
+
+
+async def test_nothing_is_evicted_while_what_runs_is_unknown(tmp_path: Path) -> None:
+    shas = bundles("a", "b")
+    a, b = shas
+    code = cache(tmp_path, shas, limit_mb=5, in_use=lambda: None, keep_recent_s=0)
+    await code.ensure(a)
+
+    with pytest.raises(ApiError):
+        await code.ensure(b)
+
+    assert code.ready(a)
+
+
+async def test_prefetches_stop_at_the_high_water_mark_and_never_evict(tmp_path: Path) -> None:
+    shas = bundles("a", "b", "c", size=MB + MB // 2)  # about 3 MB each
+    a, b, c = shas
+    code = cache(tmp_path, shas, limit_mb=10, in_use=lambda: set(), keep_recent_s=0)
+    await code.ensure(a, prefetch=True)
+    await code.ensure(b, prefetch=True)
+
+    with pytest.raises(ApiError) as exc:
+        await code.ensure(c, prefetch=True)  # past 80% of the limit
+
+    assert exc.value.status == 507
+    assert code.ready(a) and code.ready(b)
+    await code.ensure(c)  # a request may use the rest of the limit
+    assert code.cached() == {a, b, c}
+
+
+async def test_a_refused_bundle_is_not_downloaded_again(tmp_path: Path) -> None:
+    shas = bundles("a", "b")
+    a, b = shas
+    downloads: list[str] = []
+    code = cache(tmp_path, shas, limit_mb=5, downloads=downloads, in_use=lambda: {a})
+    await code.ensure(a)
+
+    for _ in range(3):
+        with pytest.raises(ApiError):
+            await code.ensure(b)
+
+    assert downloads == [a, b]
+
+
+async def test_a_bundle_that_is_not_a_zip_is_refused_without_charging(tmp_path: Path) -> None:
+    data = b"not a zip"
+    sha = sha256_hex(data)
+    code = cache(tmp_path, {sha: data}, limit_mb=5)
+
+    with pytest.raises(BundleUnavailable, match="cannot be unpacked"):
+        await code.ensure(sha)
+
+    assert code.used_bytes == 0
+    assert code.cached() == set()
+
+
+def test_trash_left_by_a_crash_is_swept_at_start(tmp_path: Path) -> None:
+    for name in (".trash-" + "a" * 64 + "-1-2", ".extract-xyz"):
+        (tmp_path / "code" / name / "sub").mkdir(parents=True)
+        (tmp_path / "code" / name / "sub" / "f").write_bytes(b"x" * 100)
+
+    code = cache(tmp_path, {})
+
+    assert list((tmp_path / "code").iterdir()) == []
+    assert code.used_bytes == 0

@@ -558,3 +558,211 @@ async def test_a_dead_idle_sandbox_met_by_a_reserved_lease_is_closed():
 
     assert first.closed
     assert pool.used_mb == 128
+
+
+# --- zygotes, shedding and wake-ups (review fixes) ------------------------------------
+
+
+class ZygoteFactory(FakeFactory):
+    """Each version's first start loads a zygote of ``zygote_mb[function]`` MB; shed()
+    stops only zygotes with no live sandbox, as the real engine does."""
+
+    def __init__(self, zygote_mb: dict[str, int]) -> None:
+        super().__init__()
+        self.zygote_mb = zygote_mb
+        self.zygotes: dict[str, int] = {}
+        self.live: dict[str, int] = {}
+        self.shed_calls: list[int] = []
+        self.stopped: list[str] = []
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        sandbox = await super().start(spec)
+        self.zygotes.setdefault(spec.version, self.zygote_mb.get(spec.function, 0))
+        self.live[spec.version] = self.live.get(spec.version, 0) + 1
+        close = sandbox.close
+
+        async def close_and_count() -> None:
+            await close()
+            self.live[spec.version] -= 1
+
+        sandbox.close = close_and_count  # type: ignore[method-assign]
+        return sandbox
+
+    def held_mb(self) -> int:
+        return sum(self.zygotes.values())
+
+    async def shed(self, need_mb: int) -> int:
+        self.shed_calls.append(need_mb)
+        await anyio.sleep(0)
+        freed = 0
+        for version in [v for v in self.zygotes if not self.live.get(v)]:
+            if freed >= need_mb:
+                break
+            freed += self.zygotes.pop(version)
+        return freed
+
+    def loaded_versions(self) -> set[str]:
+        return set(self.zygotes)
+
+    async def stop_function(self, function: str) -> None:
+        self.stopped.append(function)
+
+
+async def test_no_eviction_or_shedding_when_zygotes_cannot_close_the_gap():
+    factory = ZygoteFactory({"b": 50, "c": 50})
+    pool = Pool(factory, capacity_mb=1000, queue_timeout_s=0.05)  # type: ignore[arg-type]
+    b, _ = await use(pool, big_spec("b", 100))
+    c, _ = await use(pool, big_spec("c", 100))
+
+    async with pool.lease(big_spec("a", 600)):
+        with pytest.raises(PoolFull):
+            await use(pool, big_spec("big", 900))  # 600 busy: 900 can never fit now
+
+    assert not b.closed and not c.closed
+    assert pool.evictions == 0
+    assert factory.shed_calls == []
+    assert factory.held_mb() == 100
+
+
+async def test_shedding_that_frees_too_little_is_a_failure_and_not_retried_on_every_wake():
+    factory = ZygoteFactory({"a": 100, "orphan": 30})
+    pool = Pool(factory, capacity_mb=1000, queue_timeout_s=0.2)  # type: ignore[arg-type]
+    await use(pool, big_spec("orphan", 10))
+    await pool.stop_function("orphan")  # its sandbox goes, its zygote stays sheddable
+
+    async def wake_often() -> None:
+        for _ in range(5):
+            await anyio.sleep(0.01)
+            pool.wake()
+
+    async with pool.lease(big_spec("a", 600)), anyio.create_task_group() as tg:
+        tg.start_soon(wake_often)
+        with pytest.raises(PoolFull):
+            await use(pool, big_spec("b", 400))  # short 130: the orphan frees only 30
+
+    assert factory.shed_calls == [130]
+
+
+async def test_a_function_as_big_as_the_node_evicts_idle_sandboxes_to_shed_their_zygotes():
+    factory = ZygoteFactory({"hello": 10})
+    pool = Pool(factory, capacity_mb=1024, queue_timeout_s=0.05)  # type: ignore[arg-type]
+    hello, _ = await use(pool, big_spec("hello", 128))
+
+    _, cold = await use(pool, big_spec("heavy", 1024))
+
+    assert cold and hello.closed
+    assert factory.held_mb() == 0
+    assert pool.evictions == 1
+
+
+class GatedShedFactory(SlowCloseFactory):
+    """shed() waits for the test to let it go (and frees nothing)."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(held=held)
+        self.in_shed = anyio.Event()
+        self.resume = anyio.Event()
+
+    async def shed(self, need_mb: int) -> int:
+        self.shed_calls.append(need_mb)
+        self.in_shed.set()
+        await self.resume.wait()
+        return 0
+
+
+async def test_a_sandbox_released_while_the_waiter_sheds_is_not_missed():
+    factory = GatedShedFactory(held=128)
+    pool = make_pool(factory, slots=2, queue_timeout_s=5.0)  # type: ignore[arg-type]
+    got: list[tuple[FakeSandbox, bool]] = []
+
+    async def second() -> None:
+        got.append(await use(pool, spec()))
+
+    with anyio.fail_after(1.0):  # far less than the queue timeout
+        async with anyio.create_task_group() as tg:
+            async with pool.lease(spec()) as (first, _):
+                tg.start_soon(second)
+                await factory.in_shed.wait()
+            factory.resume.set()  # released while the waiter was shedding
+
+    assert got == [(first, False)]
+
+
+async def test_waiters_wake_when_the_engine_frees_memory_outside_the_pool():
+    factory = SlowCloseFactory(held=128)
+    pool = make_pool(factory, slots=1, queue_timeout_s=5.0)  # type: ignore[arg-type]
+
+    async def reap_zygotes() -> None:
+        await anyio.sleep(0.01)
+        factory.held = 0  # e.g. the node's periodic factory.reap_idle()
+        pool.wake()
+
+    with anyio.fail_after(1.0):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reap_zygotes)
+            _, cold = await use(pool, spec())
+
+    assert cold
+
+
+async def test_a_release_with_nobody_waiting_does_not_wake_anyone():
+    pool = make_pool(FakeFactory(), slots=1)
+    event = pool._freed
+
+    await use(pool, spec())
+
+    assert pool._freed is event
+
+
+async def test_view_skips_the_eviction_scan_when_the_function_fits_in_free_memory():
+    asked: list[str] = []
+
+    def value(function: str) -> float:
+        asked.append(function)
+        return 1.0
+
+    pool = Pool(FakeFactory(), capacity_mb=512, value=value)  # type: ignore[arg-type]
+    await use(pool, spec("other"))
+    asked.clear()
+
+    view = pool.view(spec().key, 5.0, "hello", memory_mb=128)
+
+    assert view == PoolView(False, 384, 0, False)
+    assert asked == []
+    assert pool.view(spec().key, 5.0, "hello", memory_mb=512).evictable_mb == 128
+
+
+class GatedStartFactory(SlowCloseFactory):
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_start = anyio.Event()
+        self.resume = anyio.Event()
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        self.in_start.set()
+        await self.resume.wait()
+        return await super().start(spec)
+
+
+async def test_a_start_in_flight_when_its_function_is_stopped_leaves_no_zygote():
+    factory = GatedStartFactory()
+    pool = make_pool(factory, slots=2)  # type: ignore[arg-type]
+    errors: list[ApiError] = []
+
+    async def lease() -> None:
+        try:
+            await use(pool, spec("gone"))
+        except ApiError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lease)
+        await factory.in_start.wait()
+        await pool.stop_function("gone")
+        factory.resume.set()
+
+    assert [e.status for e in errors] == [404]
+    assert all(s.closed for s in factory.started)
+    assert factory.stopped == ["gone", "gone"]  # again, after the start made a zygote
+    assert pool.used_mb == 0
+    assert pool.functions() == set()

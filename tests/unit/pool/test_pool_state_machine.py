@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edgerun.pool.pool import Pool, PoolFull, Reservation
+from edgerun.pool.pool import FunctionStopped, Pool, PoolFull, Reservation
 from edgerun.sandbox.base import SandboxSpec
 
 CAPACITY_MB = 512
@@ -154,7 +154,7 @@ class GatedFactory:
         pass
 
 
-EXPECTED = (PoolFull, RuntimeError)
+EXPECTED = (PoolFull, RuntimeError, FunctionStopped)
 
 
 class PoolMachine(RuleBasedStateMachine):
