@@ -122,26 +122,31 @@ def json_depth(data: bytes) -> int:
     return max(accumulate(steps), default=0)
 
 
+def token_ok(given: str | None, token: str) -> bool:
+    """Whether ``given`` is ``token`` (compared in constant time)."""
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
 def bearer_ok(authorization: str | None, token: str) -> bool:
     """Whether an ``Authorization`` header value carries ``token``."""
     scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
+    return scheme.lower() == "bearer" and token_ok(given.strip(), token)
 
 
 def check_bearer(request: Request, token: str) -> None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    """401 without a bearer token, 403 with the wrong one."""
+    auth = request.headers.get("authorization")
+    if bearer_ok(auth, token):
+        return
+    scheme, _, given = (auth or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(
             401,
             "Unauthorized",
             "this call needs an admin token: send 'Authorization: Bearer <token>'",
             headers={"www-authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(403, "Forbidden", "the token is not valid for this cluster")
+    raise ApiError(403, "Forbidden", "the token is not valid for this cluster")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
