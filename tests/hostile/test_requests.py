@@ -213,6 +213,75 @@ def test_a_wrong_node_token_is_not_trusted(cluster: LocalCluster, pop: str) -> N
     assert event["requestContext"]["http"]["sourceIp"] == "127.0.0.1"
 
 
+# --- a caller cannot pin a version; only a POP's forward can ------------------------
+
+
+@pytest.fixture(scope="module")
+def two_versions(
+    cluster: LocalCluster, deployed: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Functions with an old version (alias "old") and a newer latest, each saying which it is."""
+    shas: dict[str, str] = {}
+    with Client(cluster.control_url, cluster.token) as client:
+        for placement in ("edge", "region"):
+            name = f"pinned-{placement}"
+            for n in (1, 2):
+                folder = tmp_path_factory.mktemp(f"{name}-v{n}")
+                (folder / "main.py").write_text(f"def handler(e, c):\n    return {{'v': {n}}}\n")
+                shas[f"{name}-v{n}"] = deploy_folder(
+                    client, name, folder, handler="main.handler", placement=placement
+                )
+            client.set_alias(name, "old", shas[f"{name}-v1"])
+            for node in ("pop-1", "region-1", "region-2"):
+                for n in (1, 2):
+                    sha = shas[f"{name}-v{n}"]
+                    wait_for(node_knows(cluster, node, name, sha), what=f"{node} to learn {sha}")
+    return shas
+
+
+def test_a_callers_version_header_is_ignored(
+    cluster: LocalCluster, pop: str, two_versions: dict[str, str]
+) -> None:
+    for name in ("pinned-edge", "pinned-region"):
+        old = {"x-edgerun-version": two_versions[f"{name}-v1"]}
+        for node in ("pop-1", "region-1"):
+            resp = httpx.get(f"{cluster.url(node)}/fn/{name}/", headers=old)
+            assert resp.status_code == 200, resp.text
+            assert resp.json() == {"v": 2}, (name, node)
+            assert resp.headers["x-edgerun-version"] == two_versions[f"{name}-v2"]
+            direct = httpx.post(f"{cluster.url(node)}/v1/functions/{name}/invocations", headers=old)
+            assert direct.json() == {"v": 2}, (name, node)
+
+
+def test_a_pops_forward_runs_the_version_the_pop_resolved(
+    cluster: LocalCluster, pop: str, two_versions: dict[str, str]
+) -> None:
+    resp = httpx.get(f"{pop}/fn/pinned-region@old/")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-edgerun-placement"].startswith("forwarded:")
+    assert resp.json() == {"v": 1}
+    # What a POP sends: the cluster token and the version it resolved, which wins
+    # over the alias the path names.
+    forwarded = {
+        "x-edgerun-node-token": cluster.token,
+        "x-edgerun-version": two_versions["pinned-region-v1"],
+    }
+    resp = httpx.get(f"{cluster.url('region-1')}/fn/pinned-region/", headers=forwarded)
+    assert resp.json() == {"v": 1}
+
+
+def test_a_forwarded_call_takes_one_request_id(pop: str) -> None:
+    """The POP works out a call's origin once (it did twice for forwards, drawing two ids)."""
+    ids = []
+    for _ in range(3):
+        resp = httpx.get(f"{pop}/fn/echo-region/")
+        assert resp.headers["x-edgerun-placement"].startswith("forwarded:")
+        ids.append(resp.headers["x-edgerun-request-id"])
+    prefix = ids[0][:16]  # a random prefix per node process, then a hex counter
+    counters = [int(i.removeprefix(prefix), 16) for i in ids]
+    assert counters == list(range(counters[0], counters[0] + 3)), ids
+
+
 # --- 15: header size and count ----------------------------------------------------
 
 
