@@ -7,10 +7,12 @@ limit so a large upload cannot exhaust a node's memory.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 from array import array
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from itertools import accumulate
 from typing import Any
 
@@ -39,17 +41,34 @@ def error_response(err: ApiError, headers: dict[str, str] | None = None) -> Resp
     return json_response(err.body(), err.status, {**err.headers, **(headers or {})})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the request body, refusing with 413 once it passes ``limit`` bytes."""
+BODY_TIMEOUT_S = 60.0
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """Read the request body, refusing with 413 once it passes ``limit`` bytes
+    and with 408 if it takes longer than ``timeout_s`` to arrive."""
     check_content_length(request.headers.get("content-length"), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    async with body_deadline(timeout_s):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def body_deadline(timeout_s: float) -> AsyncIterator[None]:
+    """Turn reading a request's body for longer than ``timeout_s`` into a JSON 408."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        raise ApiError(
+            408, "RequestTimeout", f"the request's body took longer than {timeout_s}s to arrive"
+        ) from None
 
 
 def check_content_length(length: str | None, limit: int) -> None:

@@ -392,7 +392,9 @@ class NodeApp:
     async def prewarm(self, request: Request) -> Response:
         """Start idle sandboxes for a function version ahead of its traffic."""
         check_bearer(request, self.token)
-        body: PrewarmRequest = decode_json(await read_body(request, 4096), PrewarmRequest)
+        body: PrewarmRequest = decode_json(
+            await read_body(request, 4096, self.cfg.body_timeout_s), PrewarmRequest
+        )
         if not 1 <= body.count <= 100:
             raise bad_request("count must be between 1 and 100")
         fn, version = self._resolve(body.function, body.qualifier)
