@@ -75,16 +75,21 @@ TokenOpt = Annotated[str, typer.Option("--token", envvar="EDGERUN_TOKEN", help="
 
 
 def _client(control: str, token: str) -> Client:
-    state = _state()
-    control = control or state.get("control_url", "")
+    control = control or _state().get("control_url", "")
     if not control:
         _fail("no control plane: pass --control, set EDGERUN_CONTROL, or run `edgerun up`")
-    if not token and state.get("token_file"):
-        try:
-            token = Path(state["token_file"]).read_text().strip()
-        except OSError:
-            token = ""
-    return Client(control, token)
+    return Client(control, _token(token))
+
+
+def _token(token: str) -> str:
+    """``token`` if given, else the local cluster's (empty when there is none)."""
+    token_file = _state().get("token_file")
+    if token or not token_file:
+        return token
+    try:
+        return Path(token_file).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _first_pop(pop: str) -> str:
@@ -298,7 +303,7 @@ def invoke_cmd(
 def _print_logs(node_url: str, request_id: str, token: str) -> None:
     import httpx
 
-    token = token or _client("", "").token
+    token = _token(token)
     resp = httpx.get(
         f"{node_url}/v1/logs",
         params={"request_id": request_id},
@@ -401,7 +406,7 @@ def status(token: TokenOpt = "") -> None:
     nodes = _state().get("nodes", [])
     if not nodes:
         _fail("no cluster known: run `edgerun up` first")
-    token = token or _client("", "").token
+    token = _token(token)
     table = Table()
     for col in ("node", "role", "url", "health", "revision", "pool", "warm", "placements"):
         table.add_column(col)
@@ -409,9 +414,14 @@ def status(token: TokenOpt = "") -> None:
         for n in nodes:
             try:
                 path = "/v1/health" if n["role"] == "control" else "/v1/status"
-                body = http.get(f"{n['url']}{path}").json()
+                resp = http.get(f"{n['url']}{path}")
+                body = resp.json()
             except (httpx.HTTPError, ValueError):
                 table.add_row(n["name"], n["role"], n["url"], "[red]down[/red]", "", "", "", "")
+                continue
+            if resp.status_code in (401, 403):
+                refused = f"[red]token refused (HTTP {resp.status_code})[/red]"
+                table.add_row(n["name"], n["role"], n["url"], refused, "", "", "", "")
                 continue
             pool = body.get("pool")
             table.add_row(

@@ -7,10 +7,12 @@ limit so a large upload cannot exhaust a node's memory.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 from array import array
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from itertools import accumulate
 from typing import Any
 
@@ -39,17 +41,34 @@ def error_response(err: ApiError, headers: dict[str, str] | None = None) -> Resp
     return json_response(err.body(), err.status, {**err.headers, **(headers or {})})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the request body, refusing with 413 once it passes ``limit`` bytes."""
+BODY_TIMEOUT_S = 60.0
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """Read the request body, refusing with 413 once it passes ``limit`` bytes
+    and with 408 if it takes longer than ``timeout_s`` to arrive."""
     check_content_length(request.headers.get("content-length"), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    async with body_deadline(timeout_s):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def body_deadline(timeout_s: float) -> AsyncIterator[None]:
+    """Turn reading a request's body for longer than ``timeout_s`` into a JSON 408."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        raise ApiError(
+            408, "RequestTimeout", f"the request's body took longer than {timeout_s}s to arrive"
+        ) from None
 
 
 def check_content_length(length: str | None, limit: int) -> None:
@@ -122,26 +141,31 @@ def json_depth(data: bytes) -> int:
     return max(accumulate(steps), default=0)
 
 
+def token_ok(given: str | None, token: str) -> bool:
+    """Whether ``given`` is ``token`` (compared in constant time)."""
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
 def bearer_ok(authorization: str | None, token: str) -> bool:
     """Whether an ``Authorization`` header value carries ``token``."""
     scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
+    return scheme.lower() == "bearer" and token_ok(given.strip(), token)
 
 
 def check_bearer(request: Request, token: str) -> None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    """401 without a bearer token, 403 with the wrong one."""
+    auth = request.headers.get("authorization")
+    if bearer_ok(auth, token):
+        return
+    scheme, _, given = (auth or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(
             401,
             "Unauthorized",
             "this call needs an admin token: send 'Authorization: Bearer <token>'",
             headers={"www-authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(403, "Forbidden", "the token is not valid for this cluster")
+    raise ApiError(403, "Forbidden", "the token is not valid for this cluster")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -54,6 +54,7 @@ def build_app(cfg: NodeConfig) -> Any:
             max_bundle_bytes=cfg.max_bundle_bytes,
             retain_versions=cfg.retain_versions,
             gc_interval_s=cfg.gc_interval_s,
+            body_timeout_s=cfg.body_timeout_s,
         ).asgi
     path = token_path(cfg)
     try:

@@ -213,6 +213,75 @@ def test_a_wrong_node_token_is_not_trusted(cluster: LocalCluster, pop: str) -> N
     assert event["requestContext"]["http"]["sourceIp"] == "127.0.0.1"
 
 
+# --- a caller cannot pin a version; only a POP's forward can ------------------------
+
+
+@pytest.fixture(scope="module")
+def two_versions(
+    cluster: LocalCluster, deployed: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Functions with an old version (alias "old") and a newer latest, each saying which it is."""
+    shas: dict[str, str] = {}
+    with Client(cluster.control_url, cluster.token) as client:
+        for placement in ("edge", "region"):
+            name = f"pinned-{placement}"
+            for n in (1, 2):
+                folder = tmp_path_factory.mktemp(f"{name}-v{n}")
+                (folder / "main.py").write_text(f"def handler(e, c):\n    return {{'v': {n}}}\n")
+                shas[f"{name}-v{n}"] = deploy_folder(
+                    client, name, folder, handler="main.handler", placement=placement
+                )
+            client.set_alias(name, "old", shas[f"{name}-v1"])
+            for node in ("pop-1", "region-1", "region-2"):
+                for n in (1, 2):
+                    sha = shas[f"{name}-v{n}"]
+                    wait_for(node_knows(cluster, node, name, sha), what=f"{node} to learn {sha}")
+    return shas
+
+
+def test_a_callers_version_header_is_ignored(
+    cluster: LocalCluster, pop: str, two_versions: dict[str, str]
+) -> None:
+    for name in ("pinned-edge", "pinned-region"):
+        old = {"x-edgerun-version": two_versions[f"{name}-v1"]}
+        for node in ("pop-1", "region-1"):
+            resp = httpx.get(f"{cluster.url(node)}/fn/{name}/", headers=old)
+            assert resp.status_code == 200, resp.text
+            assert resp.json() == {"v": 2}, (name, node)
+            assert resp.headers["x-edgerun-version"] == two_versions[f"{name}-v2"]
+            direct = httpx.post(f"{cluster.url(node)}/v1/functions/{name}/invocations", headers=old)
+            assert direct.json() == {"v": 2}, (name, node)
+
+
+def test_a_pops_forward_runs_the_version_the_pop_resolved(
+    cluster: LocalCluster, pop: str, two_versions: dict[str, str]
+) -> None:
+    resp = httpx.get(f"{pop}/fn/pinned-region@old/")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-edgerun-placement"].startswith("forwarded:")
+    assert resp.json() == {"v": 1}
+    # What a POP sends: the cluster token and the version it resolved, which wins
+    # over the alias the path names.
+    forwarded = {
+        "x-edgerun-node-token": cluster.token,
+        "x-edgerun-version": two_versions["pinned-region-v1"],
+    }
+    resp = httpx.get(f"{cluster.url('region-1')}/fn/pinned-region/", headers=forwarded)
+    assert resp.json() == {"v": 1}
+
+
+def test_a_forwarded_call_takes_one_request_id(pop: str) -> None:
+    """The POP works out a call's origin once (it did twice for forwards, drawing two ids)."""
+    ids = []
+    for _ in range(3):
+        resp = httpx.get(f"{pop}/fn/echo-region/")
+        assert resp.headers["x-edgerun-placement"].startswith("forwarded:")
+        ids.append(resp.headers["x-edgerun-request-id"])
+    prefix = ids[0][:16]  # a random prefix per node process, then a hex counter
+    counters = [int(i.removeprefix(prefix), 16) for i in ids]
+    assert counters == list(range(counters[0], counters[0] + 3)), ids
+
+
 # --- 15: header size and count ----------------------------------------------------
 
 
@@ -229,6 +298,47 @@ def test_too_many_or_too_large_headers_are_431(pop: str) -> None:
     json_error(httpx.get(f"{pop}/v1/health", headers=many), 431)
     large = {"x-big": "a" * 70_000}
     json_error(httpx.get(f"{pop}/fn/echo-edge/", headers=large), 431)
+
+
+def test_the_control_plane_limits_header_count_and_size_too(cluster: LocalCluster) -> None:
+    many = b"".join(b"x-h%d: v\r\n" % i for i in range(150))
+    large = b"x-big: " + b"a" * 70_000 + b"\r\n"
+    for extra in (many, large):
+        # the whole head in one read: it used to slip past the size check
+        head = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n"
+        answer = raw_request(cluster.control_url, head)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert b'"HeadersTooLarge"' in answer
+
+
+def test_a_pipelined_head_is_counted_from_its_own_start(cluster: LocalCluster, pop: str) -> None:
+    small = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    large = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n"
+    for url in (cluster.control_url, pop):
+        answer = raw_request(url, small + large)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 431" in answer, answer[-300:]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad\x01Name: v\r\n\r\n",
+        b"POST /v1/functions/echo/invocations HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/functions/echo/invocations HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        b"GET /v1/health HTTP/9.9\r\n\r\n",
+    ],
+    ids=["bad-header-char", "non-numeric-content-length", "broken-chunking", "bad-version"],
+)
+@pytest.mark.parametrize("node", ["pop-1", "control"])
+def test_malformed_requests_are_a_json_400(
+    cluster: LocalCluster, pop: str, node: str, request_bytes: bytes
+) -> None:
+    answer = raw_request(cluster.url(node), request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"content-type: application/json" in answer
+    assert b'"BadRequest"' in answer
 
 
 # --- 16: deeply nested JSON -------------------------------------------------------
@@ -377,3 +487,59 @@ def test_a_slow_upload_to_the_control_plane_is_closed(cluster: LocalCluster) -> 
             + b"\r\nContent-Length: 1000\r\n\r\nPK"
         )
         _closed_within(s, time.monotonic() + BODY_TIMEOUT_S + 5.0)
+
+
+def test_a_slow_body_to_the_control_plane_is_a_json_408(cluster: LocalCluster) -> None:
+    host, port = cluster.control_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(
+            b"PUT /v1/functions/echo/aliases/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + cluster.token.encode()
+            + b"\r\nContent-Length: 100\r\n\r\n{"
+        )
+        answer = _closed_within(s, time.monotonic() + BODY_TIMEOUT_S + 5.0)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"RequestTimeout"' in answer
+
+
+@pytest.fixture(scope="module")
+def sleeper(cluster: LocalCluster, deployed: dict[str, str]) -> str:
+    with Client(cluster.control_url, cluster.token) as client:
+        sha = deploy_folder(
+            client,
+            "sleeper",
+            FUNCTIONS / "sleeper",
+            handler="main.handler",
+            placement="edge",
+            timeout_s=30.0,
+        )
+    wait_for(node_knows(cluster, "pop-1", "sleeper", sha), what="pop-1 to learn sleeper")
+    return sha
+
+
+def test_a_request_queued_behind_a_long_one_does_not_time_out(
+    cluster: LocalCluster, pop: str, sleeper: str
+) -> None:
+    """The body deadline runs while a body is read, not while its request waits its turn:
+    a pipelined request that expects 100-continue sends its body only once it is read."""
+    seconds = BODY_TIMEOUT_S + 2.5
+    slow = b'{"seconds": %.1f}' % seconds
+    host, port = pop.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(
+            b"POST /v1/functions/sleeper/invocations HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n%s"
+            % (len(slow), slow)
+            + b"POST /v1/functions/echo-edge/invocations HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        s.settimeout(seconds + 10.0)
+        answer = b""
+        while b"100 Continue" not in answer:
+            chunk = s.recv(65536)
+            assert chunk, f"closed before the second request was read: {answer[:300]!r}"
+            answer += chunk
+        s.sendall(b"{}")
+        answer += _closed_within(s, time.monotonic() + 10.0)
+    assert answer.count(b"HTTP/1.1 200") == 2, answer[:300]
+    assert b'"slept"' in answer

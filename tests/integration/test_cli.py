@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -124,3 +125,19 @@ def test_up_demo_serves_examples_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "stopped." in rest
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{ports[0]}/v1/health")
+
+
+def test_status_shows_a_refused_token_as_an_error(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A node that refuses the token is not "up"; the token comes from the state file
+    even with no control plane configured."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "wrong-token").write_text("not-the-token\n")
+    nodes = [{"name": "pop-1", "role": "pop", "url": cluster.url("pop-1")}]
+    state = {"nodes": nodes, "token_file": str(home / "wrong-token")}
+    (home / "cluster.json").write_text(json.dumps(state))
+    env = {"EDGERUN_HOME": str(home), "COLUMNS": "200", "EDGERUN_TOKEN": "", "EDGERUN_CONTROL": ""}
+    result = run("status", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "token refused (HTTP 403)" in result.stdout
+    assert "up" not in result.stdout.split("pop-1", 1)[1]

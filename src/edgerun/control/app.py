@@ -27,6 +27,7 @@ from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry, retention
 from edgerun.errors import bad_request, not_found
 from edgerun.http import (
+    BODY_TIMEOUT_S,
     EXCEPTION_HANDLERS,
     check_bearer,
     decode_json,
@@ -65,6 +66,7 @@ class ControlApp:
         max_bundle_bytes: int = 250 * 1024 * 1024,
         retain_versions: int = 3,
         gc_interval_s: float = 60.0,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         """Each function keeps its newest ``retain_versions`` versions and every
         aliased one; the others are collected every ``gc_interval_s`` (and on
@@ -75,6 +77,7 @@ class ControlApp:
         self.max_bundle_bytes = max_bundle_bytes
         self.retain_versions = retain_versions
         self.gc_interval_s = gc_interval_s
+        self.body_timeout_s = body_timeout_s
         self._changed = asyncio.Event()
         routes = [
             Route("/v1/health", self.health, methods=["GET"]),
@@ -147,7 +150,7 @@ class ControlApp:
 
     async def upload_bundle(self, request: Request) -> Response:
         check_bearer(request, self.token)
-        data = await read_body(request, MAX_UPLOAD_BYTES)
+        data = await read_body(request, MAX_UPLOAD_BYTES, self.body_timeout_s)
         await asyncio.to_thread(verify_bundle, data, max_uncompressed=self.max_bundle_bytes)
         sha = await asyncio.to_thread(self.bundles.put, data)
         return json_response({"sha256": sha, "size": len(data)}, 201)
@@ -184,7 +187,9 @@ class ControlApp:
     async def deploy(self, request: Request) -> Response:
         check_bearer(request, self.token)
         name = validate_name(request.path_params["name"])
-        body: DeployRequest = decode_json(await read_body(request, 1 << 20), DeployRequest)
+        body: DeployRequest = decode_json(
+            await read_body(request, 1 << 20, self.body_timeout_s), DeployRequest
+        )
         validate_config(body.config)
         sha = body.bundle_sha256
         if not SHA256_RE.match(sha):
@@ -230,7 +235,9 @@ class ControlApp:
     async def set_alias(self, request: Request) -> Response:
         check_bearer(request, self.token)
         name, alias = request.path_params["name"], request.path_params["alias"]
-        body: AliasRequest = decode_json(await read_body(request, 4096), AliasRequest)
+        body: AliasRequest = decode_json(
+            await read_body(request, 4096, self.body_timeout_s), AliasRequest
+        )
         record = self._function(name)
         try:
             sha = resolve_qualifier(record, body.version)

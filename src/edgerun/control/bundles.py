@@ -19,8 +19,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
-import zlib
-from lzma import LZMAError
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -203,17 +202,26 @@ def _copy_entry(
 ) -> int:
     """Decompress one entry into ``out`` (or nowhere), checking its real size and CRC."""
     written = 0
+    for chunk in _entry_chunks(zf, info):
+        written += len(chunk)
+        if written > budget:
+            raise BundleError("bundle expands past its size limit while extracting")
+        if out is not None:
+            out.write(chunk)
+    return written
+
+
+def _entry_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """The decompressed data of one entry. A zip's bytes are the uploader's, so any
+    failure to read them (a bad offset, name, stream or CRC) is a BundleError."""
     try:
         with zf.open(info) as src:
             while chunk := src.read(1 << 16):
-                written += len(chunk)
-                if written > budget:
-                    raise BundleError("bundle expands past its size limit while extracting")
-                if out is not None:
-                    out.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, LZMAError) as exc:
-        raise BundleError(f"bundle entry {info.filename!r} is corrupt: {exc}") from None
-    return written
+                yield chunk
+    except Exception as exc:  # zipfile and its decompressors raise many types
+        raise BundleError(
+            f"bundle entry {info.filename!r} is corrupt: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 class BundleStore:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
 import re
@@ -40,6 +39,7 @@ from edgerun.http import (
     decode_json,
     json_response,
     read_body,
+    token_ok,
     too_deep,
 )
 from edgerun.lambda_http import build_event
@@ -74,8 +74,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _FORWARD_OWNED = frozenset(
-    {NODE_TOKEN_HEADER, FORWARDED_BY_HEADER, "x-edgerun-request-id", "x-forwarded-for"}
-    | {"x-forwarded-host"}
+    {NODE_TOKEN_HEADER, FORWARDED_BY_HEADER, "x-edgerun-request-id", "x-edgerun-version"}
+    | {"x-forwarded-for", "x-forwarded-host"}
 )
 """Headers a POP sets itself when forwarding; whatever a caller sent is dropped."""
 _NOT_FORWARDED = _HOP_BY_HOP | _FORWARD_OWNED
@@ -92,6 +92,20 @@ class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     count: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where a request comes from, as far as this node believes the headers."""
+
+    request_id: str
+    source_ip: str
+    host: str
+    pinned: str | None = None
+    """The version a POP resolved and forwards (x-edgerun-version); None from anyone else."""
+
+
+_PREWARM = _Origin("prewarm", "", "")
+
+
 @dataclass(slots=True)
 class _Call:
     """One invocation, as both trigger kinds describe it."""
@@ -100,7 +114,11 @@ class _Call:
     version: Version
     mode: Literal["http", "direct"]
     event: Any
-    request_id: str
+    origin: _Origin
+
+    @property
+    def request_id(self) -> str:
+        return self.origin.request_id
 
 
 class NodeApp:
@@ -116,6 +134,7 @@ class NodeApp:
         self.factory = factory
         self.isolation = isolation or []
         self.token = token
+        self._trusted_proxies = frozenset(cfg.trusted_proxies)
         data = Path(cfg.data_dir)
         self.client = httpx.AsyncClient(
             headers={"authorization": f"Bearer {token}"},
@@ -256,9 +275,7 @@ class NodeApp:
                     continue
                 sha = version.bundle_sha256
                 if not self.code.ready(sha):
-                    task = asyncio.create_task(self._prefetch_one(sha))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                    self._spawn(self._prefetch_one(sha))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -384,11 +401,13 @@ class NodeApp:
     async def prewarm(self, request: Request) -> Response:
         """Start idle sandboxes for a function version ahead of its traffic."""
         check_bearer(request, self.token)
-        body: PrewarmRequest = decode_json(await read_body(request, 4096), PrewarmRequest)
+        body: PrewarmRequest = decode_json(
+            await read_body(request, 4096, self.cfg.body_timeout_s), PrewarmRequest
+        )
         if not 1 <= body.count <= 100:
             raise bad_request("count must be between 1 and 100")
-        fn, version = self._resolve(body.function, body.qualifier, request)
-        call = _Call(fn, version, "direct", None, "prewarm")
+        fn, version = self._resolve(body.function, body.qualifier)
+        call = _Call(fn, version, "direct", None, _PREWARM)
         try:
             await self.code.ensure(version.bundle_sha256)
             started = await self.pool.prewarm(self._spec(call), body.count)
@@ -412,19 +431,19 @@ class NodeApp:
     # --- triggers (raw ASGI: see edgerun.node.front) ---------------------------
     async def invoke_http(self, req: Incoming, target: str, path: str, body: bytes) -> Reply:
         name, qualifier = _split_target(target)
-        fn, version = self._resolve(name, qualifier, req)
-        request_id, source_ip, host = self._origin(req)
+        origin = self._origin(req)
+        fn, version = self._resolve(name, qualifier, origin.pinned)
         event = build_event(
             method=req.method,
             path=path,
             query_string=req.query,
             headers=[(k, v) for k, v in req.headers if k not in _NOT_FOR_FUNCTIONS],
             body=body,
-            source_ip=source_ip,
-            request_id=request_id,
-            domain=host,
+            source_ip=origin.source_ip,
+            request_id=origin.request_id,
+            domain=origin.host,
         )
-        return await self._dispatch(_Call(fn, version, "http", event, request_id), req, body)
+        return await self._dispatch(_Call(fn, version, "http", event, origin), req, body)
 
     async def invoke_direct(self, req: Incoming, name: str, body: bytes) -> Reply:
         qualifier = req.query_param("qualifier")
@@ -437,42 +456,40 @@ class NodeApp:
         except RecursionError:
             raise too_deep("invocation payload") from None
         check_json_depth(body, "invocation payload")
-        fn, version = self._resolve(name, qualifier, req)
-        request_id = self._origin(req)[0]
-        return await self._dispatch(_Call(fn, version, "direct", event, request_id), req, body)
+        origin = self._origin(req)
+        fn, version = self._resolve(name, qualifier, origin.pinned)
+        return await self._dispatch(_Call(fn, version, "direct", event, origin), req, body)
 
-    def _origin(self, req: Incoming) -> tuple[str, str, str]:
-        """Request id, client address and host of a request.
+    def _origin(self, req: Incoming) -> _Origin:
+        """Request id, client address and host of a request, and the version it pins.
 
         The x-edgerun-request-id, X-Forwarded-For and X-Forwarded-Host headers
         are believed only from a POP (it sends the cluster token) or a
         configured trusted proxy; anyone else gets a fresh id and their own
-        socket address.
+        socket address. Only a POP may pin a version (x-edgerun-version): a
+        caller could otherwise run any retained version, whatever the aliases say.
         """
         host = req.header("host") or self.cfg.name
-        token = req.header(NODE_TOKEN_HEADER)
-        trusted = (
-            token is not None and hmac.compare_digest(token.encode(), self.token.encode())
-        ) or (bool(req.client) and req.client in self.cfg.trusted_proxies)
-        if not trusted:
-            return self._new_request_id(), req.client, host
+        from_pop = token_ok(req.header(NODE_TOKEN_HEADER), self.token)
+        if not from_pop and not (req.client and req.client in self._trusted_proxies):
+            return _Origin(self._new_request_id(), req.client, host)
         given_id = req.header("x-edgerun-request-id") or ""
         request_id = given_id if _REQUEST_ID_RE.fullmatch(given_id) else self._new_request_id()
         forwarded_for = (req.header("x-forwarded-for") or "").rpartition(",")[2].strip()
-        return request_id, forwarded_for or req.client, req.header("x-forwarded-host") or host
+        return _Origin(
+            request_id,
+            forwarded_for or req.client,
+            req.header("x-forwarded-host") or host,
+            req.header("x-edgerun-version") if from_pop else None,
+        )
 
     def _resolve(
-        self, name: str, qualifier: str | None, req: Incoming | Request
+        self, name: str, qualifier: str | None, pinned: str | None = None
     ) -> tuple[FunctionRecord, Version]:
         validate_name(name)
         fn = self.catalog.get(name)
         if fn is None:
             raise not_found(f"function {name!r} does not exist (on node {self.cfg.name})")
-        pinned = (
-            req.header("x-edgerun-version")
-            if isinstance(req, Incoming)
-            else req.headers.get("x-edgerun-version")
-        )
         if pinned and pinned in fn.versions:
             return fn, fn.versions[pinned]
         try:
@@ -537,9 +554,7 @@ class NodeApp:
             finally:
                 self._warming.discard(spec.key)
 
-        task = asyncio.create_task(warm())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(warm())
 
     def _spec(self, call: _Call) -> SandboxSpec:
         """The sandbox spec of a call, built once per function revision and version."""
@@ -653,15 +668,14 @@ class NodeApp:
 
     async def _forward(self, call: _Call, req: Incoming, body: bytes, decision: Decision) -> Reply:
         assert decision.region is not None
-        _, source_ip, host = self._origin(req)
         headers = [(k, v) for k, v in req.headers if k not in _NOT_FORWARDED]
         headers += [
             ("x-edgerun-version", call.version.sha256),
             ("x-edgerun-request-id", call.request_id),
             (FORWARDED_BY_HEADER, self.cfg.name),
             (NODE_TOKEN_HEADER, self.token),
-            ("x-forwarded-for", source_ip),
-            ("x-forwarded-host", host),
+            ("x-forwarded-for", call.origin.source_ip),
+            ("x-forwarded-host", call.origin.host),
         ]
         path = req.raw_path + (f"?{req.query}" if req.query else "")
         try:

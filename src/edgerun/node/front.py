@@ -8,7 +8,6 @@ admin and status API) is ordinary Starlette.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from edgerun.errors import ApiError
-from edgerun.http import check_content_length, too_large
+from edgerun.http import body_deadline, check_content_length, too_large
 
 if TYPE_CHECKING:
     from edgerun.node.app import NodeApp
@@ -78,11 +77,6 @@ class Front:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            try:
-                self._check_head(scope)
-            except ApiError as exc:
-                await _send(send, _error_reply(exc))
-                return
             if path.startswith("/fn/") or (
                 path.startswith("/v1/functions/") and path.endswith(_INVOCATIONS)
             ):
@@ -94,19 +88,6 @@ class Front:
                 await _send(send, _error_reply(err))
                 return
         await self.fallback(scope, receive, send)
-
-    def _check_head(self, scope: Scope) -> None:
-        """Refuse too many or too large headers (the parser bounds what it buffers)."""
-        cfg = self.node.cfg
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        size = sum(len(k) + len(v) + 4 for k, v in headers)
-        if len(headers) > cfg.max_headers or size > cfg.max_header_bytes:
-            raise ApiError(
-                431,
-                "HeadersTooLarge",
-                f"a request may carry at most {cfg.max_headers} headers of "
-                f"{cfg.max_header_bytes} bytes in all; this one has {len(headers)} of {size}",
-            )
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         try:
@@ -144,24 +125,18 @@ class Front:
         check_content_length(req.header("content-length"), self.limit)
         chunks: list[bytes] = []
         size = 0
-        timeout_s = self.node.cfg.body_timeout_s
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise ApiError(400, "BadRequest", "the client went away")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.limit:
-                        raise too_large(self.limit)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise ApiError(
-                408, "RequestTimeout", f"the request's body took longer than {timeout_s}s to arrive"
-            ) from None
+        async with body_deadline(self.node.cfg.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ApiError(400, "BadRequest", "the client went away")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    raise too_large(self.limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
 
 
 def _error_reply(exc: ApiError) -> Reply:

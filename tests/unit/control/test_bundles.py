@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import stat
 import struct
@@ -10,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgerun.control import bundles
 from edgerun.control.bundles import (
@@ -380,3 +383,65 @@ def test_verify_reads_every_entry_at_upload() -> None:
 def test_repeated_folder_entries_and_nested_files_are_fine() -> None:
     data = entries_zip([("pkg/", b""), ("pkg/", b""), ("pkg/a.py", b"1"), ("pkg/sub/b.py", b"2")])
     assert len(validate_bundle(data)) == 4
+
+
+# --- corrupt entries are a BundleError, never another exception (a 500) -----------
+
+
+def _corrupt_local_offset(data: bytes) -> bytes:
+    """Make the end record claim a later central directory, so zipfile puts the
+    entries' local headers before the start of the file (a negative seek)."""
+    out = bytearray(data)
+    end = out.rfind(b"PK\x05\x06")
+    (offset,) = struct.unpack_from("<I", out, end + 16)
+    struct.pack_into("<I", out, end + 16, offset + 1000)
+    return bytes(out)
+
+
+def _corrupt_bzip2(data_len: int = 2000) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("main.py", bytes(range(256)) * (data_len // 256))
+    out = bytearray(buf.getvalue())
+    start = out.find(b"PK\x03\x04") + 30 + len("main.py")
+    out[start + 10 : start + 40] = b"\xa5" * 30  # the bzip2 stream, past its "BZh9" header
+    return bytes(out)
+
+
+def _bad_local_name() -> bytes:
+    """The local header's name is not UTF-8 although its flags say it is."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("main\u00e9.py", b"x = 1\n")
+    out = bytearray(buf.getvalue())
+    name_at = out.find(b"PK\x03\x04") + 30
+    out[name_at + 4 : name_at + 6] = b"\xff\xfe"
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [_corrupt_local_offset(GOOD), _corrupt_bzip2(), _bad_local_name()],
+    ids=["negative-seek", "corrupt-bzip2", "bad-local-name"],
+)
+def test_corrupt_entries_are_bundle_errors_at_upload_and_extraction(
+    data: bytes, tmp_path: Path
+) -> None:
+    with pytest.raises(BundleError):
+        bundles.verify_bundle(data, max_uncompressed=1 << 20)
+    with pytest.raises(BundleError):
+        extract_bundle(data, tmp_path / "dest", max_uncompressed=1 << 20)
+    assert not (tmp_path / "dest").exists()
+
+
+FUZZ_BASE = make_bundle({"main.py": "def handler(e, c):\n    return 1\n", "pkg/": ""})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(FUZZ_BASE) - 1), st.integers(1, 255)), max_size=4))
+def test_flipped_bytes_give_a_bundle_error_or_a_valid_bundle(flips: list[tuple[int, int]]) -> None:
+    data = bytearray(FUZZ_BASE)
+    for at, mask in flips:
+        data[at] ^= mask
+    with contextlib.suppress(BundleError):
+        bundles.verify_bundle(bytes(data), max_uncompressed=1 << 20)
