@@ -296,3 +296,15 @@ def test_a_restarted_node_sweeps_the_frozen_leftovers_of_its_dead_run() -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+async def test_a_versions_next_load_is_estimated_from_its_last_one(factory, tmp_path) -> None:
+    s = spec(tmp_path, "noop")
+    assert factory.zygote_mb(s) == factory.settings.zygote_estimate_mb  # never measured
+    sandbox = await factory.start(s)
+    assert factory.zygote_mb(s) == 0  # loaded: a start costs no zygote
+    heap = next(iter(factory.zygotes.values())).heap_mb
+    await sandbox.close()
+    assert heap > 0
+    assert await factory.shed(heap) >= heap
+    assert factory.zygote_mb(s) == heap  # its next load, as measured last time

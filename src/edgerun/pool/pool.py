@@ -117,6 +117,8 @@ class Reservation:
     key: str
     memory_mb: int
     epoch: int
+    zygote_mb: int = 0
+    """Held for the zygote this start must load first (0 when it is loaded)."""
     used: bool = False
 
 
@@ -153,6 +155,8 @@ class Pool:
         self.starts = 0
         self._freed = asyncio.Event()
         self._generation = 0
+        self._zygotes_pending_mb = 0
+        """Memory held for zygotes that starts under way will load (not yet in held_mb)."""
         """Bumped whenever memory or a slot may have come free (see :meth:`_wake`)."""
 
     # --- views -----------------------------------------------------------
@@ -160,7 +164,8 @@ class Pool:
         return self._value_of(v.function) if self._value_of else v.use_rate(now)
 
     def _free_mb(self) -> int:
-        return self.capacity_mb - self._used_mb - self._factory.held_mb()
+        held = self._factory.held_mb() + self._zygotes_pending_mb
+        return self.capacity_mb - self._used_mb - held
 
     def _evictable_mb(self, key: str, below: float | None = None) -> int:
         now = time.monotonic()
@@ -324,7 +329,9 @@ class Pool:
         v = self._entry(spec)
         if self._at_max(spec.function):
             raise LookupError(0)
-        chosen = self._victims(spec.key, v.memory_mb, below)
+        # A version with no loaded zygote loads one first: hold room for it too.
+        zygote_mb = self._factory.zygote_mb(spec)
+        chosen = self._victims(spec.key, v.memory_mb + zygote_mb, below)
         for victim, entry in chosen:  # evict: detach and uncharge now, close later
             victim.idle.remove(entry)
             self._uncharge(victim)
@@ -332,7 +339,8 @@ class Pool:
         self.evictions += len(chosen)
         self._charge(v)
         v.starting += 1
-        return Reservation(spec.key, v.memory_mb, self._epochs.get(spec.function, 0))
+        self._zygotes_pending_mb += zygote_mb
+        return Reservation(spec.key, v.memory_mb, self._epochs.get(spec.function, 0), zygote_mb)
 
     def reserve(self, spec: SandboxSpec, evict_below: float | None = None) -> Reservation | None:
         """Hold a slot for a sandbox of ``spec`` now (a run-here decision keeps
@@ -372,6 +380,7 @@ class Pool:
         if r.used:
             return
         r.used = True
+        self._zygotes_pending_mb -= r.zygote_mb
         v = self._versions[r.key]
         v.starting -= 1
         self._uncharge(v)
@@ -511,6 +520,9 @@ class Pool:
             self._uncharge(v)
             self._wake()
             raise
+        finally:
+            # Loaded (now in held_mb) or failed: the room held for it goes back.
+            self._zygotes_pending_mb -= r.zygote_mb
         v.starting -= 1
         if r.epoch != self._epochs.get(spec.function, 0):
             # Stopped meanwhile: its zygotes were stopped before this start made one.
@@ -549,7 +561,9 @@ class Pool:
         while started < count:
             v = self._entry(spec)
             victims: list[Sandbox] = []
-            if evict_below is None and self._free_mb() < v.memory_mb:
+            if evict_below is None and self._free_mb() < v.memory_mb + self._factory.zygote_mb(
+                spec
+            ):
                 break
             try:
                 r = self._reserve(spec, evict_below, victims)

@@ -122,6 +122,11 @@ class SandboxFactory(Protocol):
         """Why the engine cannot start sandboxes now (shown by health), or None."""
         ...
 
+    def zygote_mb(self, spec: SandboxSpec) -> int:
+        """Memory a start of ``spec`` would first spend loading its zygote (0
+        when it is loaded): the pool holds room for it before the start."""
+        ...
+
     def held_mb(self) -> int:
         """Memory held outside sandboxes (loaded zygotes and their /tmp).
 

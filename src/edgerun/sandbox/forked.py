@@ -32,6 +32,7 @@ from edgerun.sandbox.uids import UidMap
 
 log = logging.getLogger("edgerun.sandbox")
 _MB = 1024 * 1024
+_HEAPS_KEPT = 10_000
 
 
 def _pid_of(pidfd: int) -> int:
@@ -75,6 +76,8 @@ class EngineSettings:
     """Importing the handler in a new zygote (Lambda's init limit)."""
     fork_timeout_s: float = 5.0
     reap_timeout_s: float = 2.0
+    zygote_estimate_mb: int = 8
+    """Room held for a version's first zygote, before its heap was ever measured."""
 
 
 @dataclass(eq=False)
@@ -252,6 +255,8 @@ class ZygoteSandboxFactory:
         self._zygotes: dict[str, _Zygote] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count(1)
+        self._heaps: dict[str, int] = {}
+        """Heap measured at each version's last load: what its next load will cost."""
 
     @property
     def zygotes(self) -> dict[str, _Zygote]:
@@ -560,7 +565,15 @@ class ZygoteSandboxFactory:
             if used is not None:
                 # Not a new limit: a fork's child is charged here until it is moved.
                 z.heap_mb = -(-used // _MB)
+                self._heaps[z.spec.key] = z.heap_mb
+                if len(self._heaps) > _HEAPS_KEPT:
+                    del self._heaps[next(iter(self._heaps))]
             z.settle()
+
+    def zygote_mb(self, spec: SandboxSpec) -> int:
+        if self.is_loaded(spec):
+            return 0
+        return self._heaps.get(spec.key, self.settings.zygote_estimate_mb)
 
     def held_mb(self) -> int:
         return sum(z.charge_mb for z in self._zygotes.values())

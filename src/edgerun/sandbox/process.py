@@ -117,6 +117,9 @@ class ProcessSandboxFactory:
     def problem(self) -> str | None:
         return None
 
+    def zygote_mb(self, spec: SandboxSpec) -> int:
+        return 0
+
     def held_mb(self) -> int:
         return 0
 

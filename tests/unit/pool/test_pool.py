@@ -48,6 +48,9 @@ class FakeFactory:
         self.started.append(sandbox)
         return sandbox
 
+    def zygote_mb(self, spec: SandboxSpec) -> int:
+        return 0
+
     def held_mb(self) -> int:
         return 0
 
@@ -569,7 +572,7 @@ class ZygoteFactory(FakeFactory):
 
     def __init__(self, zygote_mb: dict[str, int]) -> None:
         super().__init__()
-        self.zygote_mb = zygote_mb
+        self.sizes = zygote_mb
         self.zygotes: dict[str, int] = {}
         self.live: dict[str, int] = {}
         self.shed_calls: list[int] = []
@@ -577,7 +580,7 @@ class ZygoteFactory(FakeFactory):
 
     async def start(self, spec: SandboxSpec) -> FakeSandbox:
         sandbox = await super().start(spec)
-        self.zygotes.setdefault(spec.version, self.zygote_mb.get(spec.function, 0))
+        self.zygotes.setdefault(spec.version, self.sizes.get(spec.function, 0))
         self.live[spec.version] = self.live.get(spec.version, 0) + 1
         close = sandbox.close
 
@@ -766,3 +769,51 @@ async def test_a_start_in_flight_when_its_function_is_stopped_leaves_no_zygote()
     assert factory.stopped == ["gone", "gone"]  # again, after the start made a zygote
     assert pool.used_mb == 0
     assert pool.functions() == set()
+
+
+# --- room held for a zygote before it loads -------------------------------------------
+
+
+class UpfrontZygoteFactory(FakeFactory):
+    """Each version's first start loads a 64 MB zygote, and says so beforehand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: set[str] = set()
+
+    def zygote_mb(self, spec: SandboxSpec) -> int:
+        return 0 if spec.version in self.loaded else 64
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        sandbox = await super().start(spec)
+        self.loaded.add(spec.version)
+        return sandbox
+
+    def held_mb(self) -> int:
+        return 64 * len(self.loaded)
+
+
+async def test_a_start_that_loads_a_zygote_holds_room_for_it_beforehand():
+    factory = UpfrontZygoteFactory()
+    pool = Pool(factory, capacity_mb=256)  # type: ignore[arg-type]
+
+    first = pool.reserve(spec("a"))
+    assert first is not None
+    assert pool.view(spec("b").key).free_mb == 256 - 128 - 64
+    # b would need 128 MB and its own zygote's 64: only 64 are left
+    assert pool.reserve(spec("b")) is None
+
+    pool.cancel(first)
+    assert pool.view(spec("b").key).free_mb == 256
+
+
+async def test_the_room_held_for_a_zygote_becomes_its_charge_once_loaded():
+    factory = UpfrontZygoteFactory()
+    pool = Pool(factory, capacity_mb=512)  # type: ignore[arg-type]
+
+    await use(pool, spec("a"))
+
+    # the idle sandbox and the loaded zygote; nothing held twice
+    assert pool.view(spec("b").key).free_mb == 512 - 128 - 64
+    # a second start of the same version loads nothing more
+    assert factory.zygote_mb(spec("a")) == 0

@@ -127,6 +127,9 @@ class GatedFactory:
     async def reap_idle(self, now: float | None = None) -> int:
         return 0
 
+    def zygote_mb(self, spec: SandboxSpec) -> int:
+        return 0 if spec.version in self.zygotes else ZYGOTE_MB
+
     def held_mb(self) -> int:
         return ZYGOTE_MB * len(self.zygotes)
 
