@@ -321,6 +321,13 @@ class Pool:
                 return chosen
         raise LookupError(short)
 
+    def _zygote_room(self, spec: SandboxSpec) -> int:
+        """Room to hold for the zygote a start of ``spec`` must load first.
+
+        Never more than the node has beside the sandbox itself: a function as
+        big as the node still runs, its zygote then charged once loaded."""
+        return min(self._factory.zygote_mb(spec), self.capacity_mb - spec.memory_mb)
+
     def _reserve(
         self, spec: SandboxSpec, below: float | None, victims_out: list[Sandbox]
     ) -> Reservation:
@@ -329,8 +336,7 @@ class Pool:
         v = self._entry(spec)
         if self._at_max(spec.function):
             raise LookupError(0)
-        # A version with no loaded zygote loads one first: hold room for it too.
-        zygote_mb = self._factory.zygote_mb(spec)
+        zygote_mb = self._zygote_room(spec)
         chosen = self._victims(spec.key, v.memory_mb + zygote_mb, below)
         for victim, entry in chosen:  # evict: detach and uncharge now, close later
             victim.idle.remove(entry)
@@ -561,9 +567,7 @@ class Pool:
         while started < count:
             v = self._entry(spec)
             victims: list[Sandbox] = []
-            if evict_below is None and self._free_mb() < v.memory_mb + self._factory.zygote_mb(
-                spec
-            ):
+            if evict_below is None and self._free_mb() < v.memory_mb + self._zygote_room(spec):
                 break
             try:
                 r = self._reserve(spec, evict_below, victims)

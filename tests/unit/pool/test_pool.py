@@ -817,3 +817,12 @@ async def test_the_room_held_for_a_zygote_becomes_its_charge_once_loaded():
     assert pool.view(spec("b").key).free_mb == 512 - 128 - 64
     # a second start of the same version loads nothing more
     assert factory.zygote_mb(spec("a")) == 0
+
+
+async def test_a_function_as_big_as_the_node_still_starts_before_its_zygote_is_known():
+    factory = UpfrontZygoteFactory()
+    pool = Pool(factory, capacity_mb=128)  # type: ignore[arg-type]
+
+    sandbox, cold = await use(pool, spec("whole-node"))
+
+    assert cold and sandbox.alive
