@@ -58,7 +58,7 @@ def main() -> None:
     topo = Topology(
         control=ControlSpec(port=free_port()),
         region=[RegionSpec(name="region-1", port=free_port())],
-        pop=[PopSpec(name="pop-1", port=free_port(), popular_per_min=0.0)],
+        pop=[PopSpec(name="pop-1", port=free_port())],
     )
     cluster = LocalCluster(topo, root / "cluster")
     cluster.start()

@@ -655,10 +655,9 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
                 name="pop-1",
                 port=free_port(),
                 capacity_mb=3 * per_fn * 128 + 1024,  # three functions run at pop-1
-                popular_per_min=0.0,
                 regions=["region-1"],
             ),
-            PopSpec(name="pop-2", port=free_port(), popular_per_min=0.0, regions=["region-1"]),
+            PopSpec(name="pop-2", port=free_port(), regions=["region-1"]),
         ],
     )
     cluster = LocalCluster(topology, root)
@@ -666,7 +665,7 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
     extra["pop_settings"] = {
         name: {
             k: getattr(cluster.nodes[name].config, k)
-            for k in ("capacity_mb", "max_per_function", "max_queue", "popular_per_min")
+            for k in ("capacity_mb", "max_per_function", "max_queue")
         }
         for name in ("pop-1", "pop-2", "region-1")
     }

@@ -97,7 +97,6 @@ class LocalCluster:
                     token_file=str(self.token_file),
                     capacity_mb=p.capacity_mb,
                     code_cache_mb=p.code_cache_mb,
-                    popular_per_min=p.popular_per_min,
                     placement_mode=p.placement_mode,
                     max_memory_mb=p.max_memory_mb,
                     max_timeout_s=p.max_timeout_s,

@@ -77,13 +77,12 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nofile: int = 256
     zygote_ttl_s: float = 600.0
     """How long the zygote of a version nobody calls is kept."""
-    popular_per_min: float = 2.0
-    """POP: requests a minute (decayed) that earn a function a sandbox here."""
+    placement_horizon_s: float = 60.0
+    """POP: how far ahead the placement policy counts what a sandbox here is worth
+    (and what evicting one costs)."""
     popularity_half_life_s: float = 120.0
     popularity_capacity: int = 100_000
     """POP: functions whose popularity is tracked (memory stays bounded)."""
-    latency_sensitive_factor: float = 0.25
-    faster_in_region_ratio: float = 2.0
     placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
     """POP: the placement policy; the other two are baselines for benchmarks."""
 
@@ -140,7 +139,6 @@ class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_memory_mb: int = 512
     max_timeout_s: float = 30.0
     code_cache_mb: int = 10_240
-    popular_per_min: float = 2.0
     placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
 
 

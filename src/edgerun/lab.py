@@ -146,7 +146,6 @@ class LabSpec:
     region_region_ms: float = 60.0
     pop_capacity_mb: int = 1024
     region_capacity_mb: int = 8192
-    popular_per_min: float = 2.0
     placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
 
 
@@ -175,7 +174,6 @@ class Lab:
                     name=f"pop-{i + 1}",
                     port=free_port(),
                     capacity_mb=s.pop_capacity_mb,
-                    popular_per_min=s.popular_per_min,
                     placement_mode=s.placement_mode,
                     regions=region_names[i % s.regions :] + region_names[: i % s.regions],
                 )

@@ -20,9 +20,9 @@ from tests.conftest import FUNCTIONS
 pytestmark = pytest.mark.integration
 
 
-def make_topology(pop_capacity_mb: int = 256, popular_per_min: float = 0.0) -> Topology:
-    """A POP that deems every function popular unless told otherwise, so tests of
-    the execution path run at the POP once the function is warm there."""
+def make_topology(pop_capacity_mb: int = 256) -> Topology:
+    """One POP with two regions on loopback (round trips well under a cold start,
+    so the POP forwards a function's first calls and warms it in the background)."""
     return Topology(
         control=ControlSpec(port=free_port()),
         region=[
@@ -34,17 +34,14 @@ def make_topology(pop_capacity_mb: int = 256, popular_per_min: float = 0.0) -> T
                 name="pop-1",
                 port=free_port(),
                 capacity_mb=pop_capacity_mb,
-                popular_per_min=popular_per_min,
                 regions=["region-1", "region-2"],
             )
         ],
     )
 
 
-def start_cluster(
-    root: Path, pop_capacity_mb: int = 256, popular_per_min: float = 0.0
-) -> LocalCluster:
-    cluster = LocalCluster(make_topology(pop_capacity_mb, popular_per_min), root)
+def start_cluster(root: Path, pop_capacity_mb: int = 256) -> LocalCluster:
+    cluster = LocalCluster(make_topology(pop_capacity_mb), root)
     try:
         cluster.start()
     except BaseException:

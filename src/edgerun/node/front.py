@@ -10,69 +10,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from typing import Any
 
 import msgspec
 
 from edgerun.errors import ApiError
 from edgerun.http import body_deadline, check_content_length, too_large
-
-if TYPE_CHECKING:
-    from edgerun.node.app import NodeApp
+from edgerun.node.invoke import FORWARDED_BY_HEADER, NODE_TOKEN_HEADER, Incoming, Reply
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Invoke = Callable[[Incoming, bytes], Awaitable[Reply]]
+"""Runs one invocation (:class:`edgerun.node.invoke.Invoker`)."""
 
 log = logging.getLogger("edgerun.node")
 _encode = msgspec.json.Encoder().encode
 _INVOCATIONS = "/invocations"
-NODE_TOKEN_HEADER = "x-edgerun-node-token"
-"""Carries the cluster token on requests a POP forwards to a region. Not
-``authorization``: that header belongs to the caller and reaches the function."""
-FORWARDED_BY_HEADER = "x-edgerun-forwarded-by"
 _FORWARD_MARKS = (NODE_TOKEN_HEADER.encode(), FORWARDED_BY_HEADER.encode())
 
 
-@dataclass(slots=True)
-class Incoming:
-    """What the invoke path needs to know about an HTTP request."""
-
-    method: str
-    raw_path: str
-    """The path escaped exactly as it arrived (what a forward must send on)."""
-    query: str
-    headers: list[tuple[str, str]]
-    client: str
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    def query_param(self, name: str) -> str | None:
-        for k, v in parse_qsl(self.query):
-            if k == name:
-                return v
-        return None
-
-
-@dataclass(slots=True)
-class Reply:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
 class Front:
-    def __init__(self, node: NodeApp, fallback: ASGIApp) -> None:
-        self.node = node
+    def __init__(
+        self, invoke: Invoke, fallback: ASGIApp, *, max_payload_bytes: int, body_timeout_s: float
+    ) -> None:
+        self.invoke = invoke
         self.fallback = fallback
-        self.limit = node.cfg.max_payload_bytes
+        self.limit = max_payload_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -91,29 +57,9 @@ class Front:
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         try:
-            raw_path: bytes = scope.get("raw_path") or path.encode()
-            req = Incoming(
-                method=scope["method"],
-                raw_path=raw_path.decode("latin-1"),
-                query=scope["query_string"].decode("latin-1"),
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
-                client=scope["client"][0] if scope.get("client") else "",
-            )
+            req = _incoming(scope, path)
             body = await self._body(req, receive)
-            if path.startswith("/fn/"):
-                target, _, rest = path[4:].partition("/")
-                if not target:
-                    raise ApiError(404, "NotFound", "no function named in the path: /fn/{name}/")
-                if any(part in (".", "..") for part in rest.split("/")):
-                    raise ApiError(400, "BadRequest", "the path has '.' or '..' segments")
-                reply = await self.node.invoke_http(req, target, "/" + rest, body)
-            else:
-                if req.method != "POST":
-                    raise ApiError(
-                        405, "MethodNotAllowed", f"{req.method} is not allowed on {path}"
-                    )
-                name = path[len("/v1/functions/") : -len(_INVOCATIONS)]
-                reply = await self.node.invoke_direct(req, name, body)
+            reply = await self.invoke(req, body)
         except ApiError as exc:
             reply = _error_reply(exc)
         except Exception:
@@ -125,7 +71,7 @@ class Front:
         check_content_length(req.header("content-length"), self.limit)
         chunks: list[bytes] = []
         size = 0
-        async with body_deadline(self.node.cfg.body_timeout_s):
+        async with body_deadline(self.body_timeout_s):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -137,6 +83,33 @@ class Front:
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
+
+
+def _incoming(scope: Scope, path: str) -> Incoming:
+    """The invocation a request asks for; 4xx when the path or method cannot be one."""
+    method: str = scope["method"]
+    raw_path: bytes = scope.get("raw_path") or path.encode()
+    if path.startswith("/fn/"):
+        target, _, rest = path[4:].partition("/")
+        if not target:
+            raise ApiError(404, "NotFound", "no function named in the path: /fn/{name}/")
+        if any(part in (".", "..") for part in rest.split("/")):
+            raise ApiError(400, "BadRequest", "the path has '.' or '..' segments")
+        trigger, fn_path = "http", "/" + rest
+    else:
+        if method != "POST":
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on {path}")
+        target, trigger, fn_path = path[len("/v1/functions/") : -len(_INVOCATIONS)], "direct", "/"
+    return Incoming(
+        trigger=trigger,  # type: ignore[arg-type]
+        target=target,
+        path=fn_path,
+        method=method,
+        raw_path=raw_path.decode("latin-1"),
+        query=scope["query_string"].decode("latin-1"),
+        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+        client=scope["client"][0] if scope.get("client") else "",
+    )
 
 
 def _error_reply(exc: ApiError) -> Reply:

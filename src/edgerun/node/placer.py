@@ -1,109 +1,216 @@
-"""A POP's placement inputs: popularity, measured durations, pool and regions.
+"""A POP's placement inputs: popularity, measured costs, pool and regions.
 
 :func:`edgerun.placement.decide` is pure; this class gathers what it needs
-for one request and remembers what each request teaches (how popular a
-function is here, how long it runs here and in regions).
+for one request and remembers what each request teaches: how popular a
+function is here, how long it runs here and in regions, what a cold start
+costs (a fork from a loaded zygote, or a new zygote plus the import) and
+what fetching code costs. Until a figure is measured a documented prior
+stands in for it (:class:`Priors`, README "Placement").
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from edgerun.config import NodeConfig
-from edgerun.models import FunctionRecord
 from edgerun.node.regions import Regions
 from edgerun.placement import (
+    Costs,
     Decision,
     FunctionView,
     NodeLimits,
-    Observed,
     PoolState,
     Popularity,
     RegionView,
-    Thresholds,
+    Tuning,
     decide,
     decide_baseline,
+    eviction_cost,
 )
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxFactory, SandboxSpec
 
 WARM_PREFIX = 16
-"""Regions publish the versions they hold warm as hash prefixes of this length."""
-_EWMA = 0.2
-MIN_SAMPLES = 5
-"""Durations measured fewer times than this do not steer placement."""
+"""Regions publish the versions they hold warm or loaded as hash prefixes of this length."""
+_ALPHA = 0.3
+"""Weight of the newest sample in every moving average here."""
+_MAX_TRACKED = 50_000
+"""Per-version and per-function figures kept (the oldest go first past this)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Priors:
+    """What the policy assumes before it has measured anything (README, "Placement")."""
+
+    run_ms: float = 10.0
+    fork_ms: float = 5.0
+    """A cold start from a loaded zygote."""
+    load_ms: float = 50.0
+    """A new zygote plus the function's import."""
+    fetch_ms: float = 20.0
+    """Fetching and unpacking a bundle that is not cached."""
+
+
+class Ewma:
+    """A moving average per key, in bounded memory (insertion order drops the oldest)."""
+
+    def __init__(self, alpha: float = _ALPHA, limit: int = _MAX_TRACKED) -> None:
+        self.alpha = alpha
+        self.limit = limit
+        self._values: dict[str, float] = {}
+
+    def add(self, key: str, value: float) -> float:
+        prev = self._values.pop(key, None)
+        new = value if prev is None else (1 - self.alpha) * prev + self.alpha * value
+        if len(self._values) >= self.limit:
+            del self._values[next(iter(self._values))]
+        self._values[key] = new
+        return new
+
+    def get(self, key: str) -> float | None:
+        return self._values.get(key)
+
+
+class Measurements:
+    """Costs this node measured: node-wide start costs, and per version or function."""
+
+    def __init__(self, priors: Priors = Priors()) -> None:
+        self.priors = priors
+        self.run_here = Ewma()
+        """Per function: run time here (ms)."""
+        self.run_there = Ewma()
+        """Per function: run time in regions, as they report it (ms)."""
+        self.load = Ewma()
+        """Per version: a cold start that loaded its zygote (ms)."""
+        self.node = Ewma()
+        """Node-wide: ``fork``, ``load`` and ``fetch`` (ms)."""
+
+    def start_observed(self, version: str, ms: float, *, loaded_before: bool) -> None:
+        if loaded_before:
+            self.node.add("fork", ms)
+        else:
+            self.load.add(version, ms)
+            self.node.add("load", ms)
+
+    def fork_ms(self) -> float:
+        return self.node.get("fork") or self.priors.fork_ms
+
+    def load_ms(self, version: str) -> float:
+        return self.load.get(version) or self.node.get("load") or self.priors.load_ms
+
+    def fetch_ms(self) -> float:
+        return self.node.get("fetch") or self.priors.fetch_ms
+
+    def run_ms(self, function: str) -> float:
+        return self.run_here.get(function) or self.run_there.get(function) or self.priors.run_ms
+
+    def published(self) -> dict[str, float]:
+        """What a region tells POPs about its start costs (in ``/v1/health``)."""
+        return {
+            "fork_ms": round(self.fork_ms(), 3),
+            "load_ms": round(self.node.get("load") or self.priors.load_ms, 3),
+        }
 
 
 class Placer:
     def __init__(
-        self, cfg: NodeConfig, pool: Pool, regions: Regions, factory: SandboxFactory
+        self,
+        cfg: NodeConfig,
+        pool: Pool,
+        regions: Regions,
+        factory: SandboxFactory,
+        measured: Measurements,
+        *,
+        code_cached: Callable[[SandboxSpec], bool],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
         self.regions = regions
         self.factory = factory
+        self.measured = measured
         self.limits = NodeLimits(cfg.max_memory_mb, cfg.max_timeout_s)
-        self.thresholds = Thresholds(
-            popular_rps=cfg.popular_per_min / 60.0,
-            latency_sensitive_factor=cfg.latency_sensitive_factor,
-            faster_in_region_ratio=cfg.faster_in_region_ratio,
-        )
+        self.tuning = Tuning(horizon_s=cfg.placement_horizon_s)
         self.mode = cfg.placement_mode
         self.popularity = Popularity(cfg.popularity_capacity, cfg.popularity_half_life_s)
-        self._here_ms: dict[str, tuple[float, int]] = {}
-        self._region_ms: dict[str, tuple[float, int]] = {}
+        self._code_cached = code_cached
+        self._clock = clock
+        self.extra_rate: Callable[[str], float] | None = None
+        """The function's expected rate from elsewhere (the time-of-day profile)."""
 
     def rate(self, function: str) -> float:
-        return self.popularity.rate(function, time.monotonic())
+        """Expected requests/s here: the decayed rate, or the profile's if higher."""
+        rate = self.popularity.rate(function, self._clock())
+        if self.extra_rate is not None:
+            rate = max(rate, self.extra_rate(function))
+        return rate
 
-    def decide(self, fn: FunctionRecord, spec: SandboxSpec) -> tuple[Decision, float]:
-        """The decision for one request (counted as a hit), and the function's rate."""
-        rate = self.popularity.hit(fn.name, time.monotonic())
-        cfg = fn.config
-        view = self.pool.view(spec.key, rate, spec.function, spec.memory_mb)
-        prefix = spec.version[:WARM_PREFIX]
-        regions = [
-            RegionView(r.name, r.healthy, r.latency_ms, warm=prefix in r.warm, load=r.load)
-            for r in self.regions.regions
-        ]
-        if self.mode != "edgerun":
-            decision = decide_baseline(
-                self.mode,
-                FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement),
-                has_idle=view.has_idle,
-                limits=self.limits,
-                regions=regions,
+    def eviction_cost(self, function: str, version: str) -> float:
+        """What evicting an idle sandbox of ``version`` is expected to cost (ms):
+        the pool evicts in this order, cheapest first."""
+        start = (
+            self.measured.fork_ms()
+            if version in self.factory.loaded_versions()
+            else self.measured.load_ms(version)
+        )
+        return eviction_cost(self.rate(function), start, self.tuning)
+
+    def start_ms(self, spec: SandboxSpec) -> float:
+        if self.factory.is_loaded(spec):
+            return self.measured.fork_ms()
+        return self.measured.load_ms(spec.version)
+
+    def region_views(self, version: str, run_there_ms: float) -> list[RegionView]:
+        prefix = version[:WARM_PREFIX]
+        views = []
+        for r in self.regions.regions:
+            start = r.fork_ms if prefix in r.loaded else r.load_ms
+            views.append(
+                RegionView(
+                    r.name,
+                    r.healthy,
+                    r.latency_ms,
+                    warm=prefix in r.warm,
+                    start_ms=start,
+                    load=r.load,
+                )
             )
-            return decision, rate
-        decision = decide(
-            FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement, cfg.latency_sensitive),
+        return views
+
+    def costs(self, spec: SandboxSpec) -> Costs:
+        m = self.measured
+        return Costs(
+            run_ms=m.run_ms(spec.function),
+            start_ms=self.start_ms(spec),
+            fetch_ms=0.0 if self._code_cached(spec) else m.fetch_ms(),
+            run_there_ms=m.run_there.get(spec.function),
+        )
+
+    def decide(self, spec: SandboxSpec, fn: FunctionView, *, count: bool = True) -> Decision:
+        """The decision for one request (counted as a hit unless ``count`` is False)."""
+        if count:
+            self.popularity.hit(spec.function, self._clock())
+        costs = self.costs(spec)
+        run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
+        regions = self.region_views(spec.version, run_there)
+        if self.mode != "edgerun":
+            return decide_baseline(self.mode, fn, limits=self.limits, regions=regions)
+        view = self.pool.view(spec)
+        return decide(
+            fn,
             pool=PoolState(
-                view.has_idle,
-                view.free_mb,
-                view.evictable_mb,
-                zygote_ready=self.factory.is_loaded(spec),
-                at_function_max=view.at_function_max,
+                idle=view.idle,
                 busy=view.busy,
+                waiting=view.waiting,
+                free_mb=view.free_mb,
+                need_mb=view.need_mb,
+                victims=view.victims,
+                at_function_max=view.at_function_max,
             ),
-            rate=rate,
+            costs=costs,
+            rate=self.rate(spec.function),
             limits=self.limits,
             regions=regions,
-            observed=Observed(
-                self._trusted(self._here_ms, fn.name), self._trusted(self._region_ms, fn.name)
-            ),
-            thresholds=self.thresholds,
+            tuning=self.tuning,
         )
-        return decision, rate
-
-    def observe(self, function: str, ms: float, *, here: bool) -> None:
-        table = self._here_ms if here else self._region_ms
-        prev = table.get(function)
-        if prev is None:
-            table[function] = (ms, 1)
-        else:
-            table[function] = ((1 - _EWMA) * prev[0] + _EWMA * ms, prev[1] + 1)
-
-    @staticmethod
-    def _trusted(table: dict[str, tuple[float, int]], function: str) -> float | None:
-        """An average only once enough samples back it (a few can mislead)."""
-        entry = table.get(function)
-        return entry[0] if entry is not None and entry[1] >= MIN_SAMPLES else None

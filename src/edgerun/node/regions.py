@@ -1,5 +1,10 @@
 """A POP's parent regions: health tracking and forwarding with failover.
 
+The placement policy ranks the regions for each request; :meth:`Regions.forward`
+tries them in exactly that order. Round trips are measured two ways, by
+health checks and by forwarded requests (their time less what the region
+reports it spent running and starting the function), into one moving average.
+
 Failover is only automatic when the request cannot have run: a refused or
 timed-out *connection* moves on to the next region, while an error after
 the request was sent is retried only for functions declared idempotent.
@@ -55,6 +60,14 @@ class Region:
     warm: frozenset[str] = field(default_factory=frozenset)
     failures: int = 0
     load: float = 0.0
+    loaded: frozenset[str] = field(default_factory=frozenset)
+    """Versions (hash prefixes) whose zygote is loaded there: a start is a fork."""
+    fork_ms: float = 5.0
+    load_ms: float = 50.0
+    """What the region reports a cold start costs there (fork / new zygote)."""
+
+    def observe_rtt(self, ms: float) -> None:
+        self.latency_ms = ms if not self.latency_ms else 0.8 * self.latency_ms + 0.2 * ms
 
 
 class Regions:
@@ -82,12 +95,8 @@ class Regions:
                 region.healthy = False
         else:
             region.failures = 0
-            rtt = (time.perf_counter() - start) * 1000
-            region.latency_ms = (
-                rtt if not region.latency_ms else 0.8 * region.latency_ms + 0.2 * rtt
-            )
-            region.warm = frozenset(body.get("warm", []))
-            region.load = float(body.get("load", 0.0))
+            region.observe_rtt((time.perf_counter() - start) * 1000)
+            _read_health(region, body)
             if not region.healthy:
                 log.info("region %s is back", region.name)
             region.healthy = True
@@ -113,7 +122,7 @@ class Regions:
 
     async def forward(
         self,
-        first: str,
+        order: Sequence[str],
         method: str,
         path: str,
         headers: list[tuple[str, str]],
@@ -122,14 +131,13 @@ class Regions:
         timeout_s: float,
         idempotent: bool,
     ) -> tuple[Region, RegionReply]:
-        """Send the request to ``first``, failing over to the other regions."""
-        order = [
-            self.by_name(first),
-            *sorted((r for r in self.regions if r.name != first), key=lambda r: not r.healthy),
-        ]
+        """Send the request to the regions in ``order`` (the policy's ranking),
+        failing over to the next only when it cannot have run."""
         timeout = aiohttp.ClientTimeout(total=timeout_s + 5.0, connect=1.0)
         session = self._session()
-        for region in order:
+        for name in order:
+            region = self.by_name(name)
+            started = time.perf_counter()
             try:
                 async with session.request(
                     method, f"{region.url}{path}", headers=headers, data=body, timeout=timeout
@@ -159,5 +167,44 @@ class Regions:
                     "allow retries)"
                 ) from None
             region.failures = 0
+            _observe_forward(region, reply, (time.perf_counter() - started) * 1000)
             return region, reply
         raise AllRegionsDown("no region could be reached")
+
+
+def _read_health(region: Region, body: object) -> None:
+    """Take what a region's /v1/health publishes, ignoring what is malformed."""
+    if not isinstance(body, dict):
+        return
+    region.warm = _prefixes(body.get("warm"))
+    region.loaded = _prefixes(body.get("loaded"))
+    region.load = _number(body.get("load"), region.load, 1.0)
+    costs = body.get("start_ms")
+    if isinstance(costs, dict):
+        region.fork_ms = _number(costs.get("fork_ms"), region.fork_ms, 60_000.0)
+        region.load_ms = _number(costs.get("load_ms"), region.load_ms, 60_000.0)
+
+
+def _prefixes(value: object) -> frozenset[str]:
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(v for v in value if isinstance(v, str) and len(v) <= 64)
+
+
+def _number(value: object, default: float, ceiling: float) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        return min(max(float(value), 0.0), ceiling)
+    return default
+
+
+def _observe_forward(region: Region, reply: RegionReply, elapsed_ms: float) -> None:
+    """A forward's round trip: its time less what the region spent starting and running."""
+    spent = 0.0
+    for header in ("x-edgerun-duration-ms", "x-edgerun-start-ms"):
+        try:
+            spent += float(reply.header(header) or 0.0)
+        except ValueError:
+            return
+    trip = elapsed_ms - spent
+    if 0.0 <= trip < 60_000.0:
+        region.observe_rtt(trip)

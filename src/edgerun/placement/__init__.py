@@ -1,29 +1,41 @@
 """Where a request runs: the POP's pure placement policy and its inputs."""
 
 from edgerun.placement.policy import (
+    Action,
+    Costs,
     Decision,
+    Estimate,
     FunctionView,
     NodeLimits,
-    Observed,
     PoolState,
+    Reason,
     RegionView,
-    Thresholds,
+    Tuning,
     decide,
     decide_baseline,
+    eviction_cost,
+    forward_cost,
     rank_regions,
+    region_decision,
 )
 from edgerun.placement.popularity import Popularity
 
 __all__ = [
+    "Action",
+    "Costs",
     "Decision",
+    "Estimate",
     "FunctionView",
     "NodeLimits",
-    "Observed",
     "PoolState",
     "Popularity",
+    "Reason",
     "RegionView",
-    "Thresholds",
+    "Tuning",
     "decide",
     "decide_baseline",
+    "eviction_cost",
+    "forward_cost",
     "rank_regions",
+    "region_decision",
 ]

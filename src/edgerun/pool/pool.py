@@ -65,16 +65,19 @@ class FunctionStopped(ApiError):
 
 
 class PoolView(NamedTuple):
-    """What the placement policy may know about the pool, for one version."""
+    """The pool as one version sees it, for the placement policy."""
 
-    has_idle: bool
+    idle: int
+    busy: int
+    waiting: int
     free_mb: int
-    """Memory neither sandboxes nor the engine hold."""
-    evictable_mb: int
-    """Memory held by idle sandboxes of other versions worth less than the asker
-    (0, not computed, when the asker fits in free memory)."""
+    """Memory free now, net of loaded and loading zygotes."""
+    need_mb: int
+    """What a start takes: the sandbox, plus room for its zygote when not loaded."""
+    victims: tuple[float, ...] | None
+    """Values of the idle sandboxes a start would evict, least valuable first;
+    () when it fits, None when evicting every idle sandbox would not do."""
     at_function_max: bool
-    busy: int = 0
 
 
 @dataclass(slots=True)
@@ -122,6 +125,18 @@ class Reservation:
     used: bool = False
 
 
+@dataclass(slots=True)
+class Claim:
+    """A run-here decision's hold on the pool, taken the moment it is decided:
+    an idle sandbox already marked busy, or a reserved slot for a cold start."""
+
+    key: str
+    sandbox: Sandbox | None = None
+    reservation: Reservation | None = None
+    epoch: int = 0
+    done: bool = False
+
+
 class Pool:
     def __init__(
         self,
@@ -132,11 +147,15 @@ class Pool:
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
         idle_ttl_s: float = 300.0,
-        value: Callable[[str], float] | None = None,
+        value: Callable[[str, str], float] | None = None,
+        on_start: Callable[[SandboxSpec, float, bool], None] | None = None,
     ) -> None:
-        """``value(function)`` ranks idle sandboxes for eviction (lowest first);
-        by default each version's own decayed use rate."""
+        """``value(function, version)`` ranks idle sandboxes for eviction (lowest
+        first; a POP passes the expected cost of evicting one); by default each
+        version's own decayed use rate. ``on_start(spec, ms, zygote_was_loaded)``
+        learns what each start cost."""
         self._factory = factory
+        self._on_start = on_start
         self._value_of = value
         self.capacity_mb = capacity_mb
         self.max_per_function = max_per_function
@@ -161,48 +180,37 @@ class Pool:
 
     # --- views -----------------------------------------------------------
     def _value(self, v: _Version, now: float) -> float:
-        return self._value_of(v.function) if self._value_of else v.use_rate(now)
+        return self._value_of(v.function, v.version) if self._value_of else v.use_rate(now)
 
     def _free_mb(self) -> int:
         held = self._factory.held_mb() + self._zygotes_pending_mb
         return self.capacity_mb - self._used_mb - held
 
-    def _evictable_mb(self, key: str, below: float | None = None) -> int:
-        now = time.monotonic()
-        return sum(
-            v.memory_mb * len(v.idle)
-            for k, v in self._versions.items()
-            if k != key and v.idle and (below is None or self._value(v, now) < below)
-        )
-
     def _at_max(self, function: str) -> bool:
         return self._per_function.get(function, 0) >= self.max_per_function
 
-    def view(
-        self,
-        key: str,
-        value: float | None = None,
-        function: str | None = None,
-        memory_mb: int | None = None,
-    ) -> PoolView:
-        """The pool as one version sees it; only idle sandboxes worth less than
-        ``value`` count as evictable (all of them when it is None). When a
-        sandbox of ``memory_mb`` fits in free memory, evictable_mb is not
-        computed (0): nothing need be evicted."""
-        v = self._versions.get(key)
-        has_idle = bool(v and v.idle)
-        fn = function if function is not None else (v.function if v else None)
-        free = self._free_mb()
-        if memory_mb is None and v is not None:
-            memory_mb = v.memory_mb
-        # With an idle sandbox, or room for a new one, nothing need be evicted: skip the scan.
-        fits = memory_mb is not None and memory_mb <= free
+    def view(self, spec: SandboxSpec) -> PoolView:
+        """What a request for ``spec`` would find here. With an idle sandbox the
+        eviction candidates are not computed (nothing need go)."""
+        v = self._versions.get(spec.key)
+        idle = len(v.idle) if v else 0
+        need = spec.memory_mb + self._zygote_room(spec)
+        victims: tuple[float, ...] | None = ()
+        if not idle:
+            try:
+                now = time.monotonic()
+                chosen = self._victims(spec.key, need, None)
+                victims = tuple(self._value(w, now) for w, _e in chosen)
+            except LookupError:
+                victims = None
         return PoolView(
-            has_idle=has_idle,
-            free_mb=free,
-            evictable_mb=0 if has_idle or fits else self._evictable_mb(key, value),
-            at_function_max=fn is not None and self._at_max(fn),
+            idle=idle,
             busy=v.busy if v else 0,
+            waiting=self._waiting,
+            free_mb=self._free_mb(),
+            need_mb=need,
+            victims=victims,
+            at_function_max=self._at_max(spec.function),
         )
 
     def load(self) -> float:
@@ -326,7 +334,7 @@ class Pool:
 
         Never more than the node has beside the sandbox itself: a function as
         big as the node still runs, its zygote then charged once loaded."""
-        return min(self._factory.zygote_mb(spec), self.capacity_mb - spec.memory_mb)
+        return max(0, min(self._factory.zygote_mb(spec), self.capacity_mb - spec.memory_mb))
 
     def _reserve(
         self, spec: SandboxSpec, below: float | None, victims_out: list[Sandbox]
@@ -403,21 +411,66 @@ class Pool:
         return True
 
     # --- acquire / release ----------------------------------------------
+    def claim(self, spec: SandboxSpec, evict_below: float | None = None) -> Claim | None:
+        """Hold what a run-here decision counted on, in the same step as the
+        decision: an idle sandbox (marked busy) or a reserved slot, evicting only
+        idle sandboxes valued under ``evict_below``. None when neither is there.
+
+        Pass the claim to :meth:`lease`, or give it back with :meth:`cancel_claim`."""
+        if spec.memory_mb > self.capacity_mb:
+            return None
+        v = self._entry(spec)
+        dead: list[Sandbox] = []
+        sandbox = self._take_idle(v, dead)
+        self._close_later(dead)
+        if sandbox is not None:
+            return Claim(spec.key, sandbox=sandbox, epoch=self._epochs.get(spec.function, 0))
+        r = self.reserve(spec, evict_below)
+        return Claim(spec.key, reservation=r, epoch=r.epoch) if r is not None else None
+
+    def cancel_claim(self, claim: Claim) -> None:
+        """Give back a claim that was not leased (its sandbox goes back to idle)."""
+        if claim.done:
+            return
+        claim.done = True
+        if claim.reservation is not None:
+            self.cancel(claim.reservation)
+        elif claim.sandbox is not None:
+            v = self._versions[claim.key]
+            if self._release(v, claim.sandbox, claim.epoch):
+                self._close_later([claim.sandbox])
+
     @contextlib.asynccontextmanager
     async def lease(
         self,
         spec: SandboxSpec,
         evict_below: float | None = None,
         reservation: Reservation | None = None,
+        *,
+        claim: Claim | None = None,
+        wait_s: float | None = None,
     ) -> AsyncIterator[tuple[Sandbox, bool]]:
         """Hold a sandbox for one invocation; yields ``(sandbox, was_cold)``.
 
-        Only idle sandboxes valued under ``evict_below`` (when given) may be
-        evicted to make room. A sandbox that died or timed out during the
-        lease, or whose function was stopped meanwhile, is discarded, never
-        put back.
+        With a ``claim`` (or a bare ``reservation``) it uses what was held;
+        otherwise it takes an idle sandbox or starts one, evicting only idle
+        sandboxes valued under ``evict_below`` (when given), and queues at most
+        ``wait_s`` (default: the pool's queue timeout) for room. A sandbox that
+        died or timed out during the lease, or whose function was stopped
+        meanwhile, is discarded, never put back.
         """
-        sandbox, cold, epoch = await self._acquire(spec, evict_below, reservation)
+        if claim is not None:
+            if claim.done:
+                raise RuntimeError("a claim is leased once")
+            claim.done = True
+            if claim.sandbox is not None:
+                self._entry(spec).record_use(time.monotonic())
+                sandbox, cold, epoch = claim.sandbox, False, claim.epoch
+            else:
+                reservation = claim.reservation
+                sandbox, cold, epoch = await self._acquire(spec, evict_below, reservation, wait_s)
+        else:
+            sandbox, cold, epoch = await self._acquire(spec, evict_below, reservation, wait_s)
         v = self._versions[spec.key]
         try:
             yield sandbox, cold
@@ -426,7 +479,11 @@ class Pool:
                 await self._close([sandbox])
 
     async def _acquire(
-        self, spec: SandboxSpec, evict_below: float | None, reservation: Reservation | None
+        self,
+        spec: SandboxSpec,
+        evict_below: float | None,
+        reservation: Reservation | None,
+        wait_s: float | None = None,
     ) -> tuple[Sandbox, bool, int]:
         if spec.memory_mb > self.capacity_mb:
             if reservation is not None:
@@ -443,7 +500,8 @@ class Pool:
                 self._close_later(dead)
                 return sandbox, False, self._epochs.get(spec.function, 0)
             return await self._start(spec, reservation, dead), True, reservation.epoch
-        deadline = time.monotonic() + self.queue_timeout_s
+        limit_s = self.queue_timeout_s if wait_s is None else min(wait_s, self.queue_timeout_s)
+        deadline = time.monotonic() + limit_s
         shed_failed = False
         while True:
             v = self._entry(spec)  # reaping may have dropped an unused entry
@@ -462,7 +520,7 @@ class Pool:
                     if await self._shed_for(spec.key, short, evict_below):
                         continue
                     shed_failed = True  # it fell short: wait, do not shed or evict again
-                await self._wait(deadline, seen)
+                await self._wait(deadline, seen, limit_s)
                 continue
             return await self._start(spec, r, victims), True, r.epoch
 
@@ -520,7 +578,12 @@ class Pool:
         v = self._versions[r.key]  # kept while it holds a reserved slot
         try:
             await self._close(victims)
+            on_start = self._on_start
+            loaded = on_start is not None and self._factory.is_loaded(spec)
+            began = time.perf_counter()
             sandbox = await self._factory.start(spec)
+            if on_start is not None:
+                on_start(spec, (time.perf_counter() - began) * 1000, loaded)
         except BaseException:
             v.starting -= 1
             self._uncharge(v)
@@ -541,7 +604,7 @@ class Pool:
         self.starts += 1
         return sandbox
 
-    async def _wait(self, deadline: float, seen: int) -> None:
+    async def _wait(self, deadline: float, seen: int, limit_s: float) -> None:
         """Wait until something is freed, unless it was since generation ``seen``."""
         if self._generation != seen:
             return
@@ -549,12 +612,12 @@ class Pool:
             raise PoolFull("every sandbox this node can hold is busy and the queue is full")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise PoolFull(f"no sandbox became free within {self.queue_timeout_s:g} s")
+            raise PoolFull(f"no sandbox became free within {limit_s:g} s")
         self._waiting += 1
         try:
             await asyncio.wait_for(self._freed.wait(), remaining)
         except TimeoutError:
-            raise PoolFull(f"no sandbox became free within {self.queue_timeout_s:g} s") from None
+            raise PoolFull(f"no sandbox became free within {limit_s:g} s") from None
         finally:
             self._waiting -= 1
 

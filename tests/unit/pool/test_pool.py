@@ -218,7 +218,7 @@ async def test_factory_start_failure_frees_the_slot():
         await use(pool, spec())
 
     assert pool.snapshot()["used_mb"] == 0 * 128
-    assert pool.view(spec().key).free_mb == 128
+    assert pool.view(spec()).free_mb == 128
     _, cold = await use(pool, spec())
     assert cold is True
 
@@ -235,7 +235,7 @@ async def test_reap_idle_stops_sandboxes_idle_longer_than_the_ttl():
     assert reaped == 1
     assert sandbox.closed
     assert pool.snapshot()["used_mb"] == 0 * 128
-    assert not pool.view(spec().key).has_idle
+    assert not pool.view(spec()).idle
 
 
 async def test_reap_idle_keeps_sandboxes_within_the_ttl():
@@ -270,22 +270,24 @@ async def test_close_stops_idle_sandboxes():
 async def test_view_of_an_empty_pool_is_all_free_and_idle_free():
     pool = make_pool(FakeFactory(), slots=1)
 
-    assert pool.view(spec().key) == PoolView(False, 128, 0, False)
+    assert pool.view(spec()) == PoolView(0, 0, 0, 128, 128, (), False)
 
 
 async def test_view_shows_an_idle_sandbox_for_its_key_only():
     pool = make_pool(FakeFactory(), slots=1)
     await use(pool, spec("one"))
 
-    assert pool.view(spec("one").key) == PoolView(True, 0, 0, False)
-    assert pool.view(spec("two").key) == PoolView(False, 0, 128, False)
+    assert pool.view(spec("one")) == PoolView(1, 0, 0, 0, 128, (), False)
+    two = pool.view(spec("two"))
+    assert (two.idle, two.free_mb, two.victims is not None and len(two.victims)) == (0, 0, 1)
 
 
 async def test_view_has_nothing_evictable_when_every_sandbox_is_busy():
     pool = make_pool(FakeFactory(), slots=1)
 
     async with pool.lease(spec("one")):
-        assert pool.view(spec("two").key) == PoolView(False, 0, 0, False)
+        assert pool.view(spec("two")).victims is None
+        assert pool.view(spec("one")).busy == 1
 
 
 async def test_warm_versions_include_idle_and_busy_sandboxes():
@@ -389,13 +391,18 @@ async def test_prewarm_starts_idle_sandboxes_without_evicting():
     started = await pool.prewarm(spec(), 5)
 
     assert started == 2
-    assert pool.view(spec().key).has_idle
+    assert pool.view(spec()).idle
     assert pool.versions()[0]["function"] == "hello"
 
 
 async def test_eviction_below_a_value_spares_more_valuable_sandboxes():
     values = {"popular": 10.0, "rare": 0.1}
-    pool = Pool(FakeFactory(), capacity_mb=128, value=values.__getitem__, queue_timeout_s=0.05)  # type: ignore[arg-type]
+    pool = Pool(
+        FakeFactory(),  # type: ignore[arg-type]
+        capacity_mb=128,
+        value=lambda function, _version: values[function],
+        queue_timeout_s=0.05,
+    )
     await use(pool, big_spec("popular", 128))
 
     with pytest.raises(PoolFull):
@@ -405,13 +412,19 @@ async def test_eviction_below_a_value_spares_more_valuable_sandboxes():
     assert pool.warm_versions() == {"popular-v1"}
 
 
-async def test_state_counts_only_cheaper_idle_sandboxes_as_evictable():
-    values = {"a": 1.0, "b": 5.0, "me": 3.0}
-    pool = Pool(FakeFactory(), capacity_mb=256, value=values.__getitem__)  # type: ignore[arg-type]
-    await use(pool, big_spec("a", 128))
-    await use(pool, big_spec("b", 128))
+async def test_view_lists_the_cheapest_idle_sandboxes_that_make_room():
+    values = {"a": 1.0, "b": 5.0, "c": 3.0}
+    pool = Pool(
+        FakeFactory(),  # type: ignore[arg-type]
+        capacity_mb=384,
+        value=lambda function, _version: values[function],
+    )
+    for name in ("a", "b", "c"):
+        await use(pool, big_spec(name, 128))
 
-    assert pool.view(big_spec("me", 128).key, values["me"]) == PoolView(False, 0, 128, False)
+    assert pool.view(big_spec("me", 128)).victims == (1.0,)
+    assert pool.view(big_spec("me", 256)).victims == (1.0, 3.0)
+    assert pool.view(big_spec("me", 512)).victims is None
 
 
 # --- concurrency, per-function limits, engine memory, stopping -----------------------
@@ -484,7 +497,7 @@ async def test_per_function_maximum_counts_every_version_of_the_function():
     pool = Pool(FakeFactory(), capacity_mb=1024, max_per_function=2, queue_timeout_s=0.05)  # type: ignore[arg-type]
 
     async with pool.lease(spec("f", "v1")), pool.lease(spec("f", "v2")):
-        assert pool.view(spec("f", "v3").key, function="f").at_function_max
+        assert pool.view(spec("f", "v3")).at_function_max
         with pytest.raises(PoolFull):
             await use(pool, spec("f", "v3"))
 
@@ -493,9 +506,9 @@ async def test_memory_the_engine_holds_counts_against_the_budget():
     factory = SlowCloseFactory(held=128)
     pool = make_pool(factory, slots=2)  # type: ignore[arg-type]
 
-    assert pool.view(spec().key).free_mb == 128
+    assert pool.view(spec()).free_mb == 128
     async with pool.lease(spec("a")):
-        assert pool.view(spec("b").key).free_mb == 0
+        assert pool.view(spec("b")).free_mb == 0
 
 
 async def test_zygotes_are_shed_when_evicting_idle_sandboxes_is_not_enough():
@@ -720,7 +733,7 @@ async def test_a_release_with_nobody_waiting_does_not_wake_anyone():
 async def test_view_skips_the_eviction_scan_when_the_function_fits_in_free_memory():
     asked: list[str] = []
 
-    def value(function: str) -> float:
+    def value(function: str, _version: str) -> float:
         asked.append(function)
         return 1.0
 
@@ -728,11 +741,11 @@ async def test_view_skips_the_eviction_scan_when_the_function_fits_in_free_memor
     await use(pool, spec("other"))
     asked.clear()
 
-    view = pool.view(spec().key, 5.0, "hello", memory_mb=128)
+    view = pool.view(spec())
 
-    assert view == PoolView(False, 384, 0, False)
+    assert view == PoolView(0, 0, 0, 384, 128, (), False)
     assert asked == []
-    assert pool.view(spec().key, 5.0, "hello", memory_mb=512).evictable_mb == 128
+    assert pool.view(big_spec("hello", 512)).victims == (1.0,)
 
 
 class GatedStartFactory(SlowCloseFactory):
@@ -799,12 +812,12 @@ async def test_a_start_that_loads_a_zygote_holds_room_for_it_beforehand():
 
     first = pool.reserve(spec("a"))
     assert first is not None
-    assert pool.view(spec("b").key).free_mb == 256 - 128 - 64
+    assert pool.view(spec("b")).free_mb == 256 - 128 - 64
     # b would need 128 MB and its own zygote's 64: only 64 are left
     assert pool.reserve(spec("b")) is None
 
     pool.cancel(first)
-    assert pool.view(spec("b").key).free_mb == 256
+    assert pool.view(spec("b")).free_mb == 256
 
 
 async def test_the_room_held_for_a_zygote_becomes_its_charge_once_loaded():
@@ -814,7 +827,7 @@ async def test_the_room_held_for_a_zygote_becomes_its_charge_once_loaded():
     await use(pool, spec("a"))
 
     # the idle sandbox and the loaded zygote; nothing held twice
-    assert pool.view(spec("b").key).free_mb == 512 - 128 - 64
+    assert pool.view(spec("b")).free_mb == 512 - 128 - 64
     # a second start of the same version loads nothing more
     assert factory.zygote_mb(spec("a")) == 0
 

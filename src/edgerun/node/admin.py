@@ -1,0 +1,248 @@
+"""A node's API beside invocations: health, status, pool, logs, bundles, prewarm, explain.
+
+Every route but ``/v1/health`` needs the cluster token, and that is checked
+in one place (:func:`_guarded`, applied to the route table), so a new route
+cannot forget it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgerun.errors import ApiError, bad_request, not_found
+from edgerun.http import bearer_ok, check_bearer, decode_json, json_response, read_body
+from edgerun.models import SHA256_RE
+from edgerun.node.code_cache import BundleUnavailable
+from edgerun.node.invoke import function_view, init_error
+from edgerun.node.logs import LogEntry
+from edgerun.node.placer import WARM_PREFIX
+from edgerun.sandbox.base import SandboxInitError
+from edgerun.sandbox.isolation import as_dicts
+
+if TYPE_CHECKING:
+    from edgerun.node.app import NodeApp
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    function: str
+    qualifier: str | None = None
+    count: int = 1
+
+
+def routes(node: NodeApp) -> list[Route]:
+    admin = _Admin(node)
+    public = [Route("/v1/health", admin.health, methods=["GET"])]
+    guarded: list[tuple[str, Endpoint, str]] = [
+        ("/v1/status", admin.status, "GET"),
+        ("/v1/bundles/{sha}", admin.bundle, "GET"),
+        ("/v1/pool", admin.pool_state, "GET"),
+        ("/v1/logs", admin.logs_query, "GET"),
+        ("/v1/admin/prewarm", admin.prewarm, "POST"),
+        ("/v1/placement/explain", admin.explain, "GET"),
+    ]
+    return public + [
+        Route(path, _guarded(endpoint, node.token), methods=[method])
+        for path, endpoint, method in guarded
+    ]
+
+
+def _guarded(endpoint: Endpoint, token: str) -> Endpoint:
+    async def guarded(request: Request) -> Response:
+        check_bearer(request, token)
+        return await endpoint(request)
+
+    return guarded
+
+
+class _Admin:
+    def __init__(self, node: NodeApp) -> None:
+        self.node = node
+
+    async def health(self, request: Request) -> Response:
+        """Public; what this node holds warm and its start costs (for POPs ranking
+        regions) only with the token. 503 while the sandbox engine cannot start
+        sandboxes, so POPs route around."""
+        node = self.node
+        problem = node.factory.problem()
+        body: dict[str, object] = {
+            "status": "degraded" if problem else "ok",
+            "problem": problem,
+            "role": node.cfg.role,
+            "node": node.cfg.name,
+            "revision": node.catalog.revision,
+            "synced": node.catalog.synced,
+            "load": round(node.pool.load(), 3),
+            "pool": node.pool.snapshot(),
+        }
+        if bearer_ok(request.headers.get("authorization"), node.token):
+            body["warm"] = sorted(v[:WARM_PREFIX] for v in node.pool.warm_versions())
+            body["loaded"] = sorted(v[:WARM_PREFIX] for v in node.factory.loaded_versions())
+            body["start_ms"] = node.measured.published()
+        return json_response(body, status=503 if problem else 200)
+
+    async def status(self, request: Request) -> Response:
+        node = self.node
+        functions = {}
+        for name, fn in sorted(node.catalog.functions.items()):
+            functions[name] = {
+                "aliases": fn.aliases,
+                "code_cached": sorted(
+                    vid for vid, v in fn.versions.items() if node.code.ready(v.bundle_sha256)
+                ),
+                "init_errors": {
+                    sha: {"type": err.info.type, "message": err.info.message}
+                    for sha, err in node.init_errors.shown(name).items()
+                },
+            }
+        return json_response(
+            {
+                "node": node.cfg.name,
+                "role": node.cfg.role,
+                "revision": node.catalog.revision,
+                "synced": node.catalog.synced,
+                "pool": node.pool.snapshot(),
+                "warm_versions": sorted(node.pool.warm_versions()),
+                "code_cache": node.code.usage(),
+                "regions": [
+                    {
+                        "name": r.name,
+                        "url": r.url,
+                        "healthy": r.healthy,
+                        "latency_ms": round(r.latency_ms, 2),
+                    }
+                    for r in node.regions.regions
+                ],
+                "functions": functions,
+                "isolation": as_dicts(node.isolation),
+                "placements": node.counters.rows(),
+            }
+        )
+
+    async def pool_state(self, request: Request) -> Response:
+        """Read-only: what this node holds warm, for placement and `edgerun status`."""
+        node = self.node
+        return json_response(
+            {"node": node.cfg.name, **node.pool.snapshot(), "versions": node.pool.versions()}
+        )
+
+    async def logs_query(self, request: Request) -> Response:
+        """Captured output by request id (asking the regions too) or by function."""
+        node = self.node
+        request_id = request.query_params.get("request_id")
+        function = request.query_params.get("function")
+        if not request_id and not function:
+            raise bad_request("pass request_id or function")
+        found = node.logs.find(request_id=request_id, function=function)
+        if request_id and not found and node.cfg.role == "pop":
+            found = await self._region_logs(request_id)
+        return json_response({"logs": found})
+
+    async def _region_logs(self, request_id: str) -> list[LogEntry]:
+        for region in self.node.regions.regions:
+            try:
+                resp = await self.node.client.get(
+                    f"{region.url}/v1/logs", params={"request_id": request_id}, timeout=2.0
+                )
+                entries = msgspec.json.decode(resp.content, type=dict[str, list[LogEntry]])
+            except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if entries.get("logs"):
+                return entries["logs"]
+        return []
+
+    async def prewarm(self, request: Request) -> Response:
+        """Start idle sandboxes for a function version ahead of its traffic."""
+        node = self.node
+        body: PrewarmRequest = decode_json(
+            await read_body(request, 4096, node.cfg.body_timeout_s), PrewarmRequest
+        )
+        if not 1 <= body.count <= 100:
+            raise bad_request("count must be between 1 and 100")
+        fn, version = node.invoker.resolve(body.function, body.qualifier)
+        try:
+            await node.code.ensure(version.bundle_sha256)
+            started = await node.pool.prewarm(node.specs.get(fn, version), body.count)
+        except BundleUnavailable as exc:
+            raise ApiError(503, "CodeUnavailable", str(exc)) from None
+        except SandboxInitError as exc:
+            raise init_error(exc, {}, detail=True) from None
+        return json_response({"function": fn.name, "version": version.sha256, "started": started})
+
+    async def bundle(self, request: Request) -> Response:
+        sha = request.path_params["sha"]
+        if not SHA256_RE.match(sha):
+            raise bad_request(f"{sha!r} is not a sha256 hex digest")
+        try:
+            data = await self.node.code.zip_bytes(sha)
+        except BundleUnavailable as exc:
+            raise not_found(str(exc)) from None
+        return Response(data, media_type="application/zip")
+
+    async def explain(self, request: Request) -> Response:
+        """What the policy would decide for the next request of a function, and why:
+        every estimate it compared, and the inputs they came from (not counted as a hit)."""
+        node = self.node
+        if node.cfg.role != "pop":
+            raise ApiError(404, "NotFound", "placement is decided at POPs; this node is a region")
+        name = request.query_params.get("function")
+        if not name:
+            raise bad_request("pass function=NAME (and optionally qualifier=...)")
+        fn, version = node.invoker.resolve(name, request.query_params.get("qualifier"))
+        spec = node.specs.get(fn, version)
+        placer = node.placer
+        decision = placer.decide(spec, function_view(fn), count=False)
+        costs = placer.costs(spec)
+        view = node.pool.view(spec)
+        run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
+        est = decision.estimate
+        body: dict[str, Any] = {
+            "function": fn.name,
+            "version": version.sha256,
+            "mode": placer.mode,
+            "decision": {
+                "action": decision.action.value,
+                "reason": decision.reason.value,
+                "regions": list(decision.regions),
+                "evict_below": decision.evict_below,
+                "wait_ms": decision.wait_ms,
+                "on_no_room": decision.on_no_room.value,
+                "on_forward_failed": decision.on_forward_failed.value,
+                "prewarm": decision.prewarm,
+            },
+            "estimates_ms": {
+                "here_warm": est.here_warm_ms,
+                "here_cold": est.here_cold_ms,
+                "here_queue": est.here_queue_ms,
+                "eviction": est.eviction_ms,
+                "forward": est.forward_ms,
+                "gain_over_horizon": est.gain_ms,
+            },
+            "inputs": {
+                "rate_per_s": placer.rate(fn.name),
+                "costs_ms": dataclasses.asdict(costs),
+                "pool": view._asdict(),
+                "regions": [
+                    {
+                        "name": r.name,
+                        "healthy": r.healthy,
+                        "rtt_ms": round(r.rtt_ms, 3),
+                        "warm": r.warm,
+                        "start_ms": r.start_ms,
+                        "load": r.load,
+                    }
+                    for r in placer.region_views(version.sha256, run_there)
+                ],
+                "horizon_s": placer.tuning.horizon_s,
+            },
+        }
+        return json_response(body)

@@ -1,0 +1,501 @@
+"""The invoke path: resolve the function, decide where it runs, run it here or forward it.
+
+Both triggers arrive as an :class:`Incoming` (the HTTP trigger
+``ANY /fn/{name}[@{qualifier}]/{path}`` and the direct invoke ``POST
+/v1/functions/{name}/invocations``) and leave as a :class:`Reply`. A POP
+asks the placement policy (through :class:`~edgerun.node.placer.Placer`) and
+does exactly what the :class:`~edgerun.placement.Decision` says, including
+what to do when the room it counted on is gone or every region refuses; a
+region runs what it is sent. The Lambda event is built only on the node that
+runs the code, from the client's address and host (a forward carries them in
+``x-forwarded-for`` and ``x-forwarded-host``), so a handler sees the same
+event wherever it ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from edgerun.config import NodeConfig
+from edgerun.errors import ApiError, bad_request, not_found
+from edgerun.http import check_json_depth, token_ok, too_deep
+from edgerun.lambda_http import build_event
+from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_name
+from edgerun.node.catalog import Catalog
+from edgerun.node.code_cache import BundleUnavailable, CodeCache
+from edgerun.node.logs import LogRing
+from edgerun.node.placer import Placer
+from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
+from edgerun.node.state import Counters, InitErrors, Specs
+from edgerun.placement import Action, Decision, FunctionView, region_decision
+from edgerun.pool import Claim, Pool, PoolFull
+from edgerun.sandbox.base import SandboxError, SandboxInitError, SandboxSpec
+from edgerun.sandbox.protocol import Failure, Invoke
+
+log = logging.getLogger("edgerun.node")
+
+NODE_TOKEN_HEADER = "x-edgerun-node-token"
+"""Carries the cluster token on requests a POP forwards to a region. Not
+``authorization``: that header belongs to the caller and reaches the function."""
+FORWARDED_BY_HEADER = "x-edgerun-forwarded-by"
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "content-length",
+        "host",
+        "x-edgerun-node",
+        "x-edgerun-placement",
+        "x-edgerun-reason",
+    }
+)
+_FORWARD_OWNED = frozenset(
+    {NODE_TOKEN_HEADER, FORWARDED_BY_HEADER, "x-edgerun-request-id", "x-edgerun-version"}
+    | {"x-forwarded-for", "x-forwarded-host"}
+)
+"""Headers a POP sets itself when forwarding; whatever a caller sent is dropped."""
+_NOT_FORWARDED = _HOP_BY_HOP | _FORWARD_OWNED
+_NOT_FOR_FUNCTIONS = frozenset({"x-edgerun-version", NODE_TOKEN_HEADER})
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_JSON = [("content-type", "application/json")]
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One invocation request as the frontend parsed it."""
+
+    trigger: Literal["http", "direct"]
+    target: str
+    """``name`` or ``name@qualifier``."""
+    path: str
+    """The function-relative path of an HTTP trigger ("/" for a direct invoke)."""
+    method: str
+    raw_path: str
+    """The path escaped exactly as it arrived (what a forward must send on)."""
+    query: str
+    headers: list[tuple[str, str]]
+    client: str
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def query_param(self, name: str) -> str | None:
+        for k, v in parse_qsl(self.query):
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request comes from, as far as this node believes the headers."""
+
+    request_id: str
+    source_ip: str
+    host: str
+    pinned: str | None = None
+    """The version a POP resolved and forwards (x-edgerun-version); None from anyone else."""
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: FunctionRecord
+    version: Version
+    req: Incoming
+    body: bytes
+    origin: Origin
+    payload: Any = None
+    """The decoded JSON of a direct invoke."""
+
+    @property
+    def request_id(self) -> str:
+        return self.origin.request_id
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    name, sep, qualifier = target.partition("@")
+    if sep and not qualifier:
+        raise bad_request(f"empty alias or version after '@' in {target!r}")
+    return name, qualifier or None
+
+
+class Invoker:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        token: str,
+        *,
+        catalog: Catalog,
+        code: CodeCache,
+        pool: Pool,
+        regions: Regions,
+        placer: Placer,
+        specs: Specs,
+        counters: Counters,
+        init_errors: InitErrors,
+        logs: LogRing,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        stop_function: Callable[[str], Coroutine[Any, Any, None]],
+    ) -> None:
+        self.cfg = cfg
+        self.token = token
+        self.catalog = catalog
+        self.code = code
+        self.pool = pool
+        self.regions = regions
+        self.placer = placer
+        self.specs = specs
+        self.counters = counters
+        self.init_errors = init_errors
+        self.logs = logs
+        self._spawn = spawn
+        self._stop_function = stop_function
+        self._trusted_proxies = frozenset(cfg.trusted_proxies)
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count(1)
+        self._warming: set[str] = set()
+
+    # --- entry ---------------------------------------------------------------
+    async def __call__(self, req: Incoming, body: bytes) -> Reply:
+        payload: Any = None
+        if req.trigger == "http":
+            name, qualifier = split_target(req.target)
+        else:
+            name, qualifier = req.target, req.query_param("qualifier")
+            if "@" in name:
+                name, qualifier = split_target(name)
+            payload = _decode_payload(body)
+        origin = self.origin(req)
+        fn, version = self.resolve(name, qualifier, origin.pinned)
+        call = _Call(fn, version, req, body, origin, payload)
+        spec = self.specs.get(fn, version)
+        if self.cfg.role == "pop":
+            decision = self.placer.decide(spec, function_view(fn))
+        else:
+            decision = region_decision()
+        return await self._carry_out(call, spec, decision)
+
+    def new_request_id(self) -> str:
+        """Unique per node process: a random prefix and a counter (cheaper than uuid4)."""
+        return f"{self._id_prefix}{next(self._id_counter):x}"
+
+    def origin(self, req: Incoming) -> Origin:
+        """Request id, client address and host of a request, and the version it pins.
+
+        The x-edgerun-request-id, X-Forwarded-For and X-Forwarded-Host headers
+        are believed only from a POP (it sends the cluster token) or a
+        configured trusted proxy; anyone else gets a fresh id and their own
+        socket address. Only a POP may pin a version (x-edgerun-version): a
+        caller could otherwise run any retained version, whatever the aliases say.
+        """
+        host = req.header("host") or self.cfg.name
+        from_pop = token_ok(req.header(NODE_TOKEN_HEADER), self.token)
+        if not from_pop and not (req.client and req.client in self._trusted_proxies):
+            return Origin(self.new_request_id(), req.client, host)
+        given_id = req.header("x-edgerun-request-id") or ""
+        request_id = given_id if _REQUEST_ID_RE.fullmatch(given_id) else self.new_request_id()
+        forwarded_for = (req.header("x-forwarded-for") or "").rpartition(",")[2].strip()
+        return Origin(
+            request_id,
+            forwarded_for or req.client,
+            req.header("x-forwarded-host") or host,
+            req.header("x-edgerun-version") if from_pop else None,
+        )
+
+    def resolve(
+        self, name: str, qualifier: str | None, pinned: str | None = None
+    ) -> tuple[FunctionRecord, Version]:
+        validate_name(name)
+        fn = self.catalog.get(name)
+        if fn is None:
+            raise not_found(f"function {name!r} does not exist (on node {self.cfg.name})")
+        if pinned and pinned in fn.versions:
+            return fn, fn.versions[pinned]
+        try:
+            return fn, fn.resolve(qualifier)
+        except UnknownQualifier as exc:
+            raise not_found(str(exc)) from None
+
+    # --- carrying out a decision ---------------------------------------------
+    async def _carry_out(self, call: _Call, spec: SandboxSpec, decision: Decision) -> Reply:
+        claim: Claim | None = None
+        if decision.action is Action.HERE:
+            # Hold the slot in the same step as the decision: nothing can take it now.
+            claim = self.pool.claim(spec, decision.evict_below)
+            if claim is None:
+                decision = decision.fallback()
+        if decision.prewarm:
+            self.warm_in_background(call.fn, call.version, spec, decision.evict_below)
+        if decision.action is Action.REJECT:
+            raise self._unavailable(call, decision)
+        if decision.action is Action.FORWARD:
+            try:
+                return await self._forward(call, decision)
+            except AllRegionsDown:
+                if decision.on_forward_failed is not Action.HERE:
+                    raise self._unavailable(call, decision, "no region could be reached") from None
+                decision = decision.run_here_instead()
+        try:
+            return await self._run_here(call, spec, decision, claim)
+        except PoolFull:
+            if decision.action is not Action.WAIT or decision.on_no_room is not Action.FORWARD:
+                raise
+        # The queue it was worth waiting in did not move in time.
+        fallback = decision.fallback()
+        try:
+            return await self._forward(call, fallback)
+        except AllRegionsDown:
+            raise self._unavailable(call, fallback, "no region could be reached") from None
+
+    def _unavailable(
+        self,
+        call: _Call,
+        decision: Decision,
+        message: str = "no region is reachable and the function cannot run at this POP",
+    ) -> ApiError:
+        self.counters.count(call.fn.name, "rejected", decision.reason)
+        return ApiError(503, "Unavailable", message, headers=self._headers(decision, call))
+
+    def warm_in_background(
+        self, fn: FunctionRecord, version: Version, spec: SandboxSpec, evict_below: float | None
+    ) -> None:
+        """Start a sandbox here for a function the policy judged worth it, once at a time."""
+        if spec.key in self._warming:
+            return
+        self._warming.add(spec.key)
+
+        async def warm() -> None:
+            try:
+                await self._ensure_code(version)
+                await self.pool.prewarm(spec, 1, evict_below=evict_below)
+            except SandboxInitError as exc:
+                self.init_errors.put(fn.name, version.sha256, exc)
+            except (BundleUnavailable, SandboxError, ApiError) as exc:
+                log.warning("warming %s failed: %s", fn.name, exc)
+            finally:
+                self._warming.discard(spec.key)
+
+        self._spawn(warm())
+
+    async def _ensure_code(self, version: Version) -> None:
+        """Fetch the version's code unless cached, measuring what a fetch costs."""
+        if self.code.ready(version.bundle_sha256):
+            return
+        started = time.perf_counter()
+        await self.code.ensure(version.bundle_sha256)
+        self.placer.measured.node.add("fetch", (time.perf_counter() - started) * 1000)
+
+    def _headers(
+        self, decision: Decision, call: _Call, *, cold: bool | None = None
+    ) -> dict[str, str]:
+        if decision.action is Action.FORWARD:
+            placement = f"forwarded:{decision.region}"
+        else:
+            placement = "local-warm" if cold is False else "local-cold"
+        return {
+            "x-edgerun-node": self.cfg.name,
+            "x-edgerun-placement": placement,
+            "x-edgerun-reason": decision.reason.value,
+            "x-edgerun-version": call.version.sha256,
+            "x-edgerun-request-id": call.request_id,
+        }
+
+    def _event(self, call: _Call) -> Any:
+        """The handler's event, built here because this node runs the code."""
+        if call.req.trigger == "direct":
+            return call.payload
+        req = call.req
+        return build_event(
+            method=req.method,
+            path=req.path,
+            query_string=req.query,
+            headers=[(k, v) for k, v in req.headers if k not in _NOT_FOR_FUNCTIONS],
+            body=call.body,
+            source_ip=call.origin.source_ip,
+            request_id=call.origin.request_id,
+            domain=call.origin.host,
+        )
+
+    async def _run_here(
+        self, call: _Call, spec: SandboxSpec, decision: Decision, claim: Claim | None
+    ) -> Reply:
+        fn_name, sha = call.fn.name, call.version.sha256
+        try:
+            failed = self.init_errors.recent(fn_name, sha)
+            if failed is not None:
+                self._log_init_error(call, failed)
+                raise init_error(failed, self._headers(decision, call), detail=False)
+            try:
+                await self._ensure_code(call.version)
+            except BundleUnavailable as exc:
+                raise ApiError(
+                    503, "CodeUnavailable", str(exc), headers=self._headers(decision, call)
+                ) from None
+        except BaseException:
+            if claim is not None:
+                self.pool.cancel_claim(claim)
+            raise
+        msg = Invoke(
+            id=call.request_id, mode=call.req.trigger, event=self._event(call),
+            timeout_s=spec.timeout_s,
+        )  # fmt: skip
+        cold: bool | None = None
+        wait_s = None if decision.wait_ms is None else decision.wait_ms / 1000
+        acquired = time.perf_counter()
+        try:
+            async with self.pool.lease(spec, decision.evict_below, claim=claim, wait_s=wait_s) as (
+                sandbox,
+                cold,
+            ):
+                started = time.perf_counter()
+                reply = await sandbox.invoke(msg)
+                took_ms = (time.perf_counter() - started) * 1000
+        except SandboxInitError as exc:
+            self.init_errors.put(fn_name, sha, exc)
+            self._log_init_error(call, exc)
+            raise init_error(exc, self._headers(decision, call), detail=False) from None
+        except SandboxError as exc:
+            raise ApiError(
+                exc.status, exc.type, str(exc), headers=self._headers(decision, call, cold=cold)
+            ) from None
+        except ApiError as exc:
+            exc.headers.update(self._headers(decision, call))
+            raise
+        self.init_errors.clear(fn_name, sha)
+        if self.catalog.get(fn_name) is None:
+            # Deleted while this call started its sandbox: do not keep it warm.
+            self._spawn(self._stop_function(fn_name))
+        if reply.logs:
+            self.logs.add(call.request_id, fn_name, sha, self.cfg.name, reply.logs)
+        headers = self._headers(decision, call, cold=cold)
+        headers["x-edgerun-duration-ms"] = f"{took_ms:.2f}"
+        if cold:
+            headers["x-edgerun-start-ms"] = f"{(started - acquired) * 1000:.2f}"
+        self.placer.measured.run_here.add(fn_name, took_ms)
+        self.counters.count(fn_name, headers["x-edgerun-placement"], decision.reason)
+        if isinstance(reply, Failure):
+            err = ApiError(
+                500,
+                reply.error.type,
+                reply.error.message,
+                extra={"traceback": reply.error.traceback},
+                headers=headers,
+            )
+            return Reply(500, list(headers.items()) + _JSON, _encode(err.body()))
+        if len(reply.body) > self.cfg.max_payload_bytes:
+            raise ApiError(
+                413,
+                "ResponseTooLarge",
+                f"the function's response is larger than the "
+                f"{self.cfg.max_payload_bytes}-byte limit",
+                headers=headers,
+            )
+        # The sandbox layer has checked the headers and dropped framing and ours.
+        return Reply(reply.status, list(headers.items()) + reply.headers, reply.body)
+
+    def _log_init_error(self, call: _Call, exc: SandboxInitError) -> None:
+        """The detail callers are not shown: in the logs under their request id, for the owner."""
+        detail = "\n".join([f"{exc.info.type}: {exc.info.message}", *exc.info.traceback])
+        self.logs.add(call.request_id, call.fn.name, call.version.sha256, self.cfg.name, detail)
+
+    async def _forward(self, call: _Call, decision: Decision) -> Reply:
+        req = call.req
+        headers = [(k, v) for k, v in req.headers if k not in _NOT_FORWARDED]
+        headers += [
+            ("x-edgerun-version", call.version.sha256),
+            ("x-edgerun-request-id", call.request_id),
+            (FORWARDED_BY_HEADER, self.cfg.name),
+            (NODE_TOKEN_HEADER, self.token),
+            ("x-forwarded-for", call.origin.source_ip),
+            ("x-forwarded-host", call.origin.host),
+        ]
+        path = req.raw_path + (f"?{req.query}" if req.query else "")
+        try:
+            region, resp = await self.regions.forward(
+                decision.regions,
+                req.method,
+                path,
+                headers,
+                call.body,
+                timeout_s=call.fn.config.timeout_s,
+                idempotent=call.fn.config.idempotent,
+            )
+        except ForwardFailed as exc:
+            raise ApiError(
+                502, "RegionFailed", str(exc), headers=self._headers(decision, call)
+            ) from None
+        failed_over = region.name != decision.region
+        if failed_over:
+            decision = Decision(Action.FORWARD, decision.reason, (region.name,))
+        out = self._headers(decision, call)
+        if failed_over:
+            out["x-edgerun-failover"] = "true"
+        self.counters.count(call.fn.name, out["x-edgerun-placement"], decision.reason)
+        duration = resp.header("x-edgerun-duration-ms")
+        if duration:
+            with contextlib.suppress(ValueError):
+                ms = float(duration)
+                if 0.0 <= ms < 3_600_000.0:
+                    self.placer.measured.run_there.add(call.fn.name, ms)
+        relayed = list(out.items())
+        relayed += [(k, v) for k, v in resp.headers if k not in _HOP_BY_HOP and k not in out]
+        region_placement = resp.header("x-edgerun-placement")
+        if region_placement:
+            relayed.append(("x-edgerun-region-placement", region_placement))
+        return Reply(resp.status, relayed, resp.body)
+
+
+def function_view(fn: FunctionRecord) -> FunctionView:
+    cfg = fn.config
+    return FunctionView(cfg.memory_mb, cfg.timeout_s, cfg.placement, cfg.latency_sensitive)
+
+
+def _decode_payload(body: bytes) -> Any:
+    try:
+        event = msgspec.json.decode(body) if body.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"invocation payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep("invocation payload") from None
+    check_json_depth(body, "invocation payload")
+    return event
+
+
+def init_error(exc: SandboxInitError, headers: dict[str, str], *, detail: bool) -> ApiError:
+    """The error an init failure gives: the exception text (which may hold secrets, and
+    may be another request's) only for the admin; invocations get the type and where
+    to look, the detail being in the node's logs under the request id."""
+    if detail:
+        message = f"the function failed to initialise: {exc.info.type}: {exc.info.message}"
+        extra: dict[str, Any] = {"traceback": exc.info.traceback, "phase": "init"}
+    else:
+        message = f"the function failed to initialise ({exc.info.type}); see its logs"
+        extra = {"phase": "init"}
+    return ApiError(500, exc.info.type, message, extra=extra, headers=headers)
