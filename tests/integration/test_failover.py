@@ -96,4 +96,7 @@ def test_full_pop_forwards_with_reason_no_capacity(fresh) -> None:
         futures = [ex.submit(invoke, pop, "sleeper", {"seconds": 1.5}) for _ in range(3)]
         results = [f.result() for f in futures]
     assert all(r.status == 200 for r in results)
-    assert sorted(r.reason for r in results) == ["no-capacity", "popular", "warm"]
+    # One warm, one started beside it, and no room for a third: forwarded.
+    placements = sorted(r.placement for r in results)
+    assert [p.partition(":")[0] for p in placements] == ["forwarded", "local-cold", "local-warm"]
+    assert [r.reason for r in results if r.placement.startswith("forwarded")] == ["no-capacity"]

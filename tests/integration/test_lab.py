@@ -56,7 +56,8 @@ def test_a_cut_link_fails_over_to_the_next_region(lab: Lab) -> None:
     result = invoke(client, "far", {})
     assert result.status == 200
     assert result.placement == "forwarded:region-2"
-    assert "failover" in result.reason
+    assert result.reason == "region-only"
+    assert result.headers["x-edgerun-failover"] == "true"
 
 
 def test_a_killed_region_host_fails_over(lab: Lab) -> None:
