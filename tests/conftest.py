@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).parent.parent
 FUNCTIONS = Path(__file__).parent / "functions"
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

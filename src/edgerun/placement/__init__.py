@@ -8,6 +8,7 @@ from edgerun.placement.policy import (
     FunctionView,
     NodeLimits,
     PoolState,
+    REASONS,
     Reason,
     RegionView,
     Tuning,
@@ -16,6 +17,7 @@ from edgerun.placement.policy import (
     eviction_cost,
     forward_cost,
     rank_regions,
+    reasons_table,
     region_decision,
 )
 from edgerun.placement.popularity import Popularity
@@ -29,6 +31,7 @@ __all__ = [
     "NodeLimits",
     "PoolState",
     "Popularity",
+    "REASONS",
     "Reason",
     "RegionView",
     "Tuning",
@@ -37,5 +40,6 @@ __all__ = [
     "eviction_cost",
     "forward_cost",
     "rank_regions",
+    "reasons_table",
     "region_decision",
 ]

@@ -56,36 +56,52 @@ class Action(enum.StrEnum):
 
 
 class Reason(enum.StrEnum):
-    """Why a request ran where it did (the ``x-edgerun-reason`` header)."""
+    """Why a request ran where it did (the ``x-edgerun-reason`` header);
+    :data:`REASONS` says what each means."""
 
     WARM = "warm"
-    """An idle sandbox here beats every region."""
     COLD_START_CHEAPER = "cold-start-cheaper"
-    """A cold start here, with what it evicts, costs less than the trip."""
     QUEUE_SHORTER = "queue-shorter"
-    """Waiting for one of its busy sandboxes here costs less than the trip."""
     TRIP_CHEAPER = "trip-cheaper"
-    """A cold start here costs more than the trip to a region."""
     EVICTION_COSTLY = "eviction-costly"
-    """Room here would cost the sandboxes it evicts more than the trip saves."""
     NO_CAPACITY = "no-capacity"
-    """No room here, even evicting every idle sandbox it may, and no queue worth waiting in."""
     FASTER_IN_REGION = "faster-in-region"
-    """It runs so much faster in a region that even a warm sandbox here loses."""
     REGION_ONLY = "region-only"
-    """The function asks to run in a region."""
     TOO_BIG_FOR_POP = "too-big-for-pop"
-    """Its memory or timeout is over this POP's limits."""
     EDGE_ONLY = "edge-only"
-    """The function asks to run at the edge."""
     ALL_REGIONS_DOWN = "all-regions-down"
-    """No region is reachable: it runs here if it can at all."""
     ALWAYS_HERE = "always-here"
-    """Baseline policy (benchmarks): everything that may run here does."""
     ALWAYS_FORWARD = "always-forward"
-    """Baseline policy (benchmarks): everything is forwarded."""
     REGION = "region"
-    """A region runs what it is sent."""
+
+
+REASONS: dict[Reason, str] = {
+    Reason.WARM: "an idle sandbox here beats every region",
+    Reason.COLD_START_CHEAPER: "a cold start here, with what it evicts, costs less than the trip",
+    Reason.QUEUE_SHORTER: "waiting for one of its busy sandboxes here costs less than the trip",
+    Reason.TRIP_CHEAPER: "a cold start here costs more than the trip to a region "
+    "(the POP may warm it meanwhile)",
+    Reason.EVICTION_COSTLY: "room here would cost the sandboxes it evicts more than it saves",
+    Reason.NO_CAPACITY: "no room here, even evicting every idle sandbox it may, "
+    "and no queue worth waiting in",
+    Reason.FASTER_IN_REGION: "it runs so much faster in a region that even a warm sandbox "
+    "here loses",
+    Reason.REGION_ONLY: "the function asks for a region (`placement = \"region\"`)",
+    Reason.TOO_BIG_FOR_POP: "its memory or timeout is over the POP's limits",
+    Reason.EDGE_ONLY: "the function asks for the edge (`placement = \"edge\"`)",
+    Reason.ALL_REGIONS_DOWN: "no region is reachable: it runs here if it can at all, else 503",
+    Reason.ALWAYS_HERE: "baseline policy for benchmarks: run everything that may run here",
+    Reason.ALWAYS_FORWARD: "baseline policy for benchmarks: forward everything",
+    Reason.REGION: "on a region, which runs what it is sent",
+}
+"""What each reason means: the README's table is checked against this."""
+
+
+def reasons_table() -> str:
+    """The README's table of reasons, generated from :data:`REASONS`."""
+    rows = ["| reason | meaning |", "|---|---|"]
+    rows += [f"| `{r.value}` | {REASONS[r]} |" for r in Reason]
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -839,3 +839,87 @@ async def test_a_function_as_big_as_the_node_still_starts_before_its_zygote_is_k
     sandbox, cold = await use(pool, spec("whole-node"))
 
     assert cold and sandbox.alive
+
+
+# --- claims: what a run-here decision holds from the moment it is taken -----------
+
+
+async def test_a_claim_takes_the_idle_sandbox_so_no_other_request_can():
+    pool = make_pool(FakeFactory(), slots=1, queue_timeout_s=0.05)
+    warm, _ = await use(pool, spec())
+    claim = pool.claim(spec())
+    assert claim is not None and claim.sandbox is warm
+
+    assert pool.view(spec()).idle == 0
+    with pytest.raises(PoolFull):
+        await use(pool, spec())  # the only sandbox is held by the claim
+    async with pool.lease(spec(), claim=claim) as (sandbox, cold):
+        assert (sandbox, cold) == (warm, False)
+    assert pool.view(spec()).idle == 1
+
+
+async def test_a_claim_reserves_a_slot_when_nothing_is_idle():
+    pool = make_pool(FakeFactory(), slots=1)
+    claim = pool.claim(spec("mine"))
+    assert claim is not None and claim.reservation is not None
+
+    assert pool.claim(spec("other")) is None
+    async with pool.lease(spec("mine"), claim=claim) as (_, cold):
+        assert cold
+
+
+async def test_a_claim_evicts_only_below_its_threshold():
+    values = {"cheap": 1.0, "dear": 50.0}
+    pool = Pool(
+        FakeFactory(),  # type: ignore[arg-type]
+        capacity_mb=128,
+        value=lambda function, _version: values.get(function, 0.0),
+    )
+    await use(pool, spec("dear"))
+    assert pool.claim(spec("mine"), evict_below=10.0) is None
+    assert pool.warm_versions() == {"v1"}
+
+    pool2 = Pool(
+        FakeFactory(),  # type: ignore[arg-type]
+        capacity_mb=128,
+        value=lambda function, _version: values.get(function, 0.0),
+    )
+    await use(pool2, spec("cheap"))
+    claim = pool2.claim(spec("mine", "v2"), evict_below=10.0)
+    assert claim is not None
+    assert pool2.warm_versions() == set()
+
+
+async def test_a_cancelled_claim_gives_its_sandbox_back_to_idle():
+    pool = make_pool(FakeFactory(), slots=1)
+    warm, _ = await use(pool, spec())
+    claim = pool.claim(spec())
+    assert claim is not None
+
+    pool.cancel_claim(claim)
+    pool.cancel_claim(claim)  # twice is harmless
+
+    assert pool.view(spec()).idle == 1
+    again, cold = await use(pool, spec())
+    assert (again, cold) == (warm, False)
+
+
+async def test_a_cancelled_claim_frees_its_reserved_slot():
+    pool = make_pool(FakeFactory(), slots=1)
+    claim = pool.claim(spec("mine"))
+    assert claim is not None
+
+    pool.cancel_claim(claim)
+
+    assert pool.used_mb == 0
+    assert pool.claim(spec("other")) is not None
+
+
+async def test_a_lease_queues_no_longer_than_its_wait():
+    pool = make_pool(FakeFactory(), slots=1, queue_timeout_s=30.0)
+    async with pool.lease(spec("busy")):
+        started = time.monotonic()
+        with pytest.raises(PoolFull):
+            async with pool.lease(spec("other"), evict_below=0.0, wait_s=0.05):
+                pass
+        assert time.monotonic() - started < 5.0  # far under the 30 s queue timeout
