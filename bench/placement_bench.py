@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 
 from edgerun.placement import (
     FunctionView,
+    Action,
+    Costs,
     NodeLimits,
     PoolState,
     Popularity,
     RegionView,
-    Thresholds,
     decide,
+    eviction_cost,
 )
 
 MEMORY_MB = 128
@@ -167,8 +169,13 @@ def workload(
     return fns, trace
 
 
-def _rate_at(popularity: Popularity, now: float, name: str) -> float:
-    return popularity.rate(name, now)
+def _value_at(popularity: Popularity, now: float, pop: Node, name: str) -> float:
+    """What evicting one idle sandbox of ``name`` costs (the node's eviction order).
+    In this model a version's zygote goes with its last sandbox, so evicting that
+    one costs the next call an import."""
+    s = pop.pools.get(name)
+    start = FORK_MS if s is not None and len(s.busy_until) > 1 else IMPORT_MS
+    return eviction_cost(popularity.rate(name, now), start)
 
 
 def replay(
@@ -177,9 +184,8 @@ def replay(
     pops = [Node(None if policy == "ideal" else capacity) for _ in range(2)]
     region = Node(None)
     popularity = [Popularity(half_life_s=120.0) for _ in range(2)]
-    thresholds = Thresholds()
     limits = NodeLimits(512, 30.0)
-    warming: list[tuple[float, int, str]] = []  # (ready_at, pop, name)
+    warming: list[tuple[float, int, str, float]] = []  # (ready_at, pop, name, evict_below)
     latencies: list[float] = []
     at_pop = cold = 0
     last_expire = 0.0
@@ -191,11 +197,10 @@ def replay(
                 node.expire(now)
             last_expire = now
         while warming and warming[0][0] <= now:
-            _, wp, name = heapq.heappop(warming)
-            rate_w = popularity[wp].rate(name, now)
+            _, wp, name, below_w = heapq.heappop(warming)
             node = pops[wp]
-            value = functools.partial(_rate_at, popularity[wp], now)
-            if name not in node.pools and node.make_room(now, name, value, rate_w):
+            value = functools.partial(_value_at, popularity[wp], now, node)
+            if name not in node.pools and node.make_room(now, name, value, below_w):
                 node.pools[name] = Sandboxes([now], now)
         local: bool
         if fn.region_only or policy == "always-forward":
@@ -204,28 +209,43 @@ def replay(
             local = pop.idle_slot(fn.name, now) is not None or pop.make_room(now, fn.name)
         else:
             rate = popularity[p].hit(fn.name, now)
-            value = functools.partial(_rate_at, popularity[p], now)
+            value = functools.partial(_value_at, popularity[p], now, pop)
             s = pop.pools.get(fn.name)
-            free = 0 if pop.capacity is None else pop.capacity - pop.count()
-            evictable = len(pop.evictable(now, fn.name, value, rate))
+            idle = pop.idle_slot(fn.name, now) is not None
+            full = pop.capacity is not None and pop.count() >= pop.capacity
+            victims: tuple[float, ...] | None = ()
+            if full:
+                candidates = pop.evictable(now, fn.name, value, None)
+                victims = (candidates[0][0],) if candidates else None
             d = decide(
                 FunctionView(MEMORY_MB, 1.0, "auto"),
                 pool=PoolState(
-                    has_idle=pop.idle_slot(fn.name, now) is not None,
-                    free_mb=free * MEMORY_MB,
-                    evictable_mb=evictable * MEMORY_MB,
-                    zygote_ready=bool(s and s.busy_until),
+                    idle=int(idle),
+                    busy=0 if s is None else len(s.busy_until) - int(idle),
+                    need_mb=MEMORY_MB,
+                    victims=victims,
+                ),
+                costs=Costs(
+                    run_ms=fn.duration_ms, start_ms=FORK_MS if s and s.busy_until else IMPORT_MS
                 ),
                 rate=rate,
                 limits=limits,
-                regions=[RegionView("region-1", True, POP_REGION_MS, warm=fn.name in region.pools)],
-                thresholds=thresholds,
+                regions=[
+                    RegionView(
+                        "region-1",
+                        True,
+                        POP_REGION_MS,
+                        warm=fn.name in region.pools,
+                        start_ms=IMPORT_MS,
+                    )
+                ],
             )
-            local = d.action in ("local-warm", "local-cold")
-            if local and d.action == "local-cold":
-                local = pop.make_room(now, fn.name, value, rate)
+            local = d.action in (Action.HERE, Action.WAIT)
+            if local and not idle:
+                local = pop.make_room(now, fn.name, value, d.evict_below)
             if d.prewarm:
-                heapq.heappush(warming, (now + IMPORT_MS / 1000, p, fn.name))
+                below = d.evict_below if d.evict_below is not None else 0.0
+                heapq.heappush(warming, (now + IMPORT_MS / 1000, p, fn.name, below))
         if local:
             startup = pop.run(fn.name, now, fn.duration_ms)
             latency = CLIENT_POP_MS + startup + fn.duration_ms

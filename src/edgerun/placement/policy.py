@@ -34,7 +34,9 @@ Forwarding does not give up on the POP: when the function's expected gain
 over the horizon (its rate x H x what a warm sandbox here saves per request)
 outweighs what the room costs, the decision also asks for a sandbox to be
 started here in the background (``prewarm``), so only the first requests
-pay the trip.
+pay the trip. A background start evicts only sandboxes that cost less to
+lose than its own would (the same measure for every function), so two
+functions never take the room from each other in turn.
 """
 
 from __future__ import annotations
@@ -340,12 +342,17 @@ def decide(
         reason = Reason.NO_CAPACITY
     else:
         reason = Reason.TRIP_CHEAPER
-    prewarm = room and saving > 0 and gain > eviction
+    # A sandbox started in the background may only evict sandboxes whose loss is
+    # below what losing its own would cost: one order for every function, so two
+    # functions never take the room back and forth.
+    own_loss = eviction_cost(rate, costs.start_ms, tuning)
+    victims = pool.victims or ()
+    prewarm = room and saving > 0 and gain > eviction and all(v < own_loss for v in victims)
     return Decision(
         Action.FORWARD,
         reason,
         names,
-        evict_below=gain if prewarm else 0.0,
+        evict_below=min(gain, own_loss) if prewarm else 0.0,
         on_forward_failed=Action.HERE,
         prewarm=prewarm,
         estimate=est,
