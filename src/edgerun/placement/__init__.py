@@ -27,3 +27,13 @@ __all__ = [
     "decide_baseline",
     "rank_regions",
 ]
+
+from edgerun.placement.profile import (
+    Prewarm,
+    Release,
+    WarmPlan,
+    WeeklyProfile,
+    plan_warming,
+)
+
+__all__ += ["Prewarm", "Release", "WarmPlan", "WeeklyProfile", "plan_warming"]
