@@ -248,6 +248,12 @@ def test_a_node_restarted_in_the_peak_warms_it_too(nine_am: WeeklyProfile) -> No
     assert warmed(plan(nine_am, at(21, 9, 20), lead_s=0.0)) == {"f": 1}
 
 
+def test_a_peak_never_followed_by_another_request_is_still_warmed() -> None:
+    p = WeeklyProfile()
+    daily(p, "f", 9, range(1))  # last Monday 09:00, nothing since: its slot is not folded yet
+    assert warmed(plan(p, at(7, 8, 55))) == {"f": 1}
+
+
 def test_nothing_is_warmed_that_current_traffic_already_explains(
     nine_am: WeeklyProfile,
 ) -> None:
@@ -317,8 +323,18 @@ def test_no_function_is_both_warmed_and_released(
     p = WeeklyProfile()
     for fn, h, n in sorted(hits, key=lambda x: x[1]):
         p.hit(fn, MONDAY + h * HOUR, count=n)
-    result = plan(p, MONDAY + WEEK + hour * HOUR, held=held, current_rate=lambda _f: current)
+    now = MONDAY + WEEK + hour * HOUR + 1800.0
+    result = plan(p, now, held=held, current_rate=lambda _f: current)
     assert not set(warmed(result)) & set(released(result))
+    # The planner's cached bounds never hide a function that qualifies.
+    slots = {p.slot_of(now), p.slot_of(now + 600.0)}
+    soon = {f: max(p.expected_rate(f, now, slot=s) for s in slots) for f in p.functions()}
+    want = {
+        f: 1 - held.get(f, 0)
+        for f, r in soon.items()
+        if r >= 1 / 300 and r >= 1.5 * current and held.get(f, 0) < 1
+    }
+    assert warmed(result) == want
     assert all(n > 0 for n in warmed(result).values())
     assert all(0 < n <= held[f] for f, n in released(result).items())
 
