@@ -43,3 +43,13 @@ __all__ = [
     "reasons_table",
     "region_decision",
 ]
+
+from edgerun.placement.profile import (
+    Prewarm,
+    Release,
+    WarmPlan,
+    WeeklyProfile,
+    plan_warming,
+)
+
+__all__ += ["Prewarm", "Release", "WarmPlan", "WeeklyProfile", "plan_warming"]
