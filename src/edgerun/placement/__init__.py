@@ -21,6 +21,7 @@ from edgerun.placement.policy import (
     region_decision,
 )
 from edgerun.placement.popularity import Popularity
+from edgerun.placement.profile import Prewarm, Release, WarmPlan, WeeklyProfile, plan_warming
 
 __all__ = [
     "Action",
@@ -31,25 +32,20 @@ __all__ = [
     "NodeLimits",
     "PoolState",
     "Popularity",
+    "Prewarm",
     "REASONS",
     "Reason",
     "RegionView",
+    "Release",
     "Tuning",
+    "WarmPlan",
+    "WeeklyProfile",
     "decide",
     "decide_baseline",
     "eviction_cost",
     "forward_cost",
+    "plan_warming",
     "rank_regions",
     "reasons_table",
     "region_decision",
 ]
-
-from edgerun.placement.profile import (
-    Prewarm,
-    Release,
-    WarmPlan,
-    WeeklyProfile,
-    plan_warming,
-)
-
-__all__ += ["Prewarm", "Release", "WarmPlan", "WeeklyProfile", "plan_warming"]

@@ -59,6 +59,8 @@ class Popularity:
         if score is None:
             inherited = 0.0
             if len(self._scores) >= self.capacity:
+                if not self._heap_live:
+                    self._rebuild_heap()  # rescaling emptied it: evict from a current heap
                 inherited = self._evict_min()
             score = inherited
             self._errors[key] = inherited

@@ -66,3 +66,13 @@ def test_rates_are_never_negative(hits) -> None:
         now += step
         p.hit(key, now)
     assert all(p.rate(k, now) >= 0 for k in "abcdef")
+
+
+def test_the_table_stays_within_capacity_across_a_rescale():
+    p = Popularity(capacity=2, half_life_s=1)
+    p.hit("a", 0.0)
+    p.hit("b", 0.0)
+    p.hit("c", 600.0)  # far enough on to rescale the scores first
+
+    assert len(p) == 2
+    assert p.rate("c", 600.0) == 0.0 or "c" in p._scores
