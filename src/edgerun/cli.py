@@ -15,19 +15,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgerun.build import BuildError, build_bundle, read_manifest
+from edgerun.build import BuildError, build_bundle, function_config
 from edgerun.client import Client, EdgerunError, invoke
 from edgerun.config import default_topology, load_node_config, load_topology
 from edgerun.errors import ApiError
-from edgerun.models import FunctionConfig, validate_config, validate_name
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="edgerun: run functions at the edge."
@@ -173,12 +172,27 @@ lab_app = typer.Typer(help="A multi-region test bed with emulated distance.")
 app.add_typer(lab_app, name="lab")
 
 
+class PlacementMode(StrEnum):
+    """The POP placement policies (``NodeConfig.placement_mode``)."""
+
+    edgerun = "edgerun"
+    always_here = "always-here"
+    always_forward = "always-forward"
+
+
 @lab_app.command("up")
 def lab_up(
-    pops: int = 2,
-    regions: int = 2,
-    client_pop_ms: float = 5.0,
-    pop_region_ms: float = 40.0,
+    pops: Annotated[int, typer.Option(min=1, help="Number of POPs.")] = 2,
+    regions: Annotated[int, typer.Option(min=1, help="Number of regions.")] = 2,
+    client_pop_ms: Annotated[float, typer.Option(min=0, help="Client-POP round trip.")] = 5.0,
+    pop_region_ms: Annotated[float, typer.Option(min=0, help="POP-region round trip.")] = 40.0,
+    region_region_ms: Annotated[
+        float, typer.Option(min=0, help="Region-region round trip (no such traffic yet).")
+    ] = 60.0,
+    pop_capacity_mb: Annotated[int, typer.Option(min=1, help="Memory budget of each POP.")] = 1024,
+    placement_mode: Annotated[
+        PlacementMode, typer.Option(help="The POPs' placement policy.")
+    ] = PlacementMode.edgerun,
     demo: Annotated[bool, typer.Option(help="Deploy the examples.")] = False,
 ) -> None:
     """Start a lab: real nodes, links with delays (round trips in ms), until Ctrl-C."""
@@ -187,7 +201,13 @@ def lab_up(
     with _errors():
         lab = Lab(
             LabSpec(
-                pops=pops, regions=regions, client_pop_ms=client_pop_ms, pop_region_ms=pop_region_ms
+                pops=pops,
+                regions=regions,
+                client_pop_ms=client_pop_ms,
+                pop_region_ms=pop_region_ms,
+                region_region_ms=region_region_ms,
+                pop_capacity_mb=pop_capacity_mb,
+                placement_mode=placement_mode.value,
             ),
             _home() / "lab",
         )
@@ -224,15 +244,7 @@ def lab_up(
 
 
 def _deploy(client: Client, folder: Path, overrides: dict[str, Any]) -> tuple[str, str]:
-    manifest = read_manifest(folder)
-    merged = {**manifest, **{k: v for k, v in overrides.items() if v is not None}}
-    name = merged.pop("name", None) or folder.resolve().name
-    validate_name(name)
-    try:
-        config = msgspec.convert(merged, FunctionConfig)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid function config: {exc}") from None
-    validate_config(config)
+    name, config = function_config(folder, overrides)
     with out.status(f"building {folder}...") as status:
         bundle = build_bundle(folder, lambda line: status.update(f"pip: {line[:80]}"))
     record = client.deploy(name, bundle, config)
