@@ -310,6 +310,7 @@ def write_cdf_png(latencies: dict[str, list[float]], path: Path, title: str) -> 
             xs, ys = cdf_points(values)
             ax.step(xs, ys, where="post", label=mode)
     ax.set_xscale("log")
+    ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("latency seen by the client (ms, log scale)")
     ax.set_ylabel("share of requests")
     ax.set_title(title)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from edgerun.replay import (
     parse_modes,
     parse_trace,
     percentile,
+    write_cdf_png,
 )
 
 # --- traces ---------------------------------------------------------------------
@@ -302,3 +304,18 @@ def test_two_folders_deploying_one_name_are_an_error(tmp_path: Path) -> None:
     write_function(tmp_path, "two", 'name = "one"\nhandler = "main.handler"\n')
     with pytest.raises(ReplayError, match="both deploy function 'one'"):
         load_functions(tmp_path)
+
+
+def test_the_cdf_png_is_skipped_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert not write_cdf_png({"edgerun": [1.0, 2.0]}, tmp_path / "cdf.png", "t")
+    assert not (tmp_path / "cdf.png").exists()
+
+
+def test_the_cdf_png_has_a_line_per_mode(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "out" / "cdf.png"
+    assert write_cdf_png({"edgerun": [1.0, 20.0], "ideal": [2.0], "none": []}, path, "t")
+    assert path.read_bytes().startswith(b"\x89PNG")
