@@ -19,6 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from edgerun.models import FunctionConfig, validate_config, validate_name
+
 _SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -36,6 +40,21 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BuildError(f"{path}: {exc}") from None
+
+
+def function_config(folder: Path, overrides: dict[str, Any]) -> tuple[str, FunctionConfig]:
+    """The name and config ``edgerun deploy`` gives ``folder``: its ``edgerun.toml``
+    with ``overrides`` (None values ignored) on top; the name defaults to the folder's."""
+    manifest = read_manifest(folder)
+    merged = {**manifest, **{k: v for k, v in overrides.items() if v is not None}}
+    name = merged.pop("name", None) or folder.resolve().name
+    validate_name(name)
+    try:
+        config = msgspec.convert(merged, FunctionConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{folder}: invalid function config: {exc}") from None
+    validate_config(config)
+    return name, config
 
 
 def _files(root: Path) -> list[tuple[str, Path]]:

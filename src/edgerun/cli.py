@@ -15,19 +15,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgerun.build import BuildError, build_bundle, read_manifest
+from edgerun.build import BuildError, build_bundle, function_config
 from edgerun.client import Client, EdgerunError, invoke
 from edgerun.config import default_topology, load_node_config, load_topology
 from edgerun.errors import ApiError
-from edgerun.models import FunctionConfig, validate_config, validate_name
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="edgerun: run functions at the edge."
@@ -43,9 +42,10 @@ def _home() -> Path:
     return Path(os.environ.get("EDGERUN_HOME", Path.home() / ".edgerun"))
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr; exit ``code`` (2: the input was wrong, as for usage errors)."""
     err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 @contextmanager
@@ -173,12 +173,27 @@ lab_app = typer.Typer(help="A multi-region test bed with emulated distance.")
 app.add_typer(lab_app, name="lab")
 
 
+class PlacementMode(StrEnum):
+    """The POP placement policies (``NodeConfig.placement_mode``)."""
+
+    edgerun = "edgerun"
+    always_here = "always-here"
+    always_forward = "always-forward"
+
+
 @lab_app.command("up")
 def lab_up(
-    pops: int = 2,
-    regions: int = 2,
-    client_pop_ms: float = 5.0,
-    pop_region_ms: float = 40.0,
+    pops: Annotated[int, typer.Option(min=1, help="Number of POPs.")] = 2,
+    regions: Annotated[int, typer.Option(min=1, help="Number of regions.")] = 2,
+    client_pop_ms: Annotated[float, typer.Option(min=0, help="Client-POP round trip.")] = 5.0,
+    pop_region_ms: Annotated[float, typer.Option(min=0, help="POP-region round trip.")] = 40.0,
+    region_region_ms: Annotated[
+        float, typer.Option(min=0, help="Region-region round trip (no such traffic yet).")
+    ] = 60.0,
+    pop_capacity_mb: Annotated[int, typer.Option(min=1, help="Memory budget of each POP.")] = 1024,
+    placement_mode: Annotated[
+        PlacementMode, typer.Option(help="The POPs' placement policy.")
+    ] = PlacementMode.edgerun,
     demo: Annotated[bool, typer.Option(help="Deploy the examples.")] = False,
 ) -> None:
     """Start a lab: real nodes, links with delays (round trips in ms), until Ctrl-C."""
@@ -187,7 +202,13 @@ def lab_up(
     with _errors():
         lab = Lab(
             LabSpec(
-                pops=pops, regions=regions, client_pop_ms=client_pop_ms, pop_region_ms=pop_region_ms
+                pops=pops,
+                regions=regions,
+                client_pop_ms=client_pop_ms,
+                pop_region_ms=pop_region_ms,
+                region_region_ms=region_region_ms,
+                pop_capacity_mb=pop_capacity_mb,
+                placement_mode=placement_mode.value,
             ),
             _home() / "lab",
         )
@@ -220,19 +241,142 @@ def lab_up(
         out.print("stopped.")
 
 
+@lab_app.command("replay")
+def lab_replay(
+    trace: Annotated[Path, typer.Argument(help="JSONL: one {t, pop, function, data?} a line.")],
+    functions: Annotated[
+        Path, typer.Option(help="Folder of function folders (each with edgerun.toml).")
+    ],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object and nothing else on stdout.")
+    ] = False,
+    modes: Annotated[
+        str, typer.Option(help="Comma-separated: edgerun, always-here, always-forward, ideal.")
+    ] = "edgerun,always-here,always-forward,ideal",
+    png: Annotated[
+        Path | None, typer.Option(help="CDF of latencies (default: cdf.png beside the trace).")
+    ] = None,
+    warmup: Annotated[
+        float | None, typer.Option(min=0, help="Seconds replayed but left out of the figures.")
+    ] = None,
+    speed: Annotated[float, typer.Option(min=0.01, help="Replay X times faster.")] = 1.0,
+    limit_seconds: Annotated[
+        float | None, typer.Option(min=0, help="Replay only the first N seconds of the trace.")
+    ] = None,
+    lab: Annotated[
+        Path | None, typer.Option(help="Lab settings (default: lab.toml beside the trace).")
+    ] = None,
+    pops: Annotated[int | None, typer.Option(help="Overrides lab.toml.")] = None,
+    regions: Annotated[int | None, typer.Option(help="Overrides lab.toml.")] = None,
+    client_pop_ms: Annotated[float | None, typer.Option(help="Overrides lab.toml.")] = None,
+    pop_region_ms: Annotated[float | None, typer.Option(help="Overrides lab.toml.")] = None,
+    region_region_ms: Annotated[float | None, typer.Option(help="Overrides lab.toml.")] = None,
+    pop_capacity_mb: Annotated[int | None, typer.Option(help="Overrides lab.toml.")] = None,
+    region_capacity_mb: Annotated[int | None, typer.Option(help="Overrides lab.toml.")] = None,
+    keep_data: Annotated[
+        bool, typer.Option(help="Keep each lab's data folder (node logs) and say where.")
+    ] = False,
+) -> None:
+    """Replay a trace on a fresh lab per placement mode and compare latencies."""
+    from edgerun import replay as rp
+
+    try:
+        settings = rp.LabSettings()
+        lab_file = lab or trace.parent / rp.LAB_TOML
+        if lab is not None or lab_file.exists():
+            try:
+                text = lab_file.read_text()
+            except OSError as exc:
+                raise rp.ReplayError(f"cannot read {lab_file}: {exc.strerror}") from None
+            settings = rp.parse_lab_toml(text, str(lab_file))
+        settings = rp.merge_settings(
+            settings,
+            {
+                "pops": pops,
+                "regions": regions,
+                "client_pop_ms": client_pop_ms,
+                "pop_region_ms": pop_region_ms,
+                "region_region_ms": region_region_ms,
+                "pop_capacity_mb": pop_capacity_mb,
+                "region_capacity_mb": region_capacity_mb,
+                "warmup_s": warmup,
+            },
+        )
+        chosen = rp.parse_modes(modes)
+        requests = rp.limit(rp.read_trace(trace), limit_seconds)
+        with err.status("building functions...") as status:
+            fset = rp.load_functions(functions, status.update)
+        rp.check_trace(requests, fset, settings.pops)
+    except (rp.ReplayError, BuildError, ApiError) as exc:
+        _fail(str(getattr(exc, "message", exc)), code=2)
+
+    runs: list[rp.ModeRun] = []
+    with _errors():
+        for mode in chosen:
+            with err.status(f"{mode}...") as status:
+                run = rp.run_mode(
+                    mode,
+                    settings,
+                    fset,
+                    requests,
+                    speed=speed,
+                    keep_data=keep_data,
+                    progress=status.update,
+                )
+            runs.append(run)
+            if run.data_dir is not None:
+                err.print(f"{mode}: lab data kept in {run.data_dir}", highlight=False)
+    warmup_s = settings.warmup_s
+    png_path = png or trace.parent / "cdf.png"
+    latencies: dict[str, list[float]] = {
+        r.mode: [o.latency_ms for o in r.outcomes if o.ok and o.t >= warmup_s] for r in runs
+    }
+    title = f"{trace.parent.name}: {len(requests)} requests, {len(fset.functions)} functions"
+    try:
+        wrote = rp.write_cdf_png(latencies, png_path, title)
+    except OSError as exc:
+        err.print(f"cannot write {png_path}: {exc.strerror}", highlight=False)
+        wrote = False
+    else:
+        if not wrote:
+            err.print(
+                "matplotlib is missing, so no CDF PNG: pip install 'edgerun[bench]' "
+                "(or .venv/bin/pip install matplotlib)",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    result = rp.report(
+        runs,
+        settings,
+        {
+            "trace": str(trace),
+            "functions": len(fset.functions),
+            "replayed": len(requests),
+            "speed": speed,
+            "limit_seconds": limit_seconds,
+            "png": str(png_path) if wrote else None,
+        },
+    )
+    if json_out:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    out.print(rp.summary_table(result, f"{trace}"))
+    s = settings
+    out.print(
+        f"lab: {s.pops} POPs, {s.regions} regions, client-POP {s.client_pop_ms:g} ms, "
+        f"POP-region {s.pop_region_ms:g} ms round trips, speed x{speed:g}",
+        highlight=False,
+    )
+    if wrote:
+        out.print(f"CDF: {png_path}", highlight=False)
+
+
 # --- functions ---------------------------------------------------------------
 
 
 def _deploy(client: Client, folder: Path, overrides: dict[str, Any]) -> tuple[str, str]:
-    manifest = read_manifest(folder)
-    merged = {**manifest, **{k: v for k, v in overrides.items() if v is not None}}
-    name = merged.pop("name", None) or folder.resolve().name
-    validate_name(name)
-    try:
-        config = msgspec.convert(merged, FunctionConfig)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid function config: {exc}") from None
-    validate_config(config)
+    name, config = function_config(folder, overrides)
     with out.status(f"building {folder}...") as status:
         bundle = build_bundle(folder, lambda line: status.update(f"pip: {line[:80]}"))
     record = client.deploy(name, bundle, config)

@@ -95,8 +95,11 @@ class Client:
         return str(resp.json()["sha256"])
 
     def deploy(self, name: str, bundle: bytes, config: FunctionConfig) -> FunctionRecord:
-        sha = self.upload_bundle(bundle)
-        body = msgspec.json.encode({"bundle_sha256": sha, "config": config})
+        return self.put_function(name, self.upload_bundle(bundle), config)
+
+    def put_function(self, name: str, bundle_sha256: str, config: FunctionConfig) -> FunctionRecord:
+        """Point ``name`` at an uploaded bundle (many functions may share one)."""
+        body = msgspec.json.encode({"bundle_sha256": bundle_sha256, "config": config})
         resp = self._call(
             "PUT",
             f"/v1/functions/{name}",

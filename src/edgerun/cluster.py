@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from edgerun.config import NodeConfig, RegionRef, Topology, dump_toml
+from edgerun.config import NodeConfig, RegionRef, Topology, apply_settings, dump_toml
 
 
 @dataclass
@@ -108,6 +108,10 @@ class LocalCluster:
                     ],
                 )
             )
+        extra = {r.name: r.settings for r in topology.region} | {
+            p.name: p.settings for p in topology.pop
+        }
+        nodes = [apply_settings(n, extra.get(n.name, {})) for n in nodes]
         self.nodes = {n.name: NodeProcess(n, Path(n.data_dir) / "node.toml") for n in nodes}
 
     @property

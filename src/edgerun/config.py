@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -87,6 +87,28 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POP: the placement policy; the other two are baselines for benchmarks."""
 
 
+IDENTITY_FIELDS = frozenset(
+    {"role", "name", "host", "port", "data_dir", "control_url", "token_file", "regions"}
+)
+"""NodeConfig fields a topology derives itself; ``settings`` may not change them."""
+
+
+def apply_settings(cfg: NodeConfig, settings: dict[str, Any]) -> NodeConfig:
+    """``cfg`` with extra NodeConfig fields from a topology's ``settings``.
+
+    Validated by NodeConfig itself, so any field (including ones added later)
+    works and an unknown key or a wrong type is a clear ``ValueError``."""
+    if not settings:
+        return cfg
+    fixed = sorted(IDENTITY_FIELDS & settings.keys())
+    if fixed:
+        raise ValueError(f"node {cfg.name}: settings may not set {', '.join(fixed)}")
+    try:
+        return msgspec.convert({**msgspec.to_builtins(cfg), **settings}, NodeConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"node {cfg.name}: invalid settings: {exc}") from None
+
+
 def load_node_config(path: Path) -> NodeConfig:
     return _load(path, NodeConfig)
 
@@ -128,6 +150,8 @@ class RegionSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     capacity_mb: int = 8192
     max_memory_mb: int = 4096
     max_timeout_s: float = 300.0
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Any other NodeConfig fields for this node (e.g. ``idle_ttl_s``)."""
 
 
 class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -140,6 +164,8 @@ class PopSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_timeout_s: float = 30.0
     code_cache_mb: int = 10_240
     placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Any other NodeConfig fields for this node (e.g. ``idle_ttl_s``)."""
 
 
 class Topology(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

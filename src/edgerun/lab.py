@@ -137,16 +137,25 @@ class Link:
             self._writers.discard(dst)
 
 
+PlacementMode = Literal["edgerun", "always-here", "always-forward"]
+
+
 @dataclass
 class LabSpec:
+    """The shape of a lab; ``*_settings`` are extra NodeConfig fields for every
+    POP or region (e.g. ``{"idle_ttl_s": 60}``), checked by NodeConfig itself."""
+
     pops: int = 2
     regions: int = 2
     client_pop_ms: float = 5.0
     pop_region_ms: float = 40.0
     region_region_ms: float = 60.0
+    """Regions do not talk to each other yet; kept for when they do."""
     pop_capacity_mb: int = 1024
     region_capacity_mb: int = 8192
-    placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
+    placement_mode: PlacementMode = "edgerun"
+    pop_settings: dict[str, object] = field(default_factory=dict)
+    region_settings: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,7 +175,12 @@ class Lab:
         topo = Topology(
             control=ControlSpec(port=free_port()),
             region=[
-                RegionSpec(name=n, port=free_port(), capacity_mb=s.region_capacity_mb)
+                RegionSpec(
+                    name=n,
+                    port=free_port(),
+                    capacity_mb=s.region_capacity_mb,
+                    settings=dict(s.region_settings),
+                )
                 for n in region_names
             ],
             pop=[
@@ -176,6 +190,7 @@ class Lab:
                     capacity_mb=s.pop_capacity_mb,
                     placement_mode=s.placement_mode,
                     regions=region_names[i % s.regions :] + region_names[: i % s.regions],
+                    settings=dict(s.pop_settings),
                 )
                 for i in range(s.pops)
             ],
