@@ -36,9 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgerun.placement import (
-    FunctionView,
     Action,
     Costs,
+    FunctionView,
     NodeLimits,
     PoolState,
     Popularity,

@@ -21,10 +21,9 @@ Scenarios (each about 75-90 s of traffic at 10-25 requests/s in total):
 - ``shifting-popularity``: 80 functions; the hot set rotates every minute and
   the request rate follows a daily cycle compressed into 30 s.
 
-For the integrator: ``shifting-popularity`` is meant to run with the POP
-time-of-day profile settings ``profile_slot_s`` and ``profile_slots`` (and
-``prewarm_lead_s`` if it exists) in ``pop_settings``. They are written to its
-lab.toml only when NodeConfig has them; rerun this script once it does.
+``shifting-popularity`` runs its POPs with a time-of-day profile of the
+compressed day (``profile_slot_s``, ``profile_slots`` and ``prewarm_lead_s``
+in its lab.toml's ``pop_settings``).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgerun.config import NodeConfig
 from edgerun.replay import TraceRequest, dump_trace, ideal_capacity_mb
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +45,6 @@ ZYGOTE_MB = 16
 each loaded zygote ~8 MB plus its heap."""
 DAY_S = 30.0
 """The shifting-popularity scenario's compressed day."""
-PROFILE_KEYS = ("profile_slot_s", "profile_slots")
 
 MAIN_PY = '''"""A stand-in function: its import and each call take as long as its env says."""
 
@@ -187,9 +184,13 @@ def lab_toml(sc: Scenario) -> str:
         "region_capacity_mb": ideal_capacity_mb([sc.memory_mb] * sc.functions),
         "warmup_s": 10.0,
     }
-    if sc.name == "shifting-popularity" and set(PROFILE_KEYS) <= set(NodeConfig.__struct_fields__):
-        # 24 "hours" of the compressed day.
-        settings["pop_settings"] = {"profile_slot_s": DAY_S / 24, "profile_slots": 24}
+    if sc.name == "shifting-popularity":
+        # 24 "hours" of the compressed day; warm two of them ahead of a usual peak.
+        settings["pop_settings"] = {
+            "profile_slot_s": DAY_S / 24,
+            "profile_slots": 24,
+            "prewarm_lead_s": 2 * DAY_S / 24,
+        }
     settings.update(sc.lab)
     lines = [
         f"# {sc.name}: written by bench/scenarios/generate.py; see its docstring.",

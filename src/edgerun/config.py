@@ -80,6 +80,16 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     placement_horizon_s: float = 60.0
     """POP: how far ahead the placement policy counts what a sandbox here is worth
     (and what evicting one costs)."""
+    profile_slot_s: float = 3600.0
+    profile_slots: int = 168
+    """POP: the time-of-day profile's cycle: by default the 168 hours of a week
+    (a lab may compress a day into minutes)."""
+    profile_capacity: int = 4096
+    """POP: functions the profile keeps (about 1 KB each)."""
+    prewarm_lead_s: float = 300.0
+    """POP: how far ahead of a usual peak its sandboxes are started."""
+    profile_save_s: float = 300.0
+    """POP: how often the profile is saved to the data dir (and at shutdown)."""
     popularity_half_life_s: float = 120.0
     popularity_capacity: int = 100_000
     """POP: functions whose popularity is tracked (memory stays bounded)."""

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from edgerun.placement import Reason
-
 from tests.conftest import FUNCTIONS
 
 pytestmark = pytest.mark.integration

@@ -32,6 +32,7 @@ from edgerun.node.logs import LogRing
 from edgerun.node.placer import Measurements, Placer
 from edgerun.node.regions import Regions
 from edgerun.node.state import Counters, InitErrors, Specs
+from edgerun.node.warmer import Warmer, load_profile
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxFactory, SandboxSpec
 from edgerun.sandbox.isolation import Layer
@@ -81,6 +82,8 @@ class NodeApp:
             on_start=self._started,
         )
         self.regions = Regions(cfg.regions, self.client)
+        profile_path = data / "profile.bin"
+        profile = load_profile(cfg, profile_path) if cfg.role == "pop" else None
         self.placer = Placer(
             cfg,
             self.pool,
@@ -88,6 +91,7 @@ class NodeApp:
             factory,
             self.measured,
             code_cached=lambda spec: self.code.ready(self.specs.bundle_of[spec.version]),
+            profile=profile,
         )
         self.logs = LogRing()
         self.init_errors = InitErrors()
@@ -108,6 +112,20 @@ class NodeApp:
             logs=self.logs,
             spawn=self._spawn,
             stop_function=self._stop_function,
+        )
+        self.warmer = (
+            Warmer(
+                cfg,
+                profile,
+                profile_path,
+                placer=self.placer,
+                pool=self.pool,
+                catalog=self.catalog,
+                specs=self.specs,
+                ensure_code=self.invoker.ensure_code,
+            )
+            if profile is not None
+            else None
         )
         self.asgi = Front(
             self.invoker,
@@ -138,12 +156,16 @@ class NodeApp:
         ]
         if self.cfg.role == "pop" and self.regions.regions:
             self._tasks.append(asyncio.create_task(self.regions.monitor()))
+        if self.warmer is not None:
+            self._tasks.append(asyncio.create_task(self.warmer.run_forever()))
         try:
             yield
         finally:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.warmer is not None:
+                self.warmer.save()
             await self.pool.close()
             await self.regions.close()
             await self.client.aclose()

@@ -293,7 +293,7 @@ class Invoker:
 
         async def warm() -> None:
             try:
-                await self._ensure_code(version)
+                await self.ensure_code(version)
                 await self.pool.prewarm(spec, 1, evict_below=evict_below)
             except SandboxInitError as exc:
                 self.init_errors.put(fn.name, version.sha256, exc)
@@ -304,7 +304,7 @@ class Invoker:
 
         self._spawn(warm())
 
-    async def _ensure_code(self, version: Version) -> None:
+    async def ensure_code(self, version: Version) -> None:
         """Fetch the version's code unless cached, measuring what a fetch costs."""
         if self.code.ready(version.bundle_sha256):
             return
@@ -353,7 +353,7 @@ class Invoker:
                 self._log_init_error(call, failed)
                 raise init_error(failed, self._headers(decision, call), detail=False)
             try:
-                await self._ensure_code(call.version)
+                await self.ensure_code(call.version)
             except BundleUnavailable as exc:
                 raise ApiError(
                     503, "CodeUnavailable", str(exc), headers=self._headers(decision, call)

@@ -25,6 +25,7 @@ from edgerun.placement import (
     Popularity,
     RegionView,
     Tuning,
+    WeeklyProfile,
     decide,
     decide_baseline,
     eviction_cost,
@@ -124,7 +125,9 @@ class Placer:
         measured: Measurements,
         *,
         code_cached: Callable[[SandboxSpec], bool],
+        profile: WeeklyProfile | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
         self.regions = regions
@@ -134,16 +137,21 @@ class Placer:
         self.tuning = Tuning(horizon_s=cfg.placement_horizon_s)
         self.mode = cfg.placement_mode
         self.popularity = Popularity(cfg.popularity_capacity, cfg.popularity_half_life_s)
+        self.profile = profile
+        """When each function is usually requested here (None: not kept)."""
         self._code_cached = code_cached
         self._clock = clock
-        self.extra_rate: Callable[[str], float] | None = None
-        """The function's expected rate from elsewhere (the time-of-day profile)."""
+        self._wall_clock = wall_clock
+
+    def decayed_rate(self, function: str) -> float:
+        return self.popularity.rate(function, self._clock())
 
     def rate(self, function: str) -> float:
-        """Expected requests/s here: the decayed rate, or the profile's if higher."""
+        """Expected requests/s here: the decayed rate, or what the time-of-day
+        profile expects now if that is higher (a usual peak starting)."""
         rate = self.popularity.rate(function, self._clock())
-        if self.extra_rate is not None:
-            rate = max(rate, self.extra_rate(function))
+        if self.profile is not None:
+            rate = max(rate, self.profile.expected_rate(function, self._wall_clock()))
         return rate
 
     def eviction_cost(self, function: str, version: str) -> float:
@@ -191,6 +199,8 @@ class Placer:
         """The decision for one request (counted as a hit unless ``count`` is False)."""
         if count:
             self.popularity.hit(spec.function, self._clock())
+            if self.profile is not None:
+                self.profile.hit(spec.function, self._wall_clock())
         costs = self.costs(spec)
         run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
         regions = self.region_views(spec.version, run_there)

@@ -1,6 +1,7 @@
 """Where a request runs: the POP's pure placement policy and its inputs."""
 
 from edgerun.placement.policy import (
+    REASONS,
     Action,
     Costs,
     Decision,
@@ -8,7 +9,6 @@ from edgerun.placement.policy import (
     FunctionView,
     NodeLimits,
     PoolState,
-    REASONS,
     Reason,
     RegionView,
     Tuning,
@@ -24,6 +24,7 @@ from edgerun.placement.popularity import Popularity
 from edgerun.placement.profile import Prewarm, Release, WarmPlan, WeeklyProfile, plan_warming
 
 __all__ = [
+    "REASONS",
     "Action",
     "Costs",
     "Decision",
@@ -33,7 +34,6 @@ __all__ = [
     "PoolState",
     "Popularity",
     "Prewarm",
-    "REASONS",
     "Reason",
     "RegionView",
     "Release",

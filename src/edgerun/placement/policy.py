@@ -88,9 +88,9 @@ REASONS: dict[Reason, str] = {
     "and no queue worth waiting in",
     Reason.FASTER_IN_REGION: "it runs so much faster in a region that even a warm sandbox "
     "here loses",
-    Reason.REGION_ONLY: "the function asks for a region (`placement = \"region\"`)",
+    Reason.REGION_ONLY: 'the function asks for a region (`placement = "region"`)',
     Reason.TOO_BIG_FOR_POP: "its memory or timeout is over the POP's limits",
-    Reason.EDGE_ONLY: "the function asks for the edge (`placement = \"edge\"`)",
+    Reason.EDGE_ONLY: 'the function asks for the edge (`placement = "edge"`)',
     Reason.ALL_REGIONS_DOWN: "no region is reachable: it runs here if it can at all, else 503",
     Reason.ALWAYS_HERE: "baseline policy for benchmarks: run everything that may run here",
     Reason.ALWAYS_FORWARD: "baseline policy for benchmarks: forward everything",

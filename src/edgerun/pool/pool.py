@@ -659,6 +659,28 @@ class Pool:
                 gone.append(entry.sandbox)
         return gone
 
+    async def release_idle(self, function: str, count: int) -> int:
+        """Let up to ``count`` idle sandboxes of ``function`` go, least recently
+        used first (its usual peak is over); returns how many."""
+        entries = sorted(
+            ((e.last_used, id(e), v, e) for v in self._versions.values()
+             if v.function == function for e in v.idle),
+            key=lambda c: (c[0], c[1]),
+        )[: max(0, count)]  # fmt: skip
+        gone = []
+        for _t, _i, v, entry in entries:
+            v.idle.remove(entry)
+            self._uncharge(v)
+            gone.append(entry.sandbox)
+        if gone:
+            self._wake()
+        await self._close(gone)
+        return len(gone)
+
+    def held(self) -> dict[str, int]:
+        """Sandboxes (reserved, busy or idle) per function."""
+        return dict(self._per_function)
+
     async def reap_idle(self, now: float | None = None) -> int:
         """Stop sandboxes idle for longer than the TTL; returns how many."""
         t = time.monotonic() if now is None else now

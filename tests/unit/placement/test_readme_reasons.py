@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from edgerun.placement import reasons_table
 from tests.conftest import ROOT
+
+from edgerun.placement import reasons_table
 
 
 def test_readme_lists_every_reason_with_its_meaning() -> None:
