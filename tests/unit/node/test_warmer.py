@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.unit.pool.test_pool import FakeFactory
 
 from edgerun.config import NodeConfig
 from edgerun.models import FunctionConfig, FunctionRecord, Version
@@ -17,7 +18,6 @@ from edgerun.node.warmer import Warmer, load_profile
 from edgerun.placement import WeeklyProfile
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxSpec
-from tests.unit.pool.test_pool import FakeFactory
 
 pytestmark = pytest.mark.anyio
 
