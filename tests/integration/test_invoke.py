@@ -7,9 +7,8 @@ import pytest
 
 from edgerun.client import Client, invoke
 from edgerun.cluster import LocalCluster
-from edgerun.placement import Reason
-from tests.conftest import EXAMPLES, FUNCTIONS
-from tests.integration.conftest import admin, deploy_folder, node_knows, node_status, wait_for
+from tests.conftest import EXAMPLES
+from tests.integration.conftest import deploy_folder, node_knows, node_status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,65 +35,6 @@ def test_hello_example_answers_over_http_with_lambda_response(pop: str, examples
     assert resp.json()["message"] == "hello, ada!"
     assert resp.headers["x-edgerun-node"] == "pop-1"
     assert resp.headers["x-edgerun-version"] == examples["hello"]
-
-
-def test_a_first_call_starts_at_the_pop_when_no_region_holds_it_warm(
-    pop: str, client: Client, cluster: LocalCluster, tmp_path
-) -> None:
-    (tmp_path / "main.py").write_text("def handler(event, context):\n    return 'hi'\n")
-    sha = deploy_folder(client, "starts-here", tmp_path, handler="main.handler")
-    wait_for(node_knows(cluster, "pop-1", "starts-here", sha), what="pop-1 to learn it")
-    first = invoke(pop, "starts-here", {})
-    # Every region would pay the same start, plus the trip: starting here is cheaper.
-    assert (first.placement, first.reason) == ("local-cold", "cold-start-cheaper")
-    assert float(first.headers["x-edgerun-start-ms"]) > 0
-    second = invoke(pop, "starts-here", {})
-    assert (second.placement, second.reason) == ("local-warm", "warm")
-
-
-def test_a_function_warm_in_a_region_is_forwarded_while_the_pop_warms_it(
-    pop: str, client: Client, cluster: LocalCluster, tmp_path
-) -> None:
-    (tmp_path / "main.py").write_text(
-        "import time\ntime.sleep(0.3)\n\ndef handler(event, context):\n    return 'hi'\n"
-    )
-    sha = deploy_folder(client, "warm-there", tmp_path, handler="main.handler")
-    for node in ("pop-1", "region-1"):
-        wait_for(node_knows(cluster, node, "warm-there", sha), what=f"{node} to learn it")
-    assert invoke(cluster.url("region-1"), "warm-there", {}).status == 200
-
-    def region_warm() -> bool:
-        resp = httpx.get(
-            f"{pop}/v1/placement/explain",
-            params={"function": "warm-there"},
-            headers=admin(cluster),
-        )
-        return any(r["warm"] for r in resp.json()["inputs"]["regions"])
-
-    wait_for(region_warm, what="the POP to learn region-1 holds it warm")
-    first = invoke(pop, "warm-there", {})
-    assert (first.placement, first.reason) == ("forwarded:region-1", "trip-cheaper")
-    assert first.headers["x-edgerun-region-placement"] == "local-warm"
-    wait_for(lambda: invoke(pop, "warm-there", {}).placement == "local-warm", what="warm at POP")
-
-
-def test_explain_shows_the_estimates_behind_a_decision(
-    pop: str, cluster: LocalCluster, deployed: dict
-) -> None:
-    resp = httpx.get(
-        f"{pop}/v1/placement/explain", params={"function": "echo"}, headers=admin(cluster)
-    )
-    assert resp.status_code == 200
-    body = resp.json()
-    assert body["decision"]["reason"] in {r.value for r in Reason}
-    assert set(body["estimates_ms"]["forward"]) <= {"region-1", "region-2"}
-    assert body["inputs"]["costs_ms"]["start_ms"] > 0
-
-
-def test_explain_needs_the_cluster_token(pop: str, deployed: dict) -> None:
-    resp = httpx.get(f"{pop}/v1/placement/explain", params={"function": "echo"})
-    assert resp.status_code == 401
-    assert resp.json()["error"]["type"]
 
 
 def test_a_warm_function_is_served_at_the_pop(pop: str, examples: dict) -> None:
@@ -263,27 +203,3 @@ def test_fn_route_without_a_name_is_404_json(pop: str) -> None:
     resp = httpx.get(f"{pop}/fn/")
     assert resp.status_code == 404
     assert "no function named" in resp.json()["error"]["message"]
-
-
-def test_the_lambda_event_names_the_client_and_host_wherever_it_ran(
-    pop: str, client: Client, cluster: LocalCluster, deployed: dict
-) -> None:
-    far = deploy_folder(
-        client, "echo-far", FUNCTIONS / "echo", handler="main.handler", placement="region"
-    )
-    for node in ("pop-1", "region-1", "region-2"):
-        wait_for(node_knows(cluster, node, "echo-far", far), what=f"{node} to learn echo-far")
-    # The client speaks from 127.0.0.2, so its address differs from the POP's.
-    transport = httpx.HTTPTransport(local_address="127.0.0.2")
-    contexts = {}
-    with httpx.Client(transport=transport) as http:
-        for name in ("echo", "echo-far"):
-            resp = http.get(f"{pop}/fn/{name}/x", headers={"host": "api.example.com"})
-            assert resp.status_code == 200
-            contexts[resp.headers["x-edgerun-placement"].partition(":")[0]] = resp.json()["event"][
-                "requestContext"
-            ]
-    assert len(contexts) == 2 and "forwarded" in contexts
-    for ctx in contexts.values():
-        assert ctx["domainName"] == "api.example.com"
-        assert ctx["http"]["sourceIp"] == "127.0.0.2"

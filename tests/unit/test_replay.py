@@ -123,11 +123,11 @@ pops = 3
 regions = 1
 pop_region_ms = 30
 warmup_s = 5
-pop_settings = { idle_ttl_s = 60, popular_per_min = 1.5 }
+pop_settings = { idle_ttl_s = 60, placement_horizon_s = 90.0 }
 """
     )
     assert (settings.pops, settings.regions, settings.pop_region_ms) == (3, 1, 30.0)
-    assert settings.pop_settings == {"idle_ttl_s": 60, "popular_per_min": 1.5}
+    assert settings.pop_settings == {"idle_ttl_s": 60, "placement_horizon_s": 90.0}
     merged = merge_settings(settings, {"pops": 1, "regions": None, "warmup_s": 0.0})
     assert (merged.pops, merged.regions, merged.warmup_s) == (1, 1, 0.0)
     assert merged.pop_settings == settings.pop_settings

@@ -184,7 +184,7 @@ class Tuning:
     """A latency-sensitive function values each ms saved this many times more."""
     region_load_penalty: float = 1.0
     """A fully loaded region's round trip counts (1 + this) times."""
-    order_weight_ms: float = 2.0
+    order_weight_ms: float = 10.0
     """A region later in the POP's configured list must be this much cheaper to win."""
 
 
