@@ -179,6 +179,10 @@ class Tuning:
     """The few knobs of the cost model, with the defaults the README documents."""
 
     horizon_s: float = 60.0
+    eviction_horizon_s: float = 5.0
+    """How soon an evicted sandbox's function must call again for the eviction to
+    cost it a start: on a full POP, room taken now is taken again within seconds,
+    so a longer look would rate every function alike."""
     """How far ahead a sandbox's value (and the damage of evicting one) is counted."""
     latency_sensitive_weight: float = 4.0
     """A latency-sensitive function values each ms saved this many times more."""
@@ -240,8 +244,8 @@ class Decision:
 
 def eviction_cost(rate: float, start_ms: float, tuning: Tuning = Tuning()) -> float:
     """Expected extra latency (ms) evicting an idle sandbox causes its function:
-    one cold start, if it is called again within the horizon."""
-    return (1.0 - math.exp(-max(0.0, rate) * tuning.horizon_s)) * max(0.0, start_ms)
+    one cold start, if it is called again before the room would turn over anyway."""
+    return (1.0 - math.exp(-max(0.0, rate) * tuning.eviction_horizon_s)) * max(0.0, start_ms)
 
 
 def forward_cost(region: RegionView, run_there_ms: float, tuning: Tuning = Tuning()) -> float:

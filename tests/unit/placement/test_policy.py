@@ -34,6 +34,7 @@ FORK = Costs(run_ms=10.0, start_ms=5.0)
 """A cold start from a loaded zygote: far cheaper than a 40 ms trip."""
 IMPORT = Costs(run_ms=10.0, start_ms=300.0)
 """A first start whose import takes 300 ms."""
+SLOW_IMPORT = Costs(run_ms=10.0, start_ms=1000.0)
 
 
 def run(
@@ -165,13 +166,15 @@ def test_a_long_queue_here_loses_to_the_trip() -> None:
 
 
 def test_latency_sensitive_functions_may_evict_more() -> None:
-    pool = PoolState(need_mb=128, victims=(35.0,))
-    plain = run(pool=pool, rate=0.01, costs=IMPORT, regions=(dataclasses.replace(R1, warm=True),))
+    pool = PoolState(need_mb=128, victims=(35.0,))  # cheaper to lose than its own start
+    plain = run(
+        pool=pool, rate=0.01, costs=SLOW_IMPORT, regions=(dataclasses.replace(R1, warm=True),)
+    )
     sensitive = run(
         FunctionView(128, 3.0, latency_sensitive=True),
         pool=pool,
         rate=0.01,
-        costs=IMPORT,
+        costs=SLOW_IMPORT,
         regions=(dataclasses.replace(R1, warm=True),),
     )
     assert not plain.prewarm

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edgerun.pool.pool import FunctionStopped, Pool, PoolFull, Reservation
+from edgerun.pool.pool import Claim, FunctionStopped, Pool, PoolFull, Reservation
 from edgerun.sandbox.base import SandboxSpec
 
 CAPACITY_MB = 512
@@ -176,6 +176,9 @@ class PoolMachine(RuleBasedStateMachine):
         self.tasks: list[asyncio.Task[None]] = []
         self.holds: list[asyncio.Event] = []
         self.reservations: list[tuple[SandboxSpec, Reservation]] = []
+        self.claims: list[tuple[SandboxSpec, Claim]] = []
+        self.handed: list[Claim] = []
+        """Claims given to a lease task that has not entered its lease yet."""
         self.unexpected: list[BaseException] = []
 
     # --- scheduling -------------------------------------------------------------
@@ -194,10 +197,16 @@ class PoolMachine(RuleBasedStateMachine):
                     self.unexpected.append(exc)
 
     async def _lease(
-        self, spec: SandboxSpec, hold: asyncio.Event | None, r: Reservation | None = None
+        self,
+        spec: SandboxSpec,
+        hold: asyncio.Event | None,
+        r: Reservation | None = None,
+        claim: Claim | None = None,
     ) -> None:
-        async with self.pool.lease(spec, reservation=r) as (sandbox, _cold):
+        async with self.pool.lease(spec, reservation=r, claim=claim) as (sandbox, _cold):
             self.factory.leased.add(id(sandbox))
+            if claim is not None:
+                self.handed.remove(claim)
             try:
                 if hold is not None:
                     await hold.wait()
@@ -247,6 +256,40 @@ class PoolMachine(RuleBasedStateMachine):
         if event is not None:
             self.holds.append(event)
         self._spawn(self._lease(spec, event, r))
+
+    @rule(
+        function=st.sampled_from(FUNCTIONS),
+        version=st.sampled_from(("v1", "v2")),
+        evict=st.booleans(),
+    )
+    def claim(self, function: str, version: str, evict: bool) -> None:
+        """A run-here decision holds its idle sandbox or slot at once."""
+        spec = make_spec(function, version)
+
+        async def go() -> Claim | None:
+            return self.pool.claim(spec, evict_below=1e9 if evict else 0.0)
+
+        c = self.loop.run_until_complete(go())
+        if c is not None:
+            self.claims.append((spec, c))
+
+    @precondition(lambda self: bool(self.claims))
+    @rule(data=st.data(), use=st.booleans(), hold=st.booleans())
+    def settle_a_claim(self, data: st.DataObject, use: bool, hold: bool) -> None:
+        i = data.draw(st.integers(0, len(self.claims) - 1))
+        spec, c = self.claims.pop(i)
+        if not use:
+
+            async def cancel() -> None:  # closing a dead sandbox needs the loop
+                self.pool.cancel_claim(c)
+
+            self.loop.run_until_complete(cancel())
+            return
+        event = asyncio.Event() if hold else None
+        if event is not None:
+            self.holds.append(event)
+        self.handed.append(c)
+        self._spawn(self._lease(spec, event, claim=c))
 
     @rule(function=st.sampled_from(FUNCTIONS), count=st.integers(1, 3), evict=st.booleans())
     def prewarm(self, function: str, count: int, evict: bool) -> None:
@@ -302,6 +345,11 @@ class PoolMachine(RuleBasedStateMachine):
         self._turns(n)
 
     # --- invariants ----------------------------------------------------------------
+    def _claimed(self) -> list[Any]:
+        """Idle sandboxes held by claims not yet leased (busy, outside any lease)."""
+        claims = [c for _spec, c in self.claims] + self.handed
+        return [c.sandbox for c in claims if c.sandbox is not None]
+
     @invariant()
     def memory_charged_is_the_sum_of_live_sandboxes(self) -> None:
         # Sandboxes the pool holds: idle ones, busy ones (inside a lease body) and
@@ -311,6 +359,7 @@ class PoolMachine(RuleBasedStateMachine):
         reserved = sum(v.memory_mb * v.starting for v in versions)
         idle = sum(v.memory_mb * len(v.idle) for v in versions)
         busy = sum(self.factory.live[i].spec.memory_mb for i in self.factory.leased)
+        busy += sum(s.spec.memory_mb for s in self._claimed())
         assert self.pool.used_mb == idle + busy + reserved
         assert self.pool.snapshot()["held_mb"] == self.factory.held_mb()
         assert len(self.factory.pending) <= sum(v.starting for v in versions)
@@ -321,7 +370,10 @@ class PoolMachine(RuleBasedStateMachine):
         idle = [e.sandbox for v in self.pool._versions.values() for e in v.idle]
         assert len({id(s) for s in idle}) == len(idle)
         assert not {id(s) for s in idle} & self.factory.leased
-        assert sum(v.busy for v in self.pool._versions.values()) == len(self.factory.leased)
+        claimed = {id(s) for s in self._claimed()}
+        assert not {id(s) for s in idle} & claimed
+        busy = sum(v.busy for v in self.pool._versions.values())
+        assert busy == len(self.factory.leased) + len(claimed)
         for s in idle:
             assert not s.closing  # type: ignore[attr-defined]
 
@@ -353,6 +405,12 @@ class PoolMachine(RuleBasedStateMachine):
                 event.set()
             for _spec, r in self.reservations:
                 self.pool.cancel(r)
+            for _spec, c in self.claims:
+
+                async def cancel(claim: Claim = c) -> None:
+                    self.pool.cancel_claim(claim)
+
+                self.loop.run_until_complete(cancel())
             for _ in range(200):
                 if not self.tasks:
                     break
