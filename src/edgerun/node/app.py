@@ -248,8 +248,8 @@ class NodeApp:
                 self.pool.wake()  # zygote memory came free: waiters may fit now
             self.collect_code()
 
-    def _eviction_cost(self, function: str, version: str) -> float:
-        return self.placer.eviction_cost(function, version)
+    def _eviction_cost(self, function: str, version: str, zygote_loaded: bool) -> float:
+        return self.placer.eviction_cost(function, version, zygote_loaded)
 
     def _started(self, spec: SandboxSpec, ms: float, loaded_before: bool) -> None:
         self.measured.start_observed(spec.version, ms, loaded_before=loaded_before)

@@ -39,6 +39,9 @@ _ALPHA = 0.3
 """Weight of the newest sample in every moving average here."""
 _MAX_TRACKED = 50_000
 """Per-version and per-function figures kept (the oldest go first past this)."""
+_EVICTION_COST_TTL_S = 0.5
+"""Eviction costs move with decayed rates (minutes), so each is reused this long:
+a full POP weighs every idle sandbox on each cold decision."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,7 @@ class Placer:
         """When each function is usually requested here (None: not kept)."""
         self._code_cached = code_cached
         self._clock = clock
+        self._eviction_costs: dict[tuple[str, bool], tuple[float, float]] = {}
         self._wall_clock = wall_clock
 
     def decayed_rate(self, function: str) -> float:
@@ -154,15 +158,21 @@ class Placer:
             rate = max(rate, self.profile.expected_rate(function, self._wall_clock()))
         return rate
 
-    def eviction_cost(self, function: str, version: str) -> float:
-        """What evicting an idle sandbox of ``version`` is expected to cost (ms):
-        the pool evicts in this order, cheapest first."""
-        start = (
-            self.measured.fork_ms()
-            if version in self.factory.loaded_versions()
-            else self.measured.load_ms(version)
-        )
-        return eviction_cost(self.rate(function), start, self.tuning)
+    def eviction_cost(self, function: str, version: str, zygote_loaded: bool) -> float:
+        """What evicting an idle sandbox of ``version`` is expected to cost (ms): a
+        fork when its zygote stays loaded, else a new zygote. The pool evicts in
+        this order, cheapest first."""
+        now = self._clock()
+        key = (version, zygote_loaded)
+        cached = self._eviction_costs.get(key)
+        if cached is not None and now - cached[0] < _EVICTION_COST_TTL_S:
+            return cached[1]
+        start = self.measured.fork_ms() if zygote_loaded else self.measured.load_ms(version)
+        cost = eviction_cost(self.rate(function), start, self.tuning)
+        if len(self._eviction_costs) >= _MAX_TRACKED:
+            self._eviction_costs.clear()
+        self._eviction_costs[key] = (now, cost)
+        return cost
 
     def start_ms(self, spec: SandboxSpec) -> float:
         if self.factory.is_loaded(spec):

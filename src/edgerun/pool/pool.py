@@ -147,11 +147,11 @@ class Pool:
         max_queue: int = 64,
         queue_timeout_s: float = 10.0,
         idle_ttl_s: float = 300.0,
-        value: Callable[[str, str], float] | None = None,
+        value: Callable[[str, str, bool], float] | None = None,
         on_start: Callable[[SandboxSpec, float, bool], None] | None = None,
     ) -> None:
-        """``value(function, version)`` ranks idle sandboxes for eviction (lowest
-        first; a POP passes the expected cost of evicting one); by default each
+        """``value(function, version, zygote_loaded)`` ranks idle sandboxes for
+        eviction (lowest first; a POP passes the expected cost of evicting one); by default each
         version's own decayed use rate. ``on_start(spec, ms, zygote_was_loaded)``
         learns what each start cost."""
         self._factory = factory
@@ -179,8 +179,23 @@ class Pool:
         """Bumped whenever memory or a slot may have come free (see :meth:`_wake`)."""
 
     # --- views -----------------------------------------------------------
-    def _value(self, v: _Version, now: float) -> float:
-        return self._value_of(v.function, v.version) if self._value_of else v.use_rate(now)
+    def _valuer(self) -> Callable[[_Version], float]:
+        """The eviction value of each version's idle sandboxes, for one scan: what
+        the engine holds loaded is read once, each version valued once."""
+        now = time.monotonic()
+        value_of = self._value_of
+        if value_of is None:
+            return lambda v: v.use_rate(now)
+        loaded = self._factory.loaded_versions()
+        cache: dict[int, float] = {}
+
+        def value(v: _Version) -> float:
+            found = cache.get(id(v))
+            if found is None:
+                found = cache[id(v)] = value_of(v.function, v.version, v.version in loaded)
+            return found
+
+        return value
 
     def _free_mb(self) -> int:
         held = self._factory.held_mb() + self._zygotes_pending_mb
@@ -198,9 +213,9 @@ class Pool:
         victims: tuple[float, ...] | None = ()
         if not idle:
             try:
-                now = time.monotonic()
-                chosen = self._victims(spec.key, need, None)
-                victims = tuple(self._value(w, now) for w, _e in chosen)
+                value = self._valuer()
+                chosen = self._victims(spec.key, need, None, value)
+                victims = tuple(value(w) for w, _e in chosen)
             except LookupError:
                 victims = None
         return PoolView(
@@ -306,22 +321,28 @@ class Pool:
             dead.append(entry.sandbox)
         return None
 
-    def _victims(self, key: str, need: int, below: float | None) -> list[tuple[_Version, _Entry]]:
+    def _victims(
+        self,
+        key: str,
+        need: int,
+        below: float | None,
+        value: Callable[[_Version], float] | None = None,
+    ) -> list[tuple[_Version, _Entry]]:
         """Idle sandboxes to evict so ``need`` MB fit, least valuable first ([] when
         they fit already); raises LookupError(short_mb) when evicting cannot do it."""
         short = need - self._free_mb()
         if short <= 0:
             return []
-        now = time.monotonic()
+        value_of = value or self._valuer()
         candidates = sorted(
-            ((self._value(v, now), e.last_used, v, e)
+            ((value_of(v), e.last_used, v, e)
              for k, v in self._versions.items() if k != key and v.idle
              for e in v.idle),
             key=lambda c: (c[0], c[1]),
         )  # fmt: skip
         chosen: list[tuple[_Version, _Entry]] = []
-        for value, _last, v, entry in candidates:
-            if below is not None and value >= below:
+        for worth, _last, v, entry in candidates:
+            if below is not None and worth >= below:
                 break
             chosen.append((v, entry))
             short -= v.memory_mb
@@ -550,14 +571,14 @@ class Pool:
     def _orphaned_by_eviction(self, key: str, below: float | None) -> set[str]:
         """Versions with a loaded zygote whose every slot is an idle sandbox
         that ``key``'s request may evict: evicting those frees the zygote."""
-        now = time.monotonic()
+        value = self._valuer()
         kept: set[str] = set()
         evictable: set[str] = set()
         for k, v in self._versions.items():
             if k == key or v.busy or v.starting or not v.idle:
                 if v.count:
                     kept.add(v.version)
-            elif below is not None and self._value(v, now) >= below:
+            elif below is not None and value(v) >= below:
                 kept.add(v.version)
             else:
                 evictable.add(v.version)

@@ -400,7 +400,7 @@ async def test_eviction_below_a_value_spares_more_valuable_sandboxes():
     pool = Pool(
         FakeFactory(),  # type: ignore[arg-type]
         capacity_mb=128,
-        value=lambda function, _version: values[function],
+        value=lambda function, _version, _loaded: values[function],
         queue_timeout_s=0.05,
     )
     await use(pool, big_spec("popular", 128))
@@ -417,7 +417,7 @@ async def test_view_lists_the_cheapest_idle_sandboxes_that_make_room():
     pool = Pool(
         FakeFactory(),  # type: ignore[arg-type]
         capacity_mb=384,
-        value=lambda function, _version: values[function],
+        value=lambda function, _version, _loaded: values[function],
     )
     for name in ("a", "b", "c"):
         await use(pool, big_spec(name, 128))
@@ -733,7 +733,7 @@ async def test_a_release_with_nobody_waiting_does_not_wake_anyone():
 async def test_view_skips_the_eviction_scan_when_the_function_fits_in_free_memory():
     asked: list[str] = []
 
-    def value(function: str, _version: str) -> float:
+    def value(function: str, _version: str, _loaded: bool) -> float:
         asked.append(function)
         return 1.0
 
@@ -873,7 +873,7 @@ async def test_a_claim_evicts_only_below_its_threshold():
     pool = Pool(
         FakeFactory(),  # type: ignore[arg-type]
         capacity_mb=128,
-        value=lambda function, _version: values.get(function, 0.0),
+        value=lambda function, _version, _loaded: values.get(function, 0.0),
     )
     await use(pool, spec("dear"))
     assert pool.claim(spec("mine"), evict_below=10.0) is None
@@ -882,7 +882,7 @@ async def test_a_claim_evicts_only_below_its_threshold():
     pool2 = Pool(
         FakeFactory(),  # type: ignore[arg-type]
         capacity_mb=128,
-        value=lambda function, _version: values.get(function, 0.0),
+        value=lambda function, _version, _loaded: values.get(function, 0.0),
     )
     await use(pool2, spec("cheap"))
     claim = pool2.claim(spec("mine", "v2"), evict_below=10.0)
