@@ -70,7 +70,9 @@ def test_all_regions_down_runs_at_the_pop_when_it_fits(fresh) -> None:
     with concurrent.futures.ThreadPoolExecutor(3) as ex:
         futures = [ex.submit(invoke, pop, "sleeper", {"seconds": 0.5}) for _ in range(3)]
         results = [f.result() for f in futures]
-    assert [r.status for r in results] == [200, 200, 200]
+    assert [r.status for r in results] == [200, 200, 200], [
+        (r.status, r.placement, r.reason, r.content[:300]) for r in results
+    ]
     assert all(r.placement.startswith("local") for r in results)
 
 

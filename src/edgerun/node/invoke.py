@@ -272,7 +272,10 @@ class Invoker:
         try:
             return await self._forward(call, fallback)
         except AllRegionsDown:
-            raise self._unavailable(call, fallback, "no region could be reached") from None
+            if fallback.on_forward_failed is not Action.HERE:
+                raise self._unavailable(call, fallback, "no region could be reached") from None
+        # No region either: queue here as long as the pool allows.
+        return await self._run_here(call, spec, fallback.run_here_instead(), None)
 
     def _unavailable(
         self,

@@ -230,9 +230,16 @@ class Decision:
         return self.regions[0] if self.regions else None
 
     def fallback(self, reason: Reason = Reason.NO_CAPACITY) -> Decision:
-        """The decision to carry out when this one's room is gone (``on_no_room``)."""
+        """The decision to carry out when this one's room is gone (``on_no_room``):
+        forward, and should every region refuse, queue here after all."""
         if self.on_no_room is Action.FORWARD and self.regions:
-            return Decision(Action.FORWARD, reason, self.regions, estimate=self.estimate)
+            return Decision(
+                Action.FORWARD,
+                reason,
+                self.regions,
+                on_forward_failed=Action.HERE,
+                estimate=self.estimate,
+            )
         return Decision(Action.REJECT, reason, estimate=self.estimate)
 
     def run_here_instead(self) -> Decision:

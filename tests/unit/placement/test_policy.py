@@ -210,6 +210,17 @@ def test_fallback_forwards_to_the_ranked_regions_with_no_capacity() -> None:
     assert (fb.action, fb.reason, fb.regions) == (Action.FORWARD, Reason.NO_CAPACITY, d.regions)
 
 
+def test_a_fallback_whose_regions_all_refuse_queues_here() -> None:
+    fb = run(costs=FORK).fallback()
+    assert fb.on_forward_failed is Action.HERE
+    here = fb.run_here_instead()
+    assert (here.action, here.reason, here.on_no_room) == (
+        Action.WAIT,
+        Reason.ALL_REGIONS_DOWN,
+        Action.REJECT,
+    )
+
+
 def test_fallback_rejects_when_there_is_no_region() -> None:
     d = run(pool=FULL, regions=(RegionView("r1", False),))
     assert d.fallback().action is Action.REJECT
