@@ -134,3 +134,29 @@ def test_explain_needs_the_cluster_token(pop: str, deployed: dict) -> None:
     resp = httpx.get(f"{pop}/v1/placement/explain", params={"function": "echo"})
     assert resp.status_code == 401
     assert resp.json()["error"]["type"]
+
+
+def test_explain_without_a_function_is_a_400_saying_what_to_pass(
+    pop: str, cluster: LocalCluster
+) -> None:
+    resp = httpx.get(f"{pop}/v1/placement/explain", headers=admin(cluster))
+    assert resp.status_code == 400
+    assert "function=NAME" in resp.json()["error"]["message"]
+
+
+def test_explain_of_an_unknown_function_is_a_404(pop: str, cluster: LocalCluster) -> None:
+    resp = httpx.get(
+        f"{pop}/v1/placement/explain", params={"function": "nope"}, headers=admin(cluster)
+    )
+    assert resp.status_code == 404
+    assert "nope" in resp.json()["error"]["message"]
+
+
+def test_explain_is_only_on_pops(cluster: LocalCluster, deployed: dict[str, str]) -> None:
+    resp = httpx.get(
+        f"{cluster.url('region-1')}/v1/placement/explain",
+        params={"function": "echo"},
+        headers=admin(cluster),
+    )
+    assert resp.status_code == 404
+    assert resp.json()["error"]["type"] == "NotFound"

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from edgerun.errors import ApiError
+from edgerun.files import write_atomic
 from edgerun.models import SHA256_RE
 
 DEFAULT_MAX_UNCOMPRESSED = 250 * 1024 * 1024
@@ -252,11 +253,7 @@ class BundleStore:
         path = self.path(sha)
         if path.exists():
             return sha
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return sha
 
     def delete(self, sha: str) -> None:

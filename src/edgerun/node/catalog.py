@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import msgspec
 
+from edgerun.files import write_atomic
 from edgerun.models import FunctionRecord
 
 log = logging.getLogger("edgerun.node.catalog")
@@ -62,12 +61,7 @@ class Catalog:
         self._save()
 
     def _save(self) -> None:
-        data = msgspec.json.encode(_Snapshot(self.revision, self.functions))
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".registry-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self._path)
+        write_atomic(self._path, msgspec.json.encode(_Snapshot(self.revision, self.functions)))
 
 
 async def follow(

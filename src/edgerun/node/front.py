@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -89,6 +89,7 @@ def _incoming(scope: Scope, path: str) -> Incoming:
     """The invocation a request asks for; 4xx when the path or method cannot be one."""
     method: str = scope["method"]
     raw_path: bytes = scope.get("raw_path") or path.encode()
+    trigger: Literal["http", "direct"]
     if path.startswith("/fn/"):
         target, _, rest = path[4:].partition("/")
         if not target:
@@ -101,7 +102,7 @@ def _incoming(scope: Scope, path: str) -> Incoming:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on {path}")
         target, trigger, fn_path = path[len("/v1/functions/") : -len(_INVOCATIONS)], "direct", "/"
     return Incoming(
-        trigger=trigger,  # type: ignore[arg-type]
+        trigger=trigger,
         target=target,
         path=fn_path,
         method=method,

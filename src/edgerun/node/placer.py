@@ -99,23 +99,28 @@ class Measurements:
             self.node.add("load", ms)
 
     def fork_ms(self) -> float:
-        return self.node.get("fork") or self.priors.fork_ms
+        return _first(self.node.get("fork"), self.priors.fork_ms)
 
     def load_ms(self, version: str) -> float:
-        return self.load.get(version) or self.node.get("load") or self.priors.load_ms
+        return _first(self.load.get(version), self.node.get("load"), self.priors.load_ms)
 
     def fetch_ms(self) -> float:
-        return self.node.get("fetch") or self.priors.fetch_ms
+        return _first(self.node.get("fetch"), self.priors.fetch_ms)
 
     def run_ms(self, function: str) -> float:
-        return self.run_here.get(function) or self.run_there.get(function) or self.priors.run_ms
+        return _first(self.run_here.get(function), self.run_there.get(function), self.priors.run_ms)
 
     def published(self) -> dict[str, float]:
         """What a region tells POPs about its start costs (in ``/v1/health``)."""
         return {
             "fork_ms": round(self.fork_ms(), 3),
-            "load_ms": round(self.node.get("load") or self.priors.load_ms, 3),
+            "load_ms": round(_first(self.node.get("load"), self.priors.load_ms), 3),
         }
+
+
+def _first(*figures: float | None) -> float:
+    """The first figure measured (a measured 0 counts); the last one is the prior."""
+    return next(f for f in figures if f is not None)
 
 
 class Placer:

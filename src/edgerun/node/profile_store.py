@@ -1,17 +1,14 @@
 """Keep a POP's request profile across restarts: one file, replaced atomically.
 
-The profile is written to a temporary file in the same folder, flushed to
-disk, then renamed over the old one, so a crash mid-write leaves either the
-previous profile or the new one, never half of each.
+The profile is written with :func:`edgerun.files.write_atomic` (durably), so a
+crash mid-write leaves either the previous profile or the new one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
+from edgerun.files import write_atomic
 from edgerun.placement.profile import (
     DEFAULT_ALPHA,
     DEFAULT_CAPACITY,
@@ -22,20 +19,14 @@ from edgerun.placement.profile import (
 
 
 def save(profile: WeeklyProfile, path: Path) -> None:
-    """Write ``profile`` to ``path`` atomically (temp file + fsync + rename)."""
-    data = profile.to_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``profile`` to ``path`` atomically and durably."""
+    write(profile.to_bytes(), path)
+
+
+def write(data: bytes, path: Path) -> None:
+    """Write a serialised profile (``WeeklyProfile.to_bytes``): the node serialises
+    on its event loop, where the profile changes, and writes in a thread."""
+    write_atomic(path, data, durable=True)
 
 
 def load(

@@ -24,9 +24,10 @@ from edgerun.models import UnknownQualifier, Version
 from edgerun.node import profile_store
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable
+from edgerun.node.invoke import function_view
 from edgerun.node.placer import Placer
 from edgerun.node.state import Specs
-from edgerun.placement import WarmPlan, WeeklyProfile, eviction_cost, plan_warming
+from edgerun.placement import WarmPlan, WeeklyProfile, eviction_cost, fits_here, plan_warming
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxError
 
@@ -75,7 +76,6 @@ class Warmer:
     async def step(self) -> WarmPlan:
         """Plan from the profile at the clock's ``now``, start and release accordingly."""
         now = self._clock()
-        limits = self.placer.limits
         plan = plan_warming(
             self.profile,
             now,
@@ -90,9 +90,7 @@ class Warmer:
             fn = self.catalog.get(item.function)
             if fn is None or fn.config.placement == "region":
                 continue
-            if fn.config.memory_mb > limits.max_memory_mb or fn.config.timeout_s > (
-                limits.max_timeout_s
-            ):
+            if not fits_here(function_view(fn), self.placer.limits):
                 continue
             try:
                 version = fn.resolve(None)
@@ -110,8 +108,11 @@ class Warmer:
         return plan
 
     def save(self) -> None:
+        self._write(self.profile.to_bytes())
+
+    def _write(self, data: bytes) -> None:
         try:
-            profile_store.save(self.profile, self.path)
+            profile_store.write(data, self.path)
         except OSError as exc:
             log.warning("could not save the time-of-day profile: %s", exc)
 
@@ -124,5 +125,6 @@ class Warmer:
             except Exception:
                 log.exception("time-of-day warming failed")
             if time.monotonic() - last_save >= self.cfg.profile_save_s:
-                await asyncio.to_thread(self.save)
+                # Serialised here, where requests change the profile; written off the loop.
+                await asyncio.to_thread(self._write, self.profile.to_bytes())
                 last_save = time.monotonic()

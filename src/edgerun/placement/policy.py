@@ -249,6 +249,11 @@ class Decision:
         )
 
 
+def fits_here(fn: FunctionView, limits: NodeLimits) -> bool:
+    """Within the POP's memory and timeout limits (else it only runs in a region)."""
+    return fn.memory_mb <= limits.max_memory_mb and fn.timeout_s <= limits.max_timeout_s
+
+
 def eviction_cost(rate: float, start_ms: float, tuning: Tuning = Tuning()) -> float:
     """Expected extra latency (ms) evicting an idle sandbox causes its function:
     one cold start, if it is called again before the room would turn over anyway."""
@@ -288,7 +293,7 @@ def decide(
     run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
     ranked = rank_regions(regions, run_there, tuning)
     names = tuple(r.name for r, _ in ranked)
-    fits = fn.memory_mb <= limits.max_memory_mb and fn.timeout_s <= limits.max_timeout_s
+    fits = fits_here(fn, limits)
 
     if fn.placement == "region":
         return _forward(names, Reason.REGION_ONLY, Estimate(), fallback=Action.REJECT)
@@ -388,7 +393,7 @@ def decide_baseline(
     """The policies edgerun is measured against: run everything that may run
     here (evicting as needed, queueing when full), or forward everything."""
     names = tuple(r.name for r, _ in rank_regions(regions))
-    fits = fn.memory_mb <= limits.max_memory_mb and fn.timeout_s <= limits.max_timeout_s
+    fits = fits_here(fn, limits)
     if fn.placement == "region" or not fits:
         reason = Reason.REGION_ONLY if fn.placement == "region" else Reason.TOO_BIG_FOR_POP
         return _forward(names, reason, Estimate(), fallback=Action.REJECT)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from edgerun.files import write_atomic
 
 
 class UidMap:
@@ -31,8 +31,4 @@ class UidMap:
         return uid
 
     def _save(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._map, f)
-        os.replace(tmp, self._path)
+        write_atomic(self._path, json.dumps(self._map).encode())
