@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from edgerun.models import FunctionConfig, validate_config, validate_name
+from edgerun.models import FunctionConfig, validate_config, validate_function_name
 
 _SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -48,7 +48,7 @@ def function_config(folder: Path, overrides: dict[str, Any]) -> tuple[str, Funct
     manifest = read_manifest(folder)
     merged = {**manifest, **{k: v for k, v in overrides.items() if v is not None}}
     name = merged.pop("name", None) or folder.resolve().name
-    validate_name(name)
+    validate_function_name(name)
     try:
         config = msgspec.convert(merged, FunctionConfig)
     except msgspec.ValidationError as exc:

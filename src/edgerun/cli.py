@@ -1,9 +1,12 @@
 """The ``edgerun`` command line (typer + rich).
 
 Errors print one line and exit non-zero; no traceback reaches the user.
-Commands that talk to a cluster find it through --control/--token, the
-EDGERUN_CONTROL/EDGERUN_TOKEN variables, or the state file ``edgerun up``
-writes (``$EDGERUN_HOME/cluster.json``, by default ``~/.edgerun``).
+Commands that talk to a cluster find it, and the key they call it with,
+through --control/--key, the EDGERUN_CONTROL/EDGERUN_KEY variables, a
+profile (``edgerun login`` writes ``$EDGERUN_HOME/profiles.toml``; pick one
+with --profile or EDGERUN_PROFILE), or the state file ``edgerun up`` writes
+(``$EDGERUN_HOME/cluster.json``, by default ``~/.edgerun``), whose admin token
+is the local cluster's first key.
 """
 
 from __future__ import annotations
@@ -71,21 +74,66 @@ def _state() -> dict[str, Any]:
 ControlOpt = Annotated[
     str, typer.Option("--control", envvar="EDGERUN_CONTROL", help="Control plane URL.")
 ]
-TokenOpt = Annotated[str, typer.Option("--token", envvar="EDGERUN_TOKEN", help="Admin token.")]
+TokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--key",
+        "--token",
+        envvar=["EDGERUN_KEY", "EDGERUN_TOKEN"],
+        help="Secret of the API key to call with.",
+    ),
+]
+_profile_name = "default"
+
+
+@app.callback()
+def _options(
+    profile: Annotated[
+        str, typer.Option(envvar="EDGERUN_PROFILE", help="Profile in profiles.toml to use.")
+    ] = "default",
+) -> None:
+    global _profile_name
+    _profile_name = profile
+
+
+def _profiles_path() -> Path:
+    return _home() / "profiles.toml"
+
+
+def _profile() -> dict[str, str]:
+    path = _profiles_path()
+    if not path.exists():
+        return {}
+    import tomllib
+
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        _fail(f"cannot read {path}: {exc}")
+    chosen = profiles.get(_profile_name, {})
+    return {k: str(v) for k, v in chosen.items()} if isinstance(chosen, dict) else {}
 
 
 def _client(control: str, token: str) -> Client:
-    control = control or _state().get("control_url", "")
+    control = control or _profile().get("control", "") or _state().get("control_url", "")
     if not control:
-        _fail("no control plane: pass --control, set EDGERUN_CONTROL, or run `edgerun up`")
+        _fail(
+            "no control plane: pass --control, set EDGERUN_CONTROL, "
+            "`edgerun login`, or run `edgerun up`"
+        )
     return Client(control, _token(token))
 
 
 def _token(token: str) -> str:
-    """``token`` if given, else the local cluster's (empty when there is none)."""
-    token_file = _state().get("token_file")
-    if token or not token_file:
+    """The key: given, else the profile's, else the local cluster's admin token."""
+    if token:
         return token
+    profile_key = _profile().get("key", "")
+    if profile_key:
+        return profile_key
+    token_file = _state().get("token_file")
+    if not token_file:
+        return ""
     try:
         return Path(token_file).read_text().strip()
     except OSError:
@@ -95,10 +143,12 @@ def _token(token: str) -> str:
 def _first_pop(pop: str) -> str:
     if pop:
         return pop
+    if _profile().get("pop"):
+        return _profile()["pop"]
     nodes = _state().get("nodes", [])
     pops = [n["url"] for n in nodes if n["role"] == "pop"]
     if not pops:
-        _fail("no POP known: pass --pop URL or run `edgerun up`")
+        _fail("no POP known: pass --pop URL, `edgerun login --pop`, or run `edgerun up`")
     return str(pops[0])
 
 
@@ -392,6 +442,9 @@ def deploy(
     timeout: Annotated[float | None, typer.Option(help="Timeout in seconds.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     placement: Annotated[str | None, typer.Option(help="auto, edge or region")] = None,
+    auth: Annotated[
+        str | None, typer.Option(help="HTTP trigger: 'public' (anyone) or 'key' (invoke scope).")
+    ] = None,
     control: ControlOpt = "",
     token: TokenOpt = "",
 ) -> None:
@@ -412,6 +465,7 @@ def deploy(
             "timeout_s": timeout,
             "env": env_vars,
             "placement": placement,
+            "auth": auth,
         }
         with _client(control, token) as client:
             fn, sha = _deploy(client, folder, overrides)
@@ -432,7 +486,7 @@ def invoke_cmd(
             payload = json.loads(data)
         except ValueError as exc:
             _fail(f"--data is not valid JSON: {exc}")
-        result = invoke(_first_pop(pop), name, payload)
+        result = invoke(_first_pop(pop), name, payload, key=_token(token))
         body = result.content.decode(errors="replace")
         where = f"{result.node} {result.placement} ({result.reason}) {result.elapsed_ms:.1f} ms"
         if result.status >= 400:
@@ -564,7 +618,7 @@ def status(token: TokenOpt = "") -> None:
                 table.add_row(n["name"], n["role"], n["url"], "[red]down[/red]", "", "", "", "")
                 continue
             if resp.status_code in (401, 403):
-                refused = f"[red]token refused (HTTP {resp.status_code})[/red]"
+                refused = f"[red]key refused (HTTP {resp.status_code})[/red]"
                 table.add_row(n["name"], n["role"], n["url"], refused, "", "", "", "")
                 continue
             pool = body.get("pool")
@@ -582,6 +636,168 @@ def status(token: TokenOpt = "") -> None:
                 ),
             )
     out.print(table)
+
+
+# --- tenants, keys, nodes ------------------------------------------------------
+
+tenants_app = typer.Typer(no_args_is_help=True, help="Tenants (the cluster admin's).")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+nodes_app = typer.Typer(no_args_is_help=True, help="Node credentials: join tokens, revoke.")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+app.add_typer(nodes_app, name="nodes")
+
+
+@app.command()
+def login(
+    control: Annotated[str, typer.Option(help="Control plane URL.")],
+    key: Annotated[str, typer.Option(help="Key secret (prompted when not given).")] = "",
+    pop: Annotated[str, typer.Option(help="A POP to invoke through.")] = "",
+) -> None:
+    """Save a control plane, a key and a POP as a profile (--profile, default 'default')."""
+    import tomllib
+
+    with _errors():
+        if not key:
+            key = typer.prompt("key secret", hide_input=True)
+        path = _profiles_path()
+        profiles: dict[str, Any] = {}
+        if path.exists():
+            profiles = tomllib.loads(path.read_text())
+        profiles[_profile_name] = {"control": control, "key": key, **({"pop": pop} if pop else {})}
+        lines = []
+        for name, values in profiles.items():
+            lines.append(f"[{json.dumps(name)}]")
+            lines += [f"{k} = {json.dumps(str(v))}" for k, v in values.items()]
+            lines.append("")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as f:
+            f.write("\n".join(lines))
+        out.print(f"saved profile [bold]{_profile_name}[/bold] in {path}")
+
+
+@tenants_app.command("create")
+def tenants_create(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Create a tenant; its functions are named NAME.FUNCTION."""
+    with _errors(), _client(control, token) as client:
+        client.create_tenant(name)
+        out.print(f"created tenant [bold]{name}[/bold]")
+
+
+@tenants_app.command("ls")
+def tenants_ls(control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """List tenants."""
+    with _errors(), _client(control, token) as client:
+        table = Table()
+        for col in ("tenant", "keys", "created"):
+            table.add_column(col)
+        for t in client.tenants():
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created_at"]))
+            table.add_row(t["name"], str(t["keys"]), created)
+        out.print(table)
+
+
+@tenants_app.command("rm")
+def tenants_rm(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Remove a tenant with no functions left, revoking its keys."""
+    with _errors(), _client(control, token) as client:
+        result = client.delete_tenant(name)
+        out.print(f"removed tenant {name}; revoked {len(result['revoked'])} key(s)")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[
+        list[str],
+        typer.Option(help="admin, deploy, invoke or read, optionally :PATTERN; repeatable."),
+    ],
+    tenant: Annotated[str, typer.Option(help="Tenant (default: the caller's).")] = "",
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    rate: Annotated[float | None, typer.Option(help="Requests per second per node.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Concurrent calls per node.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Create a key and print its id and secret (the secret is shown only once)."""
+    with _errors(), _client(control, token) as client:
+        key = client.create_key(
+            scope, tenant=tenant, name=name, rate_per_s=rate, max_concurrency=concurrency
+        )
+    if json_out:
+        sys.stdout.write(json.dumps(key) + "\n")
+        return
+    out.print(f"key id:  {key['id']}", highlight=False)
+    out.print(f"secret:  {key['secret']}", highlight=False)
+    out.print(f"tenant:  {key['tenant']}  scopes: {', '.join(key['scopes'])}", highlight=False)
+    err.print("[dim]the secret is not stored: keep it now[/dim]")
+
+
+@keys_app.command("ls")
+def keys_ls(
+    tenant: Annotated[str, typer.Option(help="Tenant (default: the caller's).")] = "",
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """List keys (never their secrets)."""
+    with _errors(), _client(control, token) as client:
+        table = Table()
+        for col in ("id", "tenant", "scopes", "name", "limits", "state"):
+            table.add_column(col)
+        for k in client.keys(tenant):
+            limits = ", ".join(
+                f"{label} {k[field]:g}"
+                for label, field in (("rate", "rate_per_s"), ("concurrency", "max_concurrency"))
+                if k.get(field) is not None
+            )
+            state = "[red]revoked[/red]" if k["revoked"] else "live"
+            table.add_row(k["id"], k["tenant"], ", ".join(k["scopes"]), k["name"], limits, state)
+        out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Revoke a key: every node refuses it within moments."""
+    with _errors(), _client(control, token) as client:
+        client.revoke_key(key_id)
+        out.print(f"revoked {key_id}")
+
+
+@nodes_app.command("join-token")
+def nodes_join_token(
+    role: Annotated[str, typer.Option(help="pop or region")],
+    name: Annotated[str, typer.Option(help="The node's name.")],
+    ttl: Annotated[float, typer.Option(help="Seconds the token stays valid.")] = 3600.0,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """A single-use token a new node trades for its own credential (join_token_file)."""
+    with _errors(), _client(control, token) as client:
+        result = client.join_token(role, name, ttl)
+    sys.stdout.write(result["token"] + "\n")
+
+
+@nodes_app.command("ls")
+def nodes_ls(control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """List node credentials."""
+    with _errors(), _client(control, token) as client:
+        table = Table()
+        for col in ("id", "node", "created", "state"):
+            table.add_column(col)
+        for n in client.nodes():
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n["created_at"]))
+            state = "[red]revoked[/red]" if n["revoked"] else "live"
+            table.add_row(n["id"], n["name"], created, state)
+        out.print(table)
+
+
+@nodes_app.command("revoke")
+def nodes_revoke(key_id: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Revoke a node's credential: the cluster stops feeding it and regions refuse its forwards."""
+    with _errors(), _client(control, token) as client:
+        client.revoke_node(key_id)
+        out.print(f"revoked node credential {key_id}")
 
 
 def main() -> None:

@@ -137,6 +137,50 @@ class Client:
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/v1/functions/{name}")
 
+    # --- tenants, keys, nodes ---------------------------------------------------
+    def tenants(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/tenants").json()["tenants"]  # type: ignore[no-any-return]
+
+    def create_tenant(self, name: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/tenants", json={"name": name}).json()  # type: ignore[no-any-return]
+
+    def delete_tenant(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/tenants/{name}").json()  # type: ignore[no-any-return]
+
+    def create_key(
+        self,
+        scopes: list[str],
+        *,
+        tenant: str = "",
+        name: str = "",
+        rate_per_s: float | None = None,
+        max_concurrency: int | None = None,
+    ) -> dict[str, Any]:
+        """A new key; the answer holds its ``id`` and ``secret`` (shown only now)."""
+        body: dict[str, Any] = {"scopes": scopes, "tenant": tenant, "name": name}
+        if rate_per_s is not None:
+            body["rate_per_s"] = rate_per_s
+        if max_concurrency is not None:
+            body["max_concurrency"] = max_concurrency
+        return self._call("POST", "/v1/keys", json=body).json()  # type: ignore[no-any-return]
+
+    def keys(self, tenant: str = "") -> list[dict[str, Any]]:
+        params = {"tenant": tenant} if tenant else {}
+        return self._call("GET", "/v1/keys", params=params).json()["keys"]  # type: ignore[no-any-return]
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/keys/{key_id}").json()  # type: ignore[no-any-return]
+
+    def join_token(self, role: str, name: str, ttl_s: float = 3600.0) -> dict[str, Any]:
+        body = {"role": role, "name": name, "ttl_s": ttl_s}
+        return self._call("POST", "/v1/join-tokens", json=body).json()  # type: ignore[no-any-return]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/nodes").json()["nodes"]  # type: ignore[no-any-return]
+
+    def revoke_node(self, key_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/nodes/{key_id}").json()  # type: ignore[no-any-return]
+
 
 def invoke(
     node_url: str,
@@ -144,17 +188,22 @@ def invoke(
     payload: Any = None,
     *,
     qualifier: str | None = None,
+    key: str = "",
     timeout: float = 60.0,
     client: httpx.Client | None = None,
 ) -> Invocation:
-    """Direct invoke through a node (POP or region); does not raise on 4xx/5xx."""
+    """Direct invoke through a node (POP or region) with the secret of a key that
+    has invoke scope; does not raise on 4xx/5xx."""
     target = f"{name}@{qualifier}" if qualifier else name
     http = client or httpx.Client(timeout=timeout)
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
     try:
         resp = http.post(
             f"{node_url.rstrip('/')}/v1/functions/{target}/invocations",
             content=msgspec.json.encode(payload if payload is not None else {}),
-            headers={"content-type": "application/json"},
+            headers=headers,
             timeout=timeout,
         )
     except httpx.HTTPError as exc:

@@ -21,6 +21,9 @@ from pathlib import Path
 import httpx
 
 from edgerun.config import NodeConfig, RegionRef, Topology, apply_settings, dump_toml
+from edgerun.node.credential import credential_path
+
+JOIN_TOKEN_FILE = "join-token"
 
 
 @dataclass
@@ -78,7 +81,7 @@ class LocalCluster:
                     port=r.port,
                     data_dir=str(self.root / r.name),
                     control_url=self.control_url,
-                    token_file=str(self.token_file),
+                    join_token_file=str(self.root / r.name / JOIN_TOKEN_FILE),
                     capacity_mb=r.capacity_mb,
                     max_memory_mb=r.max_memory_mb,
                     max_timeout_s=r.max_timeout_s,
@@ -94,7 +97,7 @@ class LocalCluster:
                     port=p.port,
                     data_dir=str(self.root / p.name),
                     control_url=self.control_url,
-                    token_file=str(self.token_file),
+                    join_token_file=str(self.root / p.name / JOIN_TOKEN_FILE),
                     capacity_mb=p.capacity_mb,
                     code_cache_mb=p.code_cache_mb,
                     placement_mode=p.placement_mode,
@@ -130,11 +133,31 @@ class LocalCluster:
             node.config_path.write_text(dump_toml(node.config))
         self.start_node("control")
         self.wait_healthy(["control"], timeout)
+        self.issue_join_tokens()
         for role in ("region", "pop"):  # POPs check their regions as they start
             names = [n.config.name for n in self.by_role(role)]
             for name in names:
                 self.start_node(name)
             self.wait_healthy(names, timeout)
+
+    def issue_join_tokens(self) -> None:
+        """One single-use join token per node that has no credential yet: the admin
+        token stays with the operator; nodes get only what they trade for their own key."""
+        with httpx.Client(timeout=10.0, headers={"authorization": f"Bearer {self.token}"}) as http:
+            for node in self.nodes.values():
+                cfg = node.config
+                if cfg.role == "control" or credential_path(cfg).exists():
+                    continue
+                resp = http.post(
+                    f"{self.control_url}/v1/join-tokens",
+                    json={"role": cfg.role, "name": cfg.name, "ttl_s": 600},
+                )
+                resp.raise_for_status()
+                path = Path(cfg.join_token_file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(fd, "w") as f:
+                    f.write(resp.json()["token"] + "\n")
 
     def start_node(self, name: str) -> None:
         node = self.nodes[name]

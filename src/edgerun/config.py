@@ -30,7 +30,10 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int = 0
     control_url: str = ""
     token_file: str = ""
-    """Where the cluster's admin token lives (generated there by the control plane)."""
+    """Control plane: where the bootstrap admin token lives (generated on first start)."""
+    join_token_file: str = ""
+    """Region or POP: a single-use join token, traded at first start for this node's
+    own credential (kept in ``data_dir``); the file is removed once spent."""
     regions: list[RegionRef] = msgspec.field(default_factory=list)
     """Parent regions of a POP, in order of preference."""
     capacity_mb: int = 1024
@@ -53,7 +56,7 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """From the last header to the last byte of the body."""
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     """Peer addresses whose X-Forwarded-For and x-edgerun-request-id are believed
-    (POPs are trusted through the cluster token instead)."""
+    (POPs are trusted through their node credentials instead)."""
     max_bundle_bytes: int = 250 * 1024 * 1024
     """Uncompressed size limit of a bundle."""
     code_cache_mb: int = 10_240
@@ -98,7 +101,17 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 IDENTITY_FIELDS = frozenset(
-    {"role", "name", "host", "port", "data_dir", "control_url", "token_file", "regions"}
+    {
+        "role",
+        "name",
+        "host",
+        "port",
+        "data_dir",
+        "control_url",
+        "token_file",
+        "join_token_file",
+        "regions",
+    }
 )
 """NodeConfig fields a topology derives itself; ``settings`` may not change them."""
 

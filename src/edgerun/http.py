@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from array import array
 from collections.abc import AsyncIterator, Mapping
@@ -139,33 +138,6 @@ def json_depth(data: bytes) -> int:
     brackets = outside_strings.translate(None, _NOT_BRACKETS)
     steps = array("b", brackets.translate(_BRACKET_STEPS))
     return max(accumulate(steps), default=0)
-
-
-def token_ok(given: str | None, token: str) -> bool:
-    """Whether ``given`` is ``token`` (compared in constant time)."""
-    return given is not None and hmac.compare_digest(given.encode(), token.encode())
-
-
-def bearer_ok(authorization: str | None, token: str) -> bool:
-    """Whether an ``Authorization`` header value carries ``token``."""
-    scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and token_ok(given.strip(), token)
-
-
-def check_bearer(request: Request, token: str) -> None:
-    """401 without a bearer token, 403 with the wrong one."""
-    auth = request.headers.get("authorization")
-    if bearer_ok(auth, token):
-        return
-    scheme, _, given = (auth or "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise ApiError(
-            401,
-            "Unauthorized",
-            "this call needs an admin token: send 'Authorization: Bearer <token>'",
-            headers={"www-authenticate": "Bearer"},
-        )
-    raise ApiError(403, "Forbidden", "the token is not valid for this cluster")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -28,6 +28,10 @@ from edgerun.errors import bad_request
 Placement = Literal["auto", "edge", "region"]
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+FUNCTION_RE = re.compile(
+    r"^([a-z0-9]([a-z0-9-]{0,29}[a-z0-9])?\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z"
+)
+"""A function's full name: ``name`` in the default tenant, ``tenant.name`` in another."""
 ALIAS_RE = NAME_RE
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -50,6 +54,15 @@ class FunctionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     network: bool = False
     idempotent: bool = False
     latency_sensitive: bool = False
+    auth: Literal["public", "key"] = "key"
+    """Who may call the HTTP trigger: anyone (``public``) or keys with ``invoke`` scope.
+    The direct invoke API always needs a key."""
+    secrets: list[str] = msgspec.field(default_factory=list)
+    """Names of the secrets the function needs: a deploy fails while one is missing."""
+    rate_per_s: float | None = None
+    """Requests per second each node admits (a token bucket); more get 429."""
+    max_concurrency: int | None = None
+    """Calls each node runs or forwards at once (reserved concurrency); more get 429."""
 
 
 def version_id(bundle_sha256: str, handler: str) -> str:
@@ -130,6 +143,15 @@ def validate_name(name: str, what: str = "function name") -> str:
     return name
 
 
+def validate_function_name(name: str) -> str:
+    if not FUNCTION_RE.match(name):
+        raise bad_request(
+            f"invalid function name {name[:100]!r}: use 1-63 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit, after 'TENANT.' outside the default tenant"
+        )
+    return name
+
+
 def validate_config(cfg: FunctionConfig) -> FunctionConfig:
     if not HANDLER_RE.match(cfg.handler):
         raise bad_request(
@@ -144,4 +166,15 @@ def validate_config(cfg: FunctionConfig) -> FunctionConfig:
             raise bad_request(f"invalid environment variable name {key!r}")
         if key.startswith(RESERVED_ENV_PREFIXES):
             raise bad_request(f"environment variable {key!r} uses a reserved prefix")
+    if len(cfg.secrets) > 100 or len(set(cfg.secrets)) != len(cfg.secrets):
+        raise bad_request("secrets lists at most 100 distinct names")
+    for key in cfg.secrets:
+        if not ENV_KEY_RE.match(key) or key.startswith(RESERVED_ENV_PREFIXES):
+            raise bad_request(f"invalid secret name {key[:80]!r}")
+        if key in cfg.env:
+            raise bad_request(f"{key!r} is both an environment variable and a secret")
+    if cfg.rate_per_s is not None and not 0 < cfg.rate_per_s <= 1e6:
+        raise bad_request("rate_per_s must be in (0, 1000000]")
+    if cfg.max_concurrency is not None and not 1 <= cfg.max_concurrency <= 100_000:
+        raise bad_request("max_concurrency must be between 1 and 100000")
     return cfg

@@ -16,11 +16,13 @@ from typing import Any
 import uvicorn
 
 from edgerun.config import NodeConfig
-from edgerun.control.app import ControlApp, load_or_create_token
+from edgerun.control.accounts import Accounts
+from edgerun.control.app import ControlApp, load_or_create_hash_key, load_or_create_token
 from edgerun.control.bundles import BundleStore
 from edgerun.control.registry import SqliteRegistry
 from edgerun.guard import GuardedProtocol, Limits
 from edgerun.node.app import NodeApp
+from edgerun.node.credential import JoinFailed, load_or_join
 from edgerun.sandbox.base import SandboxFactory
 from edgerun.sandbox.cgroups import Cgroups
 from edgerun.sandbox.forked import EngineSettings, ZygoteSandboxFactory
@@ -46,25 +48,26 @@ def build_app(cfg: NodeConfig) -> Any:
                 file=sys.stderr,
             )
         registry = SqliteRegistry(data / "registry.db")
+        accounts = Accounts(registry, load_or_create_hash_key(data / "key-hash.key"))
+        accounts.ensure_bootstrap_admin(token)
         bundles = BundleStore(data / "bundles")
         return ControlApp(
             registry,
             bundles,
-            token,
+            accounts,
             max_bundle_bytes=cfg.max_bundle_bytes,
             retain_versions=cfg.retain_versions,
             gc_interval_s=cfg.gc_interval_s,
             body_timeout_s=cfg.body_timeout_s,
         ).asgi
-    path = token_path(cfg)
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise SystemExit(f"edgerun: cannot read the cluster token at {path}: {exc}") from None
     if not cfg.control_url:
         raise SystemExit("edgerun: a region or POP needs control_url in its config")
+    try:
+        credential = load_or_join(cfg)
+    except JoinFailed as exc:
+        raise SystemExit(f"edgerun: {exc}") from None
     factory, layers = make_engine(cfg)
-    return NodeApp(cfg, token, factory, isolation=layers).asgi
+    return NodeApp(cfg, credential, factory, isolation=layers).asgi
 
 
 def make_engine(cfg: NodeConfig) -> tuple[SandboxFactory, list[Layer]]:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgerun.client import Client, EdgerunError, Invocation, invoke
+from edgerun.client import Client, EdgerunError, Invocation
 from edgerun.cluster import LocalCluster
 from tests.hostile.conftest import (
     HOSTILE_MEMORY_MB,
@@ -29,6 +29,7 @@ from tests.hostile.conftest import (
     SUPPORTED,
     UNSUPPORTED_REASON,
 )
+from tests.integration.conftest import invoke
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,14 +22,16 @@ import httpx
 import msgspec
 import pytest
 
-from edgerun.client import Client, invoke
+from edgerun.client import Client
 from edgerun.cluster import LocalCluster
 from tests.conftest import FUNCTIONS, make_zip
 from tests.integration.conftest import (
     admin,
     deploy_folder,
+    invoke,
     make_topology,
     node_knows,
+    remember_admin_key,
     wait_for,
 )
 
@@ -48,6 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         )
     try:
         c.start()
+        remember_admin_key(c)
         yield c
     finally:
         c.stop()

@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from edgerun import client as sdk
 from edgerun.build import build_bundle
-from edgerun.client import Client
+from edgerun.client import Client, Invocation
 from edgerun.cluster import LocalCluster, free_port
 from edgerun.config import ControlSpec, PopSpec, RegionSpec, Topology
 from edgerun.models import FunctionConfig
@@ -40,6 +41,23 @@ def make_topology(pop_capacity_mb: int = 256) -> Topology:
     )
 
 
+_ADMIN_KEYS: dict[str, str] = {}
+"""host:port -> the admin key of the cluster serving there (see :func:`invoke`)."""
+
+
+def remember_admin_key(cluster: LocalCluster, *urls: str) -> None:
+    """Let :func:`invoke` call this cluster's nodes (or ``urls`` leading to them)."""
+    for url in [*(n.url for n in cluster.nodes.values()), *urls]:
+        _ADMIN_KEYS[httpx.URL(url).netloc.decode()] = cluster.token
+
+
+def invoke(url: str, name: str, payload: Any = None, **kw: Any) -> Invocation:
+    """Direct invoke with the admin key of the cluster at ``url`` (direct invocations
+    always need a key; tests/integration/test_auth.py covers the other keys)."""
+    kw.setdefault("key", _ADMIN_KEYS.get(httpx.URL(url).netloc.decode(), ""))
+    return sdk.invoke(url, name, payload, **kw)
+
+
 def start_cluster(root: Path, pop_capacity_mb: int = 256) -> LocalCluster:
     cluster = LocalCluster(make_topology(pop_capacity_mb), root)
     try:
@@ -47,10 +65,14 @@ def start_cluster(root: Path, pop_capacity_mb: int = 256) -> LocalCluster:
     except BaseException:
         cluster.stop()
         raise
+    remember_admin_key(cluster)
     return cluster
 
 
 def deploy_folder(client: Client, name: str, folder: Path, **config: object) -> str:
+    """Deploy with a public HTTP trigger unless ``auth`` says otherwise: most tests
+    here call ``/fn/...`` as an anonymous client would."""
+    config.setdefault("auth", "public")
     record = client.deploy(name, build_bundle(folder), FunctionConfig(**config))  # type: ignore[arg-type]
     return record.aliases["latest"]
 

@@ -41,11 +41,12 @@ def test_mutation_without_token_is_401(cluster: LocalCluster) -> None:
     assert resp.json()["error"]["type"] == "Unauthorized"
 
 
-def test_wrong_token_is_403(cluster: LocalCluster) -> None:
+def test_unknown_key_is_401(cluster: LocalCluster) -> None:
     resp = httpx.get(
         f"{cluster.control_url}/v1/functions", headers={"authorization": "Bearer wrong"}
     )
-    assert resp.status_code == 403
+    assert resp.status_code == 401
+    assert resp.json()["error"]["type"] == "Unauthorized"
 
 
 @pytest.mark.parametrize(

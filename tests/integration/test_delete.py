@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgerun.client import Client, invoke
+from edgerun.client import Client
 from edgerun.cluster import LocalCluster
-from tests.integration.conftest import admin, deploy_folder, node_knows, wait_for
+from tests.integration.conftest import admin, deploy_folder, invoke, node_knows, wait_for
 
 pytestmark = pytest.mark.integration
 

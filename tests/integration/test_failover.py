@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgerun.client import Client, invoke
+from edgerun.client import Client
 from edgerun.cluster import LocalCluster
 from tests.conftest import FUNCTIONS
-from tests.integration.conftest import deploy_folder, node_knows, start_cluster, wait_for
+from tests.integration.conftest import deploy_folder, invoke, node_knows, start_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 

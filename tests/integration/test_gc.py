@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgerun.client import Client, invoke
+from edgerun.client import Client
 from edgerun.cluster import LocalCluster
-from tests.integration.conftest import admin, deploy_folder, wait_for
+from tests.integration.conftest import admin, deploy_folder, invoke, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from edgerun.client import Client, invoke
+from edgerun.client import Client
 from edgerun.cluster import LocalCluster
 from tests.conftest import EXAMPLES
-from tests.integration.conftest import deploy_folder, node_knows, node_status, wait_for
+from tests.integration.conftest import (
+    admin,
+    deploy_folder,
+    invoke,
+    node_knows,
+    node_status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -124,8 +131,8 @@ def test_import_error_gives_500_and_shows_in_status(
     assert errors[deployed["broken-import"]]["type"] == "ModuleNotFoundError"
 
 
-def test_unknown_function_is_404_json(pop: str, deployed: dict) -> None:
-    resp = httpx.get(f"{pop}/fn/no-such-fn/")
+def test_unknown_function_is_404_json(cluster: LocalCluster, pop: str, deployed: dict) -> None:
+    resp = httpx.get(f"{pop}/fn/no-such-fn/", headers=admin(cluster))
     assert resp.status_code == 404
     assert resp.json()["error"]["type"] == "NotFound"
 
@@ -136,8 +143,12 @@ def test_unknown_alias_is_404_json(pop: str, deployed: dict) -> None:
     assert "no alias or version 'nope'" in resp.json()["error"]["message"]
 
 
-def test_malformed_direct_payload_is_400_json(pop: str, deployed: dict) -> None:
-    resp = httpx.post(f"{pop}/v1/functions/echo/invocations", content=b"{nope")
+def test_malformed_direct_payload_is_400_json(
+    cluster: LocalCluster, pop: str, deployed: dict
+) -> None:
+    resp = httpx.post(
+        f"{pop}/v1/functions/echo/invocations", content=b"{nope", headers=admin(cluster)
+    )
     assert resp.status_code == 400
     assert "not valid JSON" in resp.json()["error"]["message"]
 

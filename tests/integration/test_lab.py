@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from edgerun.client import Client, invoke
+from edgerun.client import Client
 from edgerun.lab import Lab, LabSpec
 from tests.conftest import FUNCTIONS
-from tests.integration.conftest import deploy_folder, node_knows, wait_for
+from tests.integration.conftest import (
+    deploy_folder,
+    invoke,
+    node_knows,
+    remember_admin_key,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +27,7 @@ pytestmark = pytest.mark.integration
 def lab(tmp_path: Path) -> Iterator[Lab]:
     lab = Lab(LabSpec(pops=1, regions=2, client_pop_ms=10.0, pop_region_ms=40.0), tmp_path)
     lab.start()
+    remember_admin_key(lab.cluster, *(lab.client_url(p) for p in ("pop-1",)))
     try:
         yield lab
     finally:

@@ -9,11 +9,18 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from edgerun.client import Client, invoke
+from edgerun.client import Client
 from edgerun.cluster import LocalCluster
 from edgerun.placement import Reason
 from tests.conftest import FUNCTIONS
-from tests.integration.conftest import admin, deploy_folder, node_knows, start_cluster, wait_for
+from tests.integration.conftest import (
+    admin,
+    deploy_folder,
+    invoke,
+    node_knows,
+    start_cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from edgerun.build import build_bundle
-from edgerun.client import Client, EdgerunError, invoke
+from edgerun.client import Client, EdgerunError
 from edgerun.cluster import LocalCluster
 from edgerun.models import LATEST, FunctionConfig
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import invoke, wait_for
 
 pytestmark = pytest.mark.integration
 

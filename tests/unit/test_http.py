@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from starlette.requests import Request
 
 from edgerun.errors import ApiError
 from edgerun.http import (
     MAX_JSON_DEPTH,
-    bearer_ok,
-    check_bearer,
     check_content_length,
     decode_json,
     json_depth,
     parse_int,
     query_int,
-    token_ok,
 )
 
 
@@ -78,43 +74,3 @@ def test_json_at_the_depth_limit_is_fine() -> None:
 )
 def test_json_depth_ignores_brackets_in_strings(data: bytes, depth: int) -> None:
     assert json_depth(data) == depth
-
-
-# --- bearer tokens: one parser decides for check_bearer and bearer_ok ----------------
-
-
-def _auth_request(authorization: str | None) -> Request:
-    headers = [] if authorization is None else [(b"authorization", authorization.encode())]
-    return Request({"type": "http", "method": "GET", "path": "/", "headers": headers})
-
-
-@pytest.mark.parametrize(
-    ("authorization", "status"),
-    [
-        ("Bearer tok", None),
-        ("bearer  tok ", None),
-        (None, 401),
-        ("", 401),
-        ("Basic tok", 401),
-        ("Bearer", 401),
-        ("Bearer ", 401),
-        ("Bearer  ", 401),
-        ("Bearer wrong", 403),
-        ("Bearer tok2", 403),
-    ],
-)
-def test_check_bearer_agrees_with_bearer_ok(authorization: str | None, status: int | None) -> None:
-    assert bearer_ok(authorization, "tok") == (status is None)
-    if status is None:
-        check_bearer(_auth_request(authorization), "tok")
-        return
-    with pytest.raises(ApiError) as exc:
-        check_bearer(_auth_request(authorization), "tok")
-    assert exc.value.status == status
-
-
-def test_token_ok_compares_whole_tokens() -> None:
-    assert token_ok("tok", "tok")
-    assert not token_ok(None, "tok")
-    assert not token_ok("to", "tok")
-    assert not token_ok("tök", "tok")

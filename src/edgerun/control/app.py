@@ -15,13 +15,17 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, tenant_of
+from edgerun.auth.guard import ApiRoute, Need, principal_of, route
+from edgerun.auth.scopes import forbidden
+from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
 from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry, retention
@@ -29,7 +33,6 @@ from edgerun.errors import bad_request, not_found
 from edgerun.http import (
     BODY_TIMEOUT_S,
     EXCEPTION_HANDLERS,
-    check_bearer,
     decode_json,
     json_response,
     query_int,
@@ -43,7 +46,7 @@ from edgerun.models import (
     UnknownQualifier,
     resolve_qualifier,
     validate_config,
-    validate_name,
+    validate_function_name,
 )
 
 log = logging.getLogger("edgerun.control")
@@ -51,7 +54,45 @@ log = logging.getLogger("edgerun.control")
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_FEED_WAIT_S = 60.0
 MAX_REVISION = 2**63 - 1
+_LIST_BATCH = 200
 """Revisions are SQLite integers."""
+
+
+class TenantRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+
+
+class KeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    scopes: list[str]
+    tenant: str = ""
+    """The caller's own tenant when empty."""
+    name: str = ""
+    rate_per_s: float | None = None
+    max_concurrency: int | None = None
+
+
+class JoinTokenRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    role: str
+    name: str
+    ttl_s: float = 3600.0
+
+
+class JoinRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    token: str
+
+
+def key_view(entry: KeyEntry) -> dict[str, object]:
+    """A key as the API shows it: never its secret nor its digest."""
+    return {
+        "id": entry.id,
+        "tenant": entry.tenant,
+        "scopes": entry.scopes,
+        "name": entry.name,
+        "created_at": entry.created_at,
+        "revoked": entry.revoked,
+        "rate_per_s": entry.rate_per_s,
+        "max_concurrency": entry.max_concurrency,
+    }
 
 
 class ControlApp:
@@ -61,7 +102,7 @@ class ControlApp:
         self,
         registry: Registry,
         bundles: BundleStore,
-        token: str,
+        accounts: Accounts,
         *,
         max_bundle_bytes: int = 250 * 1024 * 1024,
         retain_versions: int = 3,
@@ -73,30 +114,47 @@ class ControlApp:
         ``POST /v1/admin/gc``), their bundles with them once nothing refers to them."""
         self.registry = registry
         self.bundles = bundles
-        self.token = token
+        self.accounts = accounts
         self.max_bundle_bytes = max_bundle_bytes
         self.retain_versions = retain_versions
         self.gc_interval_s = gc_interval_s
         self.body_timeout_s = body_timeout_s
         self._changed = asyncio.Event()
-        routes = [
-            Route("/v1/health", self.health, methods=["GET"]),
-            Route("/v1/openapi.json", self.openapi, methods=["GET"]),
-            Route("/v1/bundles", self.upload_bundle, methods=["POST"]),
-            Route("/v1/bundles/{sha}", self.download_bundle, methods=["GET"]),
-            Route("/v1/functions", self.list_functions, methods=["GET"]),
-            Route("/v1/functions/{name}", self.get_function, methods=["GET"]),
-            Route("/v1/functions/{name}", self.deploy, methods=["PUT"]),
-            Route("/v1/functions/{name}", self.delete_function, methods=["DELETE"]),
-            Route("/v1/functions/{name}/versions", self.list_versions, methods=["GET"]),
-            Route("/v1/functions/{name}/aliases/{alias}", self.set_alias, methods=["PUT"]),
-            Route("/v1/functions/{name}/aliases/{alias}", self.delete_alias, methods=["DELETE"]),
-            Route("/v1/changes", self.changes, methods=["GET"]),
-            Route("/v1/admin/gc", self.gc, methods=["POST"]),
-        ]
+        self.routes = self.api_routes()
+        routes = [route(api, lambda: accounts.keyring) for api in self.routes]
         self.asgi = Starlette(
             routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=self._lifespan
         )
+
+    def api_routes(self) -> list[ApiRoute]:
+        """Every route and what it needs; the guard test walks this same table."""
+        public, key, node, admin = Need.PUBLIC, Need.KEY, Need.NODE, Need.CLUSTER_ADMIN
+        fn = "/v1/functions/{name}"
+        return [
+            ApiRoute("GET", "/v1/health", public, self.health),
+            ApiRoute("GET", "/v1/openapi.json", public, self.openapi),
+            ApiRoute("POST", "/v1/bundles", key, self.upload_bundle),
+            ApiRoute("GET", "/v1/bundles/{sha}", node, self.download_bundle),
+            ApiRoute("GET", "/v1/functions", key, self.list_functions),
+            ApiRoute("GET", fn, key, self.get_function),
+            ApiRoute("PUT", fn, key, self.deploy),
+            ApiRoute("DELETE", fn, key, self.delete_function),
+            ApiRoute("GET", fn + "/versions", key, self.list_versions),
+            ApiRoute("PUT", fn + "/aliases/{alias}", key, self.set_alias),
+            ApiRoute("DELETE", fn + "/aliases/{alias}", key, self.delete_alias),
+            ApiRoute("GET", "/v1/changes", node, self.changes),
+            ApiRoute("POST", "/v1/admin/gc", admin, self.gc),
+            ApiRoute("GET", "/v1/tenants", admin, self.list_tenants),
+            ApiRoute("POST", "/v1/tenants", admin, self.create_tenant),
+            ApiRoute("DELETE", "/v1/tenants/{tenant}", admin, self.delete_tenant),
+            ApiRoute("GET", "/v1/keys", key, self.list_keys),
+            ApiRoute("POST", "/v1/keys", key, self.create_key),
+            ApiRoute("DELETE", "/v1/keys/{key_id}", key, self.revoke_key),
+            ApiRoute("POST", "/v1/join-tokens", admin, self.create_join_token),
+            ApiRoute("POST", "/v1/nodes/join", public, self.join),
+            ApiRoute("GET", "/v1/nodes", admin, self.list_nodes),
+            ApiRoute("DELETE", "/v1/nodes/{key_id}", admin, self.revoke_node),
+        ]
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -132,7 +190,6 @@ class ControlApp:
         }
 
     async def gc(self, request: Request) -> Response:
-        check_bearer(request, self.token)
         return json_response(self.collect())
 
     def _notify(self) -> None:
@@ -149,14 +206,14 @@ class ControlApp:
         return json_response(openapi_document())
 
     async def upload_bundle(self, request: Request) -> Response:
-        check_bearer(request, self.token)
+        if not principal_of(request).may_any(Kind.DEPLOY):
+            raise forbidden("uploading code needs a key with deploy scope")
         data = await read_body(request, MAX_UPLOAD_BYTES, self.body_timeout_s)
         await asyncio.to_thread(verify_bundle, data, max_uncompressed=self.max_bundle_bytes)
         sha = await asyncio.to_thread(self.bundles.put, data)
         return json_response({"sha256": sha, "size": len(data)}, 201)
 
     async def download_bundle(self, request: Request) -> Response:
-        check_bearer(request, self.token)
         sha = request.path_params["sha"]
         if not SHA256_RE.match(sha):
             raise bad_request(f"{sha!r} is not a sha256 hex digest")
@@ -166,27 +223,47 @@ class ControlApp:
         return Response(data, media_type="application/zip", headers={"x-edgerun-sha256": sha})
 
     async def list_functions(self, request: Request) -> Response:
-        check_bearer(request, self.token)
+        """The caller's functions: its tenant's that its scopes let it read."""
+        principal = principal_of(request)
         limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
         after = request.query_params.get("after", "")
-        page = self.registry.list_functions(after=after, limit=limit + 1)
+        prefix = "" if principal.is_cluster_admin else _tenant_prefix(principal.tenant)
+        page: list[FunctionRecord] = []
+        cursor = max(after, prefix)
+        while len(page) <= limit:
+            batch = self.registry.list_functions(after=cursor, limit=_LIST_BATCH)
+            for record in batch:
+                if prefix and not record.name.startswith(prefix):
+                    batch = []  # past the tenant's names
+                    break
+                if principal.may(Kind.READ, record.name):
+                    page.append(record)
+                    if len(page) > limit:
+                        break
+            if len(batch) < _LIST_BATCH:
+                break
+            cursor = batch[-1].name
         more = len(page) > limit
         page = page[:limit]
         return json_response({"functions": page, "next": page[-1].name if more and page else None})
 
-    def _function(self, name: str) -> FunctionRecord:
+    def _function(self, request: Request, kind: Kind) -> FunctionRecord:
+        name = request.path_params["name"]
+        principal_of(request).check(kind, name)
         record = self.registry.get(name)
         if record is None:
             raise not_found(f"function {name!r} does not exist")
         return record
 
     async def get_function(self, request: Request) -> Response:
-        check_bearer(request, self.token)
-        return json_response(self._function(request.path_params["name"]))
+        return json_response(self._function(request, Kind.READ))
 
     async def deploy(self, request: Request) -> Response:
-        check_bearer(request, self.token)
-        name = validate_name(request.path_params["name"])
+        name = validate_function_name(request.path_params["name"])
+        principal_of(request).check(Kind.DEPLOY, name)
+        tenant = tenant_of(name)
+        if tenant != DEFAULT_TENANT and not self.accounts.has_tenant(tenant):
+            raise not_found(f"tenant {tenant!r} does not exist")
         body: DeployRequest = decode_json(
             await read_body(request, 1 << 20, self.body_timeout_s), DeployRequest
         )
@@ -202,8 +279,8 @@ class ControlApp:
         return json_response(record, 201 if created else 200)
 
     async def delete_function(self, request: Request) -> Response:
-        check_bearer(request, self.token)
         name = request.path_params["name"]
+        principal_of(request).check(Kind.DEPLOY, name)
         before = self.registry.get(name)
         record = self.registry.delete(name)
         self._notify()
@@ -214,8 +291,7 @@ class ControlApp:
         return json_response({"deleted": record.name, "revision": record.revision})
 
     async def list_versions(self, request: Request) -> Response:
-        check_bearer(request, self.token)
-        record = self._function(request.path_params["name"])
+        record = self._function(request, Kind.READ)
         by_version: dict[str, list[str]] = {}
         for alias, sha in record.aliases.items():
             by_version.setdefault(sha, []).append(alias)
@@ -233,12 +309,11 @@ class ControlApp:
         )
 
     async def set_alias(self, request: Request) -> Response:
-        check_bearer(request, self.token)
         name, alias = request.path_params["name"], request.path_params["alias"]
+        record = self._function(request, Kind.DEPLOY)
         body: AliasRequest = decode_json(
             await read_body(request, 4096, self.body_timeout_s), AliasRequest
         )
-        record = self._function(name)
         try:
             sha = resolve_qualifier(record, body.version)
         except UnknownQualifier as exc:
@@ -248,7 +323,7 @@ class ControlApp:
         return json_response(updated)
 
     async def delete_alias(self, request: Request) -> Response:
-        check_bearer(request, self.token)
+        principal_of(request).check(Kind.DEPLOY, request.path_params["name"])
         updated = self.registry.delete_alias(
             request.path_params["name"], request.path_params["alias"]
         )
@@ -256,17 +331,113 @@ class ControlApp:
         return json_response(updated)
 
     async def changes(self, request: Request) -> Response:
-        """Long-poll: answer at once if anything changed after ``since``, else wait."""
-        check_bearer(request, self.token)
+        """Long-poll: answer at once if anything changed after ``since``, else wait.
+
+        Functions and keys share one revision counter, so one answer carries both,
+        and a revoked key reaches a node as fast as a deploy."""
         since = query_int(request.query_params, "since", 0, lo=0, hi=MAX_REVISION)
         wait = min(query_int(request.query_params, "wait", 0, lo=0, hi=3600), MAX_FEED_WAIT_S)
-        revision, records = self.registry.changes(since)
-        if not records and wait > 0:
+        body = self._changes(since)
+        if not body["functions"] and not body["keys"] and wait > 0:
             waiter = self._changed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), wait)
-            revision, records = self.registry.changes(since)
-        return json_response({"revision": revision, "functions": records})
+            body = self._changes(since)
+        return json_response(body)
+
+    def _changes(self, since: int, limit: int = 1000) -> dict[str, Any]:
+        revision, records = self.registry.changes(since, limit)
+        keys = self.accounts.changes(since, revision, limit)
+        if len(keys) == limit:
+            revision = keys[-1].revision
+            records = [r for r in records if r.revision <= revision]
+        return {"revision": revision, "functions": records, "keys": keys}
+
+    # --- tenants, keys, nodes ----------------------------------------------------
+    async def list_tenants(self, request: Request) -> Response:
+        return json_response({"tenants": self.accounts.tenants()})
+
+    async def create_tenant(self, request: Request) -> Response:
+        body: TenantRequest = decode_json(
+            await read_body(request, 4096, self.body_timeout_s), TenantRequest
+        )
+        return json_response(self.accounts.create_tenant(body.name), 201)
+
+    async def delete_tenant(self, request: Request) -> Response:
+        revoked = self.accounts.delete_tenant(request.path_params["tenant"])
+        self._notify()
+        return json_response(
+            {"deleted": request.path_params["tenant"], "revoked": [k.id for k in revoked]}
+        )
+
+    async def list_keys(self, request: Request) -> Response:
+        principal = principal_of(request)
+        tenant = request.query_params.get("tenant") or principal.tenant
+        principal.check_tenant(tenant)
+        return json_response({"keys": [key_view(k) for k in self.accounts.keys(tenant)]})
+
+    async def create_key(self, request: Request) -> Response:
+        principal = principal_of(request)
+        body: KeyRequest = decode_json(
+            await read_body(request, 16 * 1024, self.body_timeout_s), KeyRequest
+        )
+        tenant = body.tenant or principal.tenant
+        principal.check_tenant(tenant)
+        entry, secret = self.accounts.create_key(
+            tenant,
+            body.scopes,
+            name=body.name,
+            rate_per_s=body.rate_per_s,
+            max_concurrency=body.max_concurrency,
+        )
+        self._notify()
+        return json_response({**key_view(entry), "secret": secret}, 201)
+
+    async def revoke_key(self, request: Request) -> Response:
+        principal = principal_of(request)
+        key_id = request.path_params["key_id"]
+        entry = self.accounts.key(key_id)
+        if entry is None or entry.is_node:
+            raise not_found(f"key {key_id[:40]!r} does not exist")
+        principal.check_tenant(entry.tenant)
+        revoked = self.accounts.revoke(key_id)
+        self._notify()
+        return json_response(key_view(revoked))
+
+    async def create_join_token(self, request: Request) -> Response:
+        body: JoinTokenRequest = decode_json(
+            await read_body(request, 4096, self.body_timeout_s), JoinTokenRequest
+        )
+        token, expires = self.accounts.create_join_token(body.role, body.name, body.ttl_s)
+        return json_response({"token": token, "expires_at": expires}, 201)
+
+    async def join(self, request: Request) -> Response:
+        """A node trades its join token for its own credential (and the hash key it
+        verifies callers' keys with)."""
+        body: JoinRequest = decode_json(
+            await read_body(request, 4096, self.body_timeout_s), JoinRequest
+        )
+        entry, secret = self.accounts.join(body.token)
+        self._notify()
+        return json_response(
+            {"key_id": entry.id, "secret": secret, "hash_key": self.accounts.hash_key.hex()}, 201
+        )
+
+    async def list_nodes(self, request: Request) -> Response:
+        return json_response({"nodes": [key_view(k) for k in self.accounts.keys(nodes=True)]})
+
+    async def revoke_node(self, request: Request) -> Response:
+        key_id = request.path_params["key_id"]
+        entry = self.accounts.key(key_id)
+        if entry is None or not entry.is_node:
+            raise not_found(f"node credential {key_id[:40]!r} does not exist")
+        revoked = self.accounts.revoke(key_id)
+        self._notify()
+        return json_response(key_view(revoked))
+
+
+def _tenant_prefix(tenant: str) -> str:
+    return "" if tenant == DEFAULT_TENANT else tenant + "."
 
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:
@@ -279,3 +450,14 @@ def load_or_create_token(path: Path) -> tuple[str, bool]:
     with open(fd, "w") as f:
         f.write(token + "\n")
     return token, True
+
+
+def load_or_create_hash_key(path: Path) -> bytes:
+    """The key API keys are hashed under (32 random bytes, created on first start)."""
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    return key

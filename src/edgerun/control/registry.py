@@ -9,6 +9,7 @@ not a rewrite.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -25,6 +26,7 @@ from edgerun.models import (
     FunctionConfig,
     FunctionRecord,
     Version,
+    validate_function_name,
     validate_name,
     version_id,
 )
@@ -120,6 +122,23 @@ class SqliteRegistry:
         with self._lock:
             self._db.close()
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
+        """One write transaction; what other stores on this database build on."""
+        return self._tx()
+
+    def bump(self, cur: sqlite3.Cursor) -> int:
+        """The next revision, inside :meth:`transaction`."""
+        return self._bump(cur)
+
+    def read(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
+        """A cursor for reads, holding the connection's lock."""
+        return self._read()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            yield self._db.cursor()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
@@ -150,7 +169,7 @@ class SqliteRegistry:
     ) -> tuple[FunctionRecord, bool]:
         """Point ``latest`` at the version of bundle ``sha256`` with ``config.handler``,
         creating it if it is new; an existing version is never changed."""
-        validate_name(name)
+        validate_function_name(name)
         now = time.time()
         with self._tx() as cur:
             rev = self._bump(cur)

@@ -1,14 +1,14 @@
 """A node's API beside invocations: health, status, pool, logs, bundles, prewarm, explain.
 
-Every route but ``/v1/health`` needs the cluster token, and that is checked
-in one place (:func:`_guarded`, applied to the route table), so a new route
-cannot forget it.
+Every route declares what it needs in :func:`api_routes` and is served only
+through :func:`edgerun.auth.guard.route`, so a new route cannot forget its
+guard; a tenant's key sees only its own functions (status, logs) and acts
+only on them (prewarm, explain).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgerun.auth import Kind
+from edgerun.auth.guard import ApiRoute, Need, optional_principal, principal_of, route
 from edgerun.errors import ApiError, bad_request, not_found
-from edgerun.http import bearer_ok, check_bearer, decode_json, json_response, read_body
+from edgerun.http import decode_json, json_response, read_body
 from edgerun.models import SHA256_RE
 from edgerun.node.code_cache import BundleUnavailable
 from edgerun.node.invoke import function_view, init_error
@@ -30,8 +32,6 @@ from edgerun.sandbox.isolation import as_dicts
 if TYPE_CHECKING:
     from edgerun.node.app import NodeApp
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
 
 class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     function: str
@@ -40,28 +40,21 @@ class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def routes(node: NodeApp) -> list[Route]:
+    return [route(api, lambda: node.keyring) for api in api_routes(node)]
+
+
+def api_routes(node: NodeApp) -> list[ApiRoute]:
+    """Every route and what it needs; the guard test walks this same table."""
     admin = _Admin(node)
-    public = [Route("/v1/health", admin.health, methods=["GET"])]
-    guarded: list[tuple[str, Endpoint, str]] = [
-        ("/v1/status", admin.status, "GET"),
-        ("/v1/bundles/{sha}", admin.bundle, "GET"),
-        ("/v1/pool", admin.pool_state, "GET"),
-        ("/v1/logs", admin.logs_query, "GET"),
-        ("/v1/admin/prewarm", admin.prewarm, "POST"),
-        ("/v1/placement/explain", admin.explain, "GET"),
+    return [
+        ApiRoute("GET", "/v1/health", Need.PUBLIC, admin.health),
+        ApiRoute("GET", "/v1/status", Need.KEY, admin.status),
+        ApiRoute("GET", "/v1/bundles/{sha}", Need.NODE, admin.bundle),
+        ApiRoute("GET", "/v1/pool", Need.CLUSTER_ADMIN, admin.pool_state),
+        ApiRoute("GET", "/v1/logs", Need.KEY, admin.logs_query),
+        ApiRoute("POST", "/v1/admin/prewarm", Need.KEY, admin.prewarm),
+        ApiRoute("GET", "/v1/placement/explain", Need.KEY, admin.explain),
     ]
-    return public + [
-        Route(path, _guarded(endpoint, node.token), methods=[method])
-        for path, endpoint, method in guarded
-    ]
-
-
-def _guarded(endpoint: Endpoint, token: str) -> Endpoint:
-    async def guarded(request: Request) -> Response:
-        check_bearer(request, token)
-        return await endpoint(request)
-
-    return guarded
 
 
 class _Admin:
@@ -70,7 +63,7 @@ class _Admin:
 
     async def health(self, request: Request) -> Response:
         """Public; what this node holds warm and its start costs (for POPs ranking
-        regions) only with the token. 503 while the sandbox engine cannot start
+        regions) only to nodes and the cluster admin. 503 while the sandbox engine cannot start
         sandboxes, so POPs route around."""
         node = self.node
         problem = node.factory.problem()
@@ -84,16 +77,21 @@ class _Admin:
             "load": round(node.pool.load(), 3),
             "pool": node.pool.snapshot(),
         }
-        if bearer_ok(request.headers.get("authorization"), node.token):
+        caller = optional_principal(request)
+        if caller is not None and (caller.is_node or caller.is_cluster_admin):
             body["warm"] = sorted(v[:WARM_PREFIX] for v in node.pool.warm_versions())
             body["loaded"] = sorted(v[:WARM_PREFIX] for v in node.factory.loaded_versions())
             body["start_ms"] = node.measured.published()
         return json_response(body, status=503 if problem else 200)
 
     async def status(self, request: Request) -> Response:
+        """The cluster admin sees the whole node; any other key, its readable functions."""
         node = self.node
+        principal = principal_of(request)
         functions = {}
         for name, fn in sorted(node.catalog.functions.items()):
+            if not principal.may(Kind.READ, name):
+                continue
             functions[name] = {
                 "aliases": fn.aliases,
                 "code_cached": sorted(
@@ -104,6 +102,18 @@ class _Admin:
                     for sha, err in node.init_errors.shown(name).items()
                 },
             }
+        placements = [r for r in node.counters.rows() if r["function"] in functions]
+        if not principal.is_cluster_admin:
+            return json_response(
+                {
+                    "node": node.cfg.name,
+                    "role": node.cfg.role,
+                    "revision": node.catalog.revision,
+                    "synced": node.catalog.synced,
+                    "functions": functions,
+                    "placements": placements,
+                }
+            )
         return json_response(
             {
                 "node": node.cfg.name,
@@ -124,7 +134,7 @@ class _Admin:
                 ],
                 "functions": functions,
                 "isolation": as_dicts(node.isolation),
-                "placements": node.counters.rows(),
+                "placements": placements,
             }
         )
 
@@ -136,15 +146,21 @@ class _Admin:
         )
 
     async def logs_query(self, request: Request) -> Response:
-        """Captured output by request id (asking the regions too) or by function."""
+        """Captured output by request id (asking the regions too) or by function:
+        only of functions the key may read (a node may read all, for its POPs)."""
         node = self.node
+        principal = principal_of(request)
         request_id = request.query_params.get("request_id")
         function = request.query_params.get("function")
         if not request_id and not function:
             raise bad_request("pass request_id or function")
+        if function and not principal.is_node:
+            principal.check(Kind.READ, function)
         found = node.logs.find(request_id=request_id, function=function)
         if request_id and not found and node.cfg.role == "pop":
             found = await self._region_logs(request_id)
+        if not principal.is_node:
+            found = [e for e in found if principal.may(Kind.READ, e.function)]
         return json_response({"logs": found})
 
     async def _region_logs(self, request_id: str) -> list[LogEntry]:
@@ -168,6 +184,7 @@ class _Admin:
         )
         if not 1 <= body.count <= 100:
             raise bad_request("count must be between 1 and 100")
+        principal_of(request).check(Kind.DEPLOY, body.function)
         fn, version = node.invoker.resolve(body.function, body.qualifier)
         try:
             await node.code.ensure(version.bundle_sha256)
@@ -197,6 +214,7 @@ class _Admin:
         name = request.query_params.get("function")
         if not name:
             raise bad_request("pass function=NAME (and optionally qualifier=...)")
+        principal_of(request).check(Kind.READ, name)
         fn, version = node.invoker.resolve(name, request.query_params.get("qualifier"))
         spec = node.specs.get(fn, version)
         placer = node.placer

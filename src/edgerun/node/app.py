@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
+from edgerun.auth import Keyring, NodeCredential
 from edgerun.config import NodeConfig
 from edgerun.errors import ApiError
 from edgerun.http import EXCEPTION_HANDLERS
@@ -44,7 +45,7 @@ class NodeApp:
     def __init__(
         self,
         cfg: NodeConfig,
-        token: str,
+        credential: NodeCredential,
         factory: SandboxFactory,
         *,
         isolation: list[Layer] | None = None,
@@ -52,13 +53,14 @@ class NodeApp:
         self.cfg = cfg
         self.factory = factory
         self.isolation = isolation or []
-        self.token = token
+        self.credential = credential
+        self.keyring = Keyring(bytes.fromhex(credential.hash_key))
         data = Path(cfg.data_dir)
         self.client = httpx.AsyncClient(
-            headers={"authorization": f"Bearer {token}"},
+            headers={"authorization": f"Bearer {credential.secret}"},
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
-        self.catalog = Catalog(data / "registry.json")
+        self.catalog = Catalog(data / "registry.json", self.keyring)
         upstreams = [r.url.rstrip("/") for r in cfg.regions] if cfg.role == "pop" else []
         upstreams.append(cfg.control_url.rstrip("/"))
         self.code = CodeCache(
@@ -100,7 +102,8 @@ class NodeApp:
         self._background: set[asyncio.Task[None]] = set()
         self.invoker = Invoker(
             cfg,
-            token,
+            credential,
+            self.keyring,
             catalog=self.catalog,
             code=self.code,
             pool=self.pool,

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from edgerun.auth import KeyEntry, Keyring
 from edgerun.files import write_atomic
 from edgerun.models import FunctionRecord
 
@@ -23,19 +24,26 @@ log = logging.getLogger("edgerun.node.catalog")
 class _Snapshot(msgspec.Struct):
     revision: int
     functions: dict[str, FunctionRecord]
+    keys: list[KeyEntry] = []
 
 
 class _Changes(msgspec.Struct):
     revision: int
     functions: list[FunctionRecord]
+    keys: list[KeyEntry] = []
 
 
 _decode_changes = msgspec.json.Decoder(_Changes).decode
 
 
 class Catalog:
-    def __init__(self, path: Path) -> None:
+    """Functions and the keys that may call them, as of ``revision``. Keys are kept
+    as the feed sends them (digests, never secrets) so a restarted node still
+    verifies callers while the control plane is down."""
+
+    def __init__(self, path: Path, keyring: Keyring) -> None:
         self._path = path
+        self.keyring = keyring
         self.revision = 0
         self.functions: dict[str, FunctionRecord] = {}
         self.synced = False
@@ -47,11 +55,16 @@ class Catalog:
                 log.warning("ignoring unreadable registry snapshot %s", path)
             else:
                 self.revision, self.functions = snap.revision, snap.functions
+                keyring.apply(snap.keys)
 
     def get(self, name: str) -> FunctionRecord | None:
         return self.functions.get(name)
 
-    def apply(self, revision: int, records: list[FunctionRecord]) -> None:
+    def apply(
+        self, revision: int, records: list[FunctionRecord], keys: list[KeyEntry] | None = None
+    ) -> None:
+        if keys:
+            self.keyring.apply(keys)
         for record in records:
             if record.deleted:
                 self.functions.pop(record.name, None)
@@ -61,7 +74,8 @@ class Catalog:
         self._save()
 
     def _save(self) -> None:
-        write_atomic(self._path, msgspec.json.encode(_Snapshot(self.revision, self.functions)))
+        snap = _Snapshot(self.revision, self.functions, self.keyring.entries())
+        write_atomic(self._path, msgspec.json.encode(snap))
 
 
 async def follow(
@@ -92,6 +106,6 @@ async def follow(
             continue
         backoff = 0.2
         catalog.synced = True
-        if changes.functions or changes.revision != catalog.revision:
-            catalog.apply(changes.revision, changes.functions)
+        if changes.functions or changes.keys or changes.revision != catalog.revision:
+            catalog.apply(changes.revision, changes.functions, changes.keys)
             await on_change(changes.functions)

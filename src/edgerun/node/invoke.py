@@ -27,11 +27,14 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from edgerun.auth import Keyring, Kind, NodeCredential, Principal
+from edgerun.auth.scopes import unauthorized
 from edgerun.config import NodeConfig
 from edgerun.errors import ApiError, bad_request, not_found
-from edgerun.http import check_json_depth, token_ok, too_deep
+from edgerun.http import check_json_depth, too_deep
 from edgerun.lambda_http import build_event
-from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_name
+from edgerun.limits import Limit, Limiter, Ticket
+from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_function_name
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
 from edgerun.node.logs import LogRing
@@ -46,8 +49,8 @@ from edgerun.sandbox.protocol import Failure, Invoke
 log = logging.getLogger("edgerun.node")
 
 NODE_TOKEN_HEADER = "x-edgerun-node-token"
-"""Carries the cluster token on requests a POP forwards to a region. Not
-``authorization``: that header belongs to the caller and reaches the function."""
+"""Carries the forwarding POP's node credential. Not ``authorization``: that
+header belongs to the caller (and, for a public function, reaches it)."""
 FORWARDED_BY_HEADER = "x-edgerun-forwarded-by"
 
 _HOP_BY_HOP = frozenset(
@@ -92,6 +95,9 @@ class Incoming:
     query: str
     headers: list[tuple[str, str]]
     client: str
+    key_id: str | None = None
+    """Set once the caller's key is checked: its ``authorization`` header was meant
+    for edgerun, so it reaches neither the function nor a region."""
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -122,6 +128,8 @@ class Origin:
     host: str
     pinned: str | None = None
     """The version a POP resolved and forwards (x-edgerun-version); None from anyone else."""
+    from_node: bool = False
+    """Sent by a node of the cluster (its credential checked): auth and limits applied there."""
 
 
 @dataclass(slots=True)
@@ -150,7 +158,8 @@ class Invoker:
     def __init__(
         self,
         cfg: NodeConfig,
-        token: str,
+        credential: NodeCredential,
+        keyring: Keyring,
         *,
         catalog: Catalog,
         code: CodeCache,
@@ -165,7 +174,9 @@ class Invoker:
         stop_function: Callable[[str], Coroutine[Any, Any, None]],
     ) -> None:
         self.cfg = cfg
-        self.token = token
+        self.credential = credential
+        self.keyring = keyring
+        self.limiter = Limiter()
         self.catalog = catalog
         self.code = code
         self.pool = pool
@@ -191,16 +202,57 @@ class Invoker:
             name, qualifier = req.target, req.query_param("qualifier")
             if "@" in name:
                 name, qualifier = split_target(name)
-            payload = _decode_payload(body)
         origin = self.origin(req)
+        principal = None if origin.from_node else self.authorize(req, name)
+        if req.trigger == "direct":
+            payload = _decode_payload(body)
         fn, version = self.resolve(name, qualifier, origin.pinned)
-        call = _Call(fn, version, req, body, origin, payload)
-        spec = self.specs.get(fn, version)
-        if self.cfg.role == "pop":
-            decision = self.placer.decide(spec, function_view(fn))
-        else:
-            decision = region_decision()
-        return await self._carry_out(call, spec, decision)
+        ticket = None if origin.from_node else self._admit(principal, fn)
+        try:
+            call = _Call(fn, version, req, body, origin, payload)
+            spec = self.specs.get(fn, version)
+            if self.cfg.role == "pop":
+                decision = self.placer.decide(spec, function_view(fn))
+            else:
+                decision = region_decision()
+            return await self._carry_out(call, spec, decision)
+        finally:
+            if ticket is not None:
+                ticket.release()
+
+    def authorize(self, req: Incoming, name: str) -> Principal | None:
+        """Check the caller before anything else is decided: a public function's HTTP
+        trigger is open to all; everything else needs a key with invoke scope on it.
+        A caller without a key learns nothing about functions that are not public
+        (401 whether or not they exist); a key learns nothing about other tenants'
+        (404, as for a missing function)."""
+        principal = self.keyring.authenticate(req.header("authorization"))
+        if req.trigger == "http":
+            fn = self.catalog.get(name)
+            if fn is not None and fn.config.auth == "public":
+                return principal
+        if principal is None:
+            raise unauthorized(
+                f"calling {name!r} needs a key with invoke scope: "
+                "send 'Authorization: Bearer <key secret>'"
+            )
+        principal.check(Kind.INVOKE, name)
+        req.key_id = principal.key_id
+        return principal
+
+    def _admit(self, principal: Principal | None, fn: FunctionRecord) -> Ticket:
+        """The key's and the function's rate and concurrency limits (429 past them)."""
+        key_limit = None
+        if principal is not None and (principal.rate_per_s or principal.max_concurrency):
+            key_limit = Limit(
+                rate_per_s=principal.rate_per_s, max_concurrency=principal.max_concurrency
+            )
+        cfg = fn.config
+        fn_limit = None
+        if cfg.rate_per_s or cfg.max_concurrency:
+            fn_limit = Limit(rate_per_s=cfg.rate_per_s, max_concurrency=cfg.max_concurrency)
+        key_id = principal.key_id if principal is not None else None
+        return self.limiter.admit(key_id, key_limit, fn.name, fn_limit)
 
     def new_request_id(self) -> str:
         """Unique per node process: a random prefix and a counter (cheaper than uuid4)."""
@@ -210,13 +262,13 @@ class Invoker:
         """Request id, client address and host of a request, and the version it pins.
 
         The x-edgerun-request-id, X-Forwarded-For and X-Forwarded-Host headers
-        are believed only from a POP (it sends the cluster token) or a
+        are believed only from a POP (it sends its node credential) or a
         configured trusted proxy; anyone else gets a fresh id and their own
         socket address. Only a POP may pin a version (x-edgerun-version): a
         caller could otherwise run any retained version, whatever the aliases say.
         """
         host = req.header("host") or self.cfg.name
-        from_pop = token_ok(req.header(NODE_TOKEN_HEADER), self.token)
+        from_pop = self.keyring.node(req.header(NODE_TOKEN_HEADER)) is not None
         if not from_pop and not (req.client and req.client in self._trusted_proxies):
             return Origin(self.new_request_id(), req.client, host)
         given_id = req.header("x-edgerun-request-id") or ""
@@ -227,12 +279,13 @@ class Invoker:
             forwarded_for or req.client,
             req.header("x-forwarded-host") or host,
             req.header("x-edgerun-version") if from_pop else None,
+            from_node=from_pop,
         )
 
     def resolve(
         self, name: str, qualifier: str | None, pinned: str | None = None
     ) -> tuple[FunctionRecord, Version]:
-        validate_name(name)
+        validate_function_name(name)
         fn = self.catalog.get(name)
         if fn is None:
             raise not_found(f"function {name!r} does not exist (on node {self.cfg.name})")
@@ -339,7 +392,11 @@ class Invoker:
             method=req.method,
             path=req.path,
             query_string=req.query,
-            headers=[(k, v) for k, v in req.headers if k not in _NOT_FOR_FUNCTIONS],
+            headers=[
+                (k, v)
+                for k, v in req.headers
+                if k not in _NOT_FOR_FUNCTIONS and not (req.key_id and k == "authorization")
+            ],
             body=call.body,
             source_ip=call.origin.source_ip,
             request_id=call.origin.request_id,
@@ -430,12 +487,16 @@ class Invoker:
 
     async def _forward(self, call: _Call, decision: Decision) -> Reply:
         req = call.req
-        headers = [(k, v) for k, v in req.headers if k not in _NOT_FORWARDED]
+        headers = [
+            (k, v)
+            for k, v in req.headers
+            if k not in _NOT_FORWARDED and not (req.key_id and k == "authorization")
+        ]
         headers += [
             ("x-edgerun-version", call.version.sha256),
             ("x-edgerun-request-id", call.request_id),
             (FORWARDED_BY_HEADER, self.cfg.name),
-            (NODE_TOKEN_HEADER, self.token),
+            (NODE_TOKEN_HEADER, self.credential.secret),
             ("x-forwarded-for", call.origin.source_ip),
             ("x-forwarded-host", call.origin.host),
         ]
