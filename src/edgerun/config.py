@@ -31,6 +31,11 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     control_url: str = ""
     token_file: str = ""
     """Control plane: where the bootstrap admin token lives (generated on first start)."""
+    secrets_key_file: str = ""
+    """Control plane: the master key secrets are encrypted under (urlsafe base64 of 32
+    bytes); by default ``secrets.key`` in ``data_dir``, created on first start."""
+    secrets_key_env: str = ""
+    """Control plane: the name of an environment variable holding the master key instead."""
     join_token_file: str = ""
     """Region or POP: a single-use join token, traded at first start for this node's
     own credential (kept in ``data_dir``); the file is removed once spent."""

@@ -20,6 +20,7 @@ from edgerun.control.accounts import Accounts
 from edgerun.control.app import ControlApp, load_or_create_hash_key, load_or_create_token
 from edgerun.control.bundles import BundleStore
 from edgerun.control.registry import SqliteRegistry
+from edgerun.control.secrets import SecretBox, SecretStore, load_master_key
 from edgerun.guard import GuardedProtocol, Limits
 from edgerun.node.app import NodeApp
 from edgerun.node.credential import JoinFailed, load_or_join
@@ -51,10 +52,18 @@ def build_app(cfg: NodeConfig) -> Any:
         accounts = Accounts(registry, load_or_create_hash_key(data / "key-hash.key"))
         accounts.ensure_bootstrap_admin(token)
         bundles = BundleStore(data / "bundles")
+        try:
+            master_key = load_master_key(
+                data, key_file=cfg.secrets_key_file, key_env=cfg.secrets_key_env
+            )
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"edgerun: {exc}") from None
+        secrets = SecretStore(data / "secrets.db", SecretBox(master_key))
         return ControlApp(
             registry,
             bundles,
             accounts,
+            secrets,
             max_bundle_bytes=cfg.max_bundle_bytes,
             retain_versions=cfg.retain_versions,
             gc_interval_s=cfg.gc_interval_s,

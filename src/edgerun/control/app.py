@@ -29,7 +29,8 @@ from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
 from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry, retention
-from edgerun.errors import bad_request, not_found
+from edgerun.control.secrets import SecretCorrupt, SecretStore
+from edgerun.errors import ApiError, bad_request, not_found
 from edgerun.http import (
     BODY_TIMEOUT_S,
     EXCEPTION_HANDLERS,
@@ -56,6 +57,14 @@ MAX_FEED_WAIT_S = 60.0
 MAX_REVISION = 2**63 - 1
 _LIST_BATCH = 200
 """Revisions are SQLite integers."""
+
+
+class SecretRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    value: str
+
+
+class SecretsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    secrets: dict[str, str]
 
 
 class TenantRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -103,6 +112,7 @@ class ControlApp:
         registry: Registry,
         bundles: BundleStore,
         accounts: Accounts,
+        secrets: SecretStore,
         *,
         max_bundle_bytes: int = 250 * 1024 * 1024,
         retain_versions: int = 3,
@@ -115,6 +125,7 @@ class ControlApp:
         self.registry = registry
         self.bundles = bundles
         self.accounts = accounts
+        self.secrets = secrets
         self.max_bundle_bytes = max_bundle_bytes
         self.retain_versions = retain_versions
         self.gc_interval_s = gc_interval_s
@@ -142,6 +153,11 @@ class ControlApp:
             ApiRoute("GET", fn + "/versions", key, self.list_versions),
             ApiRoute("PUT", fn + "/aliases/{alias}", key, self.set_alias),
             ApiRoute("DELETE", fn + "/aliases/{alias}", key, self.delete_alias),
+            ApiRoute("GET", fn + "/secrets", key, self.list_secrets),
+            ApiRoute("POST", fn + "/secrets", key, self.put_secrets),
+            ApiRoute("PUT", fn + "/secrets/{key}", key, self.put_secret),
+            ApiRoute("DELETE", fn + "/secrets/{key}", key, self.delete_secret),
+            ApiRoute("GET", "/v1/node/secrets/{name}", node, self.node_secrets),
             ApiRoute("GET", "/v1/changes", node, self.changes),
             ApiRoute("POST", "/v1/admin/gc", admin, self.gc),
             ApiRoute("GET", "/v1/tenants", admin, self.list_tenants),
@@ -273,6 +289,12 @@ class ControlApp:
             raise bad_request(f"bundle_sha256 {sha!r} is not a sha256 hex digest")
         if not self.bundles.has(sha):
             raise bad_request(f"bundle {sha} has not been uploaded; POST it to /v1/bundles first")
+        missing = sorted(set(body.config.secrets) - set(self.secrets.names(name)))
+        if missing:
+            raise bad_request(
+                f"function {name!r} needs secrets that are not set: {', '.join(missing)} "
+                f"(set them with `edgerun secret put {name} KEY`)"
+            )
         size = self.bundles.path(sha).stat().st_size
         record, created = self.registry.deploy(name, body.config, sha, size)
         self._notify()
@@ -283,6 +305,7 @@ class ControlApp:
         principal_of(request).check(Kind.DEPLOY, name)
         before = self.registry.get(name)
         record = self.registry.delete(name)
+        self.secrets.remove_function(name)
         self._notify()
         # A deleted function's code goes at once (unless another function shares it).
         bundles = {v.bundle_sha256 for v in before.versions.values()} if before else set()
@@ -329,6 +352,67 @@ class ControlApp:
         )
         self._notify()
         return json_response(updated)
+
+    # --- secrets -----------------------------------------------------------------
+    def _secret_target(self, request: Request, kind: Kind) -> str:
+        """Secrets may be set before the function's first deploy (which needs them)."""
+        name = validate_function_name(request.path_params["name"])
+        principal_of(request).check(kind, name)
+        return name
+
+    def _secrets_changed(self, name: str, version: int) -> Response:
+        if self.registry.touch(name):
+            self._notify()
+        return json_response(
+            {"function": name, "names": self.secrets.names(name), "version": version}
+        )
+
+    async def list_secrets(self, request: Request) -> Response:
+        """Names only: no answer ever carries a secret's value but the node's own."""
+        name = self._secret_target(request, Kind.READ)
+        return json_response(
+            {
+                "function": name,
+                "names": self.secrets.names(name),
+                "version": self.secrets.version(name),
+            }
+        )
+
+    async def put_secret(self, request: Request) -> Response:
+        name = self._secret_target(request, Kind.DEPLOY)
+        body: SecretRequest = decode_json(
+            await read_body(request, 128 * 1024, self.body_timeout_s), SecretRequest
+        )
+        return self._secrets_changed(
+            name, self.secrets.put(name, request.path_params["key"], body.value)
+        )
+
+    async def put_secrets(self, request: Request) -> Response:
+        name = self._secret_target(request, Kind.DEPLOY)
+        body: SecretsRequest = decode_json(
+            await read_body(request, 512 * 1024, self.body_timeout_s), SecretsRequest
+        )
+        return self._secrets_changed(name, self.secrets.put_many(name, body.secrets))
+
+    async def delete_secret(self, request: Request) -> Response:
+        name = self._secret_target(request, Kind.DEPLOY)
+        return self._secrets_changed(name, self.secrets.remove(name, request.path_params["key"]))
+
+    async def node_secrets(self, request: Request) -> Response:
+        """The values of the secrets a function declares, for a node about to run it."""
+        name = request.path_params["name"]
+        record = self.registry.get(name)
+        if record is None:
+            raise not_found(f"function {name!r} does not exist")
+        try:
+            values = self.secrets.values(name)
+        except SecretCorrupt:
+            log.error("the secrets of %s do not decrypt (wrong master key?)", name)
+            raise ApiError(
+                500, "SecretsCorrupt", f"the secrets of {name!r} do not decrypt"
+            ) from None
+        wanted = {k: values[k] for k in record.config.secrets if k in values}
+        return json_response({"values": wanted})
 
     async def changes(self, request: Request) -> Response:
         """Long-poll: answer at once if anything changed after ``since``, else wait.

@@ -41,6 +41,7 @@ class Registry(Protocol):
     def list_functions(self, *, after: str = "", limit: int = 100) -> list[FunctionRecord]: ...
     def delete(self, name: str) -> FunctionRecord: ...
     def set_alias(self, name: str, alias: str, sha256: str) -> FunctionRecord: ...
+    def touch(self, name: str) -> bool: ...
     def delete_alias(self, name: str, alias: str) -> FunctionRecord: ...
     def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]: ...
     def collect(self, retain: int) -> tuple[list[tuple[str, str]], set[str]]: ...
@@ -290,6 +291,22 @@ class SqliteRegistry:
             record = self._load(cur, name)
         assert record is not None
         return record
+
+    def touch(self, name: str) -> bool:
+        """Give a live function a new revision (its secrets changed), so every node
+        learns it through the change feed; False when there is no such function."""
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT 1 FROM functions WHERE name = ? AND deleted = 0", (name,)
+            ).fetchone()
+            if row is None:
+                return False
+            rev = self._bump(cur)
+            cur.execute(
+                "UPDATE functions SET revision = ?, updated_at = ? WHERE name = ?",
+                (rev, time.time(), name),
+            )
+        return True
 
     def set_alias(self, name: str, alias: str, sha256: str) -> FunctionRecord:
         validate_name(alias, "alias")

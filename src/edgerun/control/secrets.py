@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgerun.errors import bad_request, not_found
-from edgerun.models import ENV_KEY_RE, RESERVED_ENV_PREFIXES, validate_name
+from edgerun.models import ENV_KEY_RE, RESERVED_ENV_PREFIXES, validate_function_name
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -268,7 +268,7 @@ class SecretStore:
     def put_many(self, function: str, items: Mapping[str, str]) -> int:
         """Set several secrets in one transaction (all or none); returns the new
         version. An empty ``items`` changes nothing and returns the current version."""
-        validate_name(function)
+        validate_function_name(function)
         sizes = {validate_secret_name(name): _value_size(name, v) for name, v in items.items()}
         blobs = {name: self._box.seal(function, name, v) for name, v in items.items()}
         now = time.time()

@@ -187,6 +187,7 @@ class _Admin:
         principal_of(request).check(Kind.DEPLOY, body.function)
         fn, version = node.invoker.resolve(body.function, body.qualifier)
         try:
+            await node.secrets.ensure(fn)
             await node.code.ensure(version.bundle_sha256)
             started = await node.pool.prewarm(node.specs.get(fn, version), body.count)
         except BundleUnavailable as exc:
@@ -216,6 +217,7 @@ class _Admin:
             raise bad_request("pass function=NAME (and optionally qualifier=...)")
         principal_of(request).check(Kind.READ, name)
         fn, version = node.invoker.resolve(name, request.query_params.get("qualifier"))
+        await node.secrets.ensure(fn)
         spec = node.specs.get(fn, version)
         placer = node.placer
         decision = placer.decide(spec, function_view(fn), count=False)

@@ -32,6 +32,7 @@ from edgerun.node.invoke import Invoker
 from edgerun.node.logs import LogRing
 from edgerun.node.placer import Measurements, Placer
 from edgerun.node.regions import Regions
+from edgerun.node.secrets import SecretCache
 from edgerun.node.state import Counters, InitErrors, Specs
 from edgerun.node.warmer import Warmer, load_profile
 from edgerun.pool import Pool
@@ -71,7 +72,8 @@ class NodeApp:
             limit_bytes=cfg.code_cache_mb << 20,
             in_use=self._code_in_use,
         )
-        self.specs = Specs(self.code.code_dir)
+        self.secrets = SecretCache(self.client, cfg.control_url)
+        self.specs = Specs(self.code.code_dir, self.secrets.cached)
         self.measured = Measurements()
         self.pool = Pool(
             factory,
@@ -110,6 +112,7 @@ class NodeApp:
             regions=self.regions,
             placer=self.placer,
             specs=self.specs,
+            secret_cache=self.secrets,
             counters=self.counters,
             init_errors=self.init_errors,
             logs=self.logs,
@@ -126,6 +129,7 @@ class NodeApp:
                 catalog=self.catalog,
                 specs=self.specs,
                 ensure_code=self.invoker.ensure_code,
+                ensure_secrets=self.secrets.ensure,
             )
             if profile is not None
             else None
@@ -219,6 +223,7 @@ class NodeApp:
         except Exception:
             log.exception("stopping deleted function %s failed", name)
         self.specs.forget(name)
+        self.secrets.forget(name)
         self.init_errors.forget(name)
 
     async def _prefetch(self, records: list[FunctionRecord]) -> None:

@@ -40,6 +40,7 @@ from edgerun.node.code_cache import BundleUnavailable, CodeCache
 from edgerun.node.logs import LogRing
 from edgerun.node.placer import Placer
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
+from edgerun.node.secrets import SecretCache
 from edgerun.node.state import Counters, InitErrors, Specs
 from edgerun.placement import Action, Decision, FunctionView, region_decision
 from edgerun.pool import Claim, Pool, PoolFull
@@ -167,6 +168,7 @@ class Invoker:
         regions: Regions,
         placer: Placer,
         specs: Specs,
+        secret_cache: SecretCache,
         counters: Counters,
         init_errors: InitErrors,
         logs: LogRing,
@@ -183,6 +185,7 @@ class Invoker:
         self.regions = regions
         self.placer = placer
         self.specs = specs
+        self.secrets = secret_cache
         self.counters = counters
         self.init_errors = init_errors
         self.logs = logs
@@ -210,6 +213,7 @@ class Invoker:
         ticket = None if origin.from_node else self._admit(principal, fn)
         try:
             call = _Call(fn, version, req, body, origin, payload)
+            await self.secrets.ensure(fn)
             spec = self.specs.get(fn, version)
             if self.cfg.role == "pop":
                 decision = self.placer.decide(spec, function_view(fn))

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edgerun.errors import ApiError
 from edgerun.models import FunctionRecord, Version
 from edgerun.sandbox.base import SandboxInitError, SandboxSpec
 
@@ -79,8 +80,15 @@ class Specs:
     """The sandbox spec of each (function, version), built once per function revision;
     and which bundle each version's code is, for code collection."""
 
-    def __init__(self, code_dir: Callable[[str], Path]) -> None:
+    def __init__(
+        self,
+        code_dir: Callable[[str], Path],
+        secrets: Callable[[FunctionRecord], dict[str, str] | None] = lambda fn: {},
+    ) -> None:
+        """``secrets(fn)``: the function's secret values held for its revision (None
+        when not fetched: the caller awaits them before asking for a spec)."""
         self._code_dir = code_dir
+        self._secrets = secrets
         self._specs: dict[tuple[str, str], tuple[int, SandboxSpec]] = {}
         self.bundle_of: dict[str, str] = {}
         """Version id -> bundle sha of every version a spec was built for."""
@@ -91,6 +99,9 @@ class Specs:
         if cached is not None and cached[0] == fn.revision:
             return cached[1]
         cfg = fn.config
+        secrets = self._secrets(fn)
+        if secrets is None:
+            raise ApiError(503, "SecretsUnavailable", f"the secrets of {fn.name!r} are not loaded")
         spec = SandboxSpec(
             function=fn.name,
             version=version.sha256,
@@ -98,7 +109,7 @@ class Specs:
             bundle_dir=self._code_dir(version.bundle_sha256),
             memory_mb=cfg.memory_mb,
             timeout_s=cfg.timeout_s,
-            env=cfg.env,
+            env={**cfg.env, **secrets},
             network=cfg.network,
         )
         if len(self._specs) >= _MAX_ENTRIES:

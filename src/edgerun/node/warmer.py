@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgerun.config import NodeConfig
 from edgerun.errors import ApiError
-from edgerun.models import UnknownQualifier, Version
+from edgerun.models import FunctionRecord, UnknownQualifier, Version
 from edgerun.node import profile_store
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable
@@ -56,6 +56,7 @@ class Warmer:
         catalog: Catalog,
         specs: Specs,
         ensure_code: Callable[[Version], Awaitable[None]],
+        ensure_secrets: Callable[[FunctionRecord], Awaitable[None]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
@@ -66,6 +67,7 @@ class Warmer:
         self.catalog = catalog
         self.specs = specs
         self._ensure_code = ensure_code
+        self._ensure_secrets = ensure_secrets
         self._clock = clock
 
     @property
@@ -94,6 +96,7 @@ class Warmer:
                 continue
             try:
                 version = fn.resolve(None)
+                await self._ensure_secrets(fn)
                 spec = self.specs.get(fn, version)
                 below = eviction_cost(item.rate, self.placer.start_ms(spec), self.placer.tuning)
                 await self._ensure_code(version)

@@ -85,6 +85,9 @@ def make(tmp_path: Path, clock: Clock) -> tuple[Warmer, Pool]:
     async def ensure_code(version: Version) -> None:
         return None
 
+    async def ensure_secrets(fn: FunctionRecord) -> None:
+        return None
+
     warmer = Warmer(
         cfg,
         profile,
@@ -94,6 +97,7 @@ def make(tmp_path: Path, clock: Clock) -> tuple[Warmer, Pool]:
         catalog=catalog,
         specs=specs,
         ensure_code=ensure_code,
+        ensure_secrets=ensure_secrets,
         clock=clock,
     )
     return warmer, pool
