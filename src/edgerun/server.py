@@ -27,6 +27,7 @@ from edgerun.sandbox.forked import EngineSettings, ZygoteSandboxFactory
 from edgerun.sandbox.isolation import Layer, detect
 from edgerun.sandbox.process import ProcessSandboxFactory
 from edgerun.sandbox.uids import UidMap
+from edgerun.tls import server_kwargs
 
 log = logging.getLogger("edgerun.server")
 
@@ -109,6 +110,7 @@ class Server:
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
+        https = server_kwargs(cfg.tls)  # checked before anything is created
         self.app = build_app(cfg)
         self._server = uvicorn.Server(
             uvicorn.Config(
@@ -122,6 +124,7 @@ class Server:
                 access_log=False,
                 log_level="warning",
                 timeout_graceful_shutdown=5,
+                **https,  # when [tls] cert and key are set
             )
         )
 
