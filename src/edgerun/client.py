@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +61,20 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 class Client:
-    def __init__(self, control_url: str, token: str = "", *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        control_url: str,
+        token: str = "",
+        *,
+        timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """``verify``: what an HTTPS control plane's certificate must chain to
+        (e.g. ``edgerun.tls.client_verify(TlsConfig(ca=...))`` for a private CA)."""
         self.control_url = control_url.rstrip("/")
         self.token = token
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(headers=headers, timeout=timeout)
+        self._http = httpx.Client(headers=headers, timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self._http.close()

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 
-from edgerun.config import NodeConfig, RegionRef, Topology, apply_settings, dump_toml
+from edgerun.config import NodeConfig, RegionRef, TlsConfig, Topology, apply_settings, dump_toml
 from edgerun.node.credential import credential_path
+from edgerun.tls import client_verify
 
 JOIN_TOKEN_FILE = "join-token"
 
@@ -34,7 +36,8 @@ class NodeProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
+        scheme = "https" if self.config.tls.cert else "http"
+        return f"{scheme}://{self.config.host}:{self.config.port}"
 
     @property
     def log_path(self) -> Path:
@@ -54,10 +57,16 @@ class LocalCluster:
         root: Path,
         *,
         region_url: Callable[[str, str], str] | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         """``region_url(pop, region)`` overrides how a POP reaches a region
-        (the lab routes it through an emulated link)."""
+        (the lab routes it through an emulated link). ``tls``: every node serves
+        HTTPS with it and trusts its ``ca``, and the cluster's URLs and readiness
+        probe follow; a node's ``settings`` may give it a ``tls`` of its own (e.g.
+        another ``ca``). ``edgerun up`` passes none and stays plain HTTP."""
         self.topology = topology
+        scheme = "https" if tls and tls.cert else "http"
+        self._verify = client_verify(tls) if tls else True
         self.root = root.resolve()
         self.token_file = self.root / "control" / "admin-token"
         host = topology.host
@@ -69,9 +78,9 @@ class LocalCluster:
             data_dir=str(self.root / "control"),
             token_file=str(self.token_file),
         )
-        self.control_url = f"http://{host}:{control.port}"
+        self.control_url = f"{scheme}://{host}:{control.port}"
         nodes = [control]
-        region_urls = {r.name: f"http://{host}:{r.port}" for r in topology.region}
+        region_urls = {r.name: f"{scheme}://{host}:{r.port}" for r in topology.region}
         for r in topology.region:
             nodes.append(
                 NodeConfig(
@@ -114,6 +123,8 @@ class LocalCluster:
         extra = {r.name: r.settings for r in topology.region} | {
             p.name: p.settings for p in topology.pop
         }
+        if tls:
+            nodes = [msgspec.structs.replace(n, tls=tls) for n in nodes]
         nodes = [apply_settings(n, extra.get(n.name, {})) for n in nodes]
         self.nodes = {n.name: NodeProcess(n, Path(n.data_dir) / "node.toml") for n in nodes}
 
@@ -183,7 +194,7 @@ class LocalCluster:
     def wait_healthy(self, names: list[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         pending = list(names)
-        with httpx.Client(timeout=1.0) as http:
+        with httpx.Client(timeout=1.0, verify=self._verify) as http:
             while pending:
                 name = pending[0]
                 node = self.nodes[name]

@@ -22,6 +22,26 @@ class RegionRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     url: str
 
 
+class TlsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A node's ``[tls]`` table: HTTPS for what it serves, and whom it trusts when
+    it calls out. The two are independent, so a node behind a TLS-terminating
+    proxy can still insist that its regions and control plane prove who they are.
+    Paths are PEM files, read at start-up (relative to the working directory)."""
+
+    cert: str = ""
+    """Certificate chain this node serves HTTPS with; with ``key``, or neither."""
+    key: str = ""
+    """The private key of ``cert`` (unencrypted)."""
+    ca: str = ""
+    """CA bundle the regions and control plane this node calls must chain to;
+    empty: the system's default trust store."""
+
+    def __post_init__(self) -> None:
+        # One without the other would silently serve plain HTTP; say so at load.
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("tls: cert and key must be set together (or neither)")
+
+
 class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     role: Role
     name: str
@@ -41,6 +61,8 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     own credential (kept in ``data_dir``); the file is removed once spent."""
     regions: list[RegionRef] = msgspec.field(default_factory=list)
     """Parent regions of a POP, in order of preference."""
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    """HTTPS: serve it (cert, key) and verify the nodes this one calls (ca)."""
     capacity_mb: int = 1024
     """Memory budget for sandboxes; each charges its function's memory_mb."""
     max_per_function: int = 8
@@ -142,12 +164,16 @@ def load_node_config(path: Path) -> NodeConfig:
 
 
 def dump_toml(cfg: NodeConfig) -> str:
-    """Serialise a node config as TOML (flat keys plus an array of regions)."""
+    """Serialise a node config as TOML (flat keys, then the tables: ``[tls]``
+    when set, and the array of regions)."""
     lines: list[str] = []
     for key, value in msgspec.structs.asdict(cfg).items():
-        if key == "regions":
+        if key in ("regions", "tls"):
             continue
         lines.append(f"{key} = {_toml_value(value)}")
+    tls = {k: v for k, v in msgspec.structs.asdict(cfg.tls).items() if v}
+    if tls:
+        lines += ["", "[tls]", *(f"{k} = {_toml_value(v)}" for k, v in tls.items())]
     for region in cfg.regions:
         lines += [
             "",

@@ -30,6 +30,7 @@ from edgerun.sandbox.forked import EngineSettings, ZygoteSandboxFactory
 from edgerun.sandbox.isolation import Layer, detect
 from edgerun.sandbox.process import ProcessSandboxFactory
 from edgerun.sandbox.uids import UidMap
+from edgerun.tls import client_verify, server_kwargs
 
 log = logging.getLogger("edgerun.server")
 
@@ -72,7 +73,7 @@ def build_app(cfg: NodeConfig) -> Any:
     if not cfg.control_url:
         raise SystemExit("edgerun: a region or POP needs control_url in its config")
     try:
-        credential = load_or_join(cfg)
+        credential = load_or_join(cfg, verify=client_verify(cfg.tls))
     except JoinFailed as exc:
         raise SystemExit(f"edgerun: {exc}") from None
     factory, layers = make_engine(cfg)
@@ -121,6 +122,7 @@ class Server:
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
+        https = server_kwargs(cfg.tls)  # checked before anything is created
         self.app = build_app(cfg)
         self._server = uvicorn.Server(
             uvicorn.Config(
@@ -134,6 +136,7 @@ class Server:
                 access_log=False,
                 log_level="warning",
                 timeout_graceful_shutdown=5,
+                **https,  # when [tls] cert and key are set
             )
         )
 

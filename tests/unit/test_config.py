@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from edgerun.cluster import LocalCluster
@@ -11,7 +12,9 @@ from edgerun.config import (
     ControlSpec,
     NodeConfig,
     PopSpec,
+    RegionRef,
     RegionSpec,
+    TlsConfig,
     Topology,
     apply_settings,
     dump_toml,
@@ -77,3 +80,48 @@ def test_settings_survive_the_node_toml(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text(dump_toml(cfg))
     assert load_node_config(path).idle_ttl_s == 60.0
+
+
+def test_tls_survives_the_node_toml_beside_the_regions(tmp_path: Path) -> None:
+    cfg = msgspec.structs.replace(
+        base(),
+        regions=[RegionRef(name="r", url="https://127.0.0.1:1")],
+        tls=TlsConfig(cert="/etc/edgerun/node.pem", key="/etc/edgerun/node.key", ca="ca.pem"),
+    )
+    path = tmp_path / "node.toml"
+    path.write_text(dump_toml(cfg))
+    # A top-level key written after a table header would land in that table
+    # (and be refused as unknown there), so equality also checks the order.
+    assert load_node_config(path) == cfg
+    assert "[tls]" in path.read_text()
+
+
+def test_a_node_toml_without_tls_has_no_tls_table(tmp_path: Path) -> None:
+    cfg = apply_settings(base(), {"tls": {"ca": "ca.pem"}})
+    assert "[tls]" not in dump_toml(base())
+    assert dump_toml(cfg).endswith('[tls]\nca = "ca.pem"\n')
+
+
+def test_a_cert_without_its_key_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(dump_toml(base()) + '\n[tls]\ncert = "node.pem"\n')
+    with pytest.raises(ValueError, match="cert and key must be set together"):
+        load_node_config(path)
+    with pytest.raises(ValueError, match="cert and key must be set together"):
+        apply_settings(base(), {"tls": {"key": "node.key"}})
+
+
+def test_a_tls_cluster_uses_https_and_a_node_may_trust_another_ca(tmp_path: Path) -> None:
+    """tls is not an identity field: each node may have its own (here another ca)."""
+    topo = Topology(
+        control=ControlSpec(port=1),
+        region=[RegionSpec(name="r", port=2)],
+        pop=[PopSpec(name="p", port=3, settings={"tls": {"ca": "other.pem"}})],
+    )
+    tls = TlsConfig(cert="node.pem", key="node.key")  # no ca: the system's roots
+    cluster = LocalCluster(topo, tmp_path, tls=tls)
+    assert cluster.control_url == "https://127.0.0.1:1"
+    assert cluster.url("r") == "https://127.0.0.1:2"
+    assert cluster.nodes["r"].config.tls == tls
+    assert cluster.nodes["p"].config.regions[0].url == "https://127.0.0.1:2"
+    assert cluster.nodes["p"].config.tls == TlsConfig(ca="other.pem")

@@ -38,6 +38,7 @@ from edgerun.node.warmer import Warmer, load_profile
 from edgerun.pool import Pool
 from edgerun.sandbox.base import SandboxFactory, SandboxSpec
 from edgerun.sandbox.isolation import Layer
+from edgerun.tls import client_verify
 
 log = logging.getLogger("edgerun.node")
 
@@ -57,9 +58,11 @@ class NodeApp:
         self.credential = credential
         self.keyring = Keyring(bytes.fromhex(credential.hash_key))
         data = Path(cfg.data_dir)
+        verify = client_verify(cfg.tls)  # one trust for every call out, forwards included
         self.client = httpx.AsyncClient(
             headers={"authorization": f"Bearer {credential.secret}"},
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            verify=verify,
         )
         self.catalog = Catalog(data / "registry.json", self.keyring)
         upstreams = [r.url.rstrip("/") for r in cfg.regions] if cfg.role == "pop" else []
@@ -85,7 +88,7 @@ class NodeApp:
             value=self._eviction_cost if cfg.role == "pop" else None,
             on_start=self._started,
         )
-        self.regions = Regions(cfg.regions, self.client)
+        self.regions = Regions(cfg.regions, self.client, verify=verify)
         profile_path = data / "profile.bin"
         profile = load_profile(cfg, profile_path) if cfg.role == "pop" else None
         self.placer = Placer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def credential_path(cfg: NodeConfig) -> Path:
 
 
 def load_or_join(
-    cfg: NodeConfig, *, timeout_s: float = 30.0, verify: object = True
+    cfg: NodeConfig, *, timeout_s: float = 30.0, verify: ssl.SSLContext | bool = True
 ) -> NodeCredential:
     """This node's credential: the saved one, else one traded for its join token."""
     path = credential_path(cfg)
@@ -70,11 +71,13 @@ def _join_token(cfg: NodeConfig) -> str:
     return token
 
 
-def _join(control_url: str, token: str, timeout_s: float, verify: object) -> NodeCredential:
+def _join(
+    control_url: str, token: str, timeout_s: float, verify: ssl.SSLContext | bool
+) -> NodeCredential:
     """Trade the token, retrying while the control plane is starting or unreachable."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with httpx.Client(timeout=5.0, verify=verify) as http:  # type: ignore[arg-type]
+    with httpx.Client(timeout=5.0, verify=verify) as http:
         while time.monotonic() < deadline:
             try:
                 resp = http.post(f"{control_url}/v1/nodes/join", json={"token": token})

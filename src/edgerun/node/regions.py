@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,9 +72,18 @@ class Region:
 
 
 class Regions:
-    def __init__(self, refs: Sequence[RegionRef], client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        refs: Sequence[RegionRef],
+        client: httpx.AsyncClient,
+        *,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """``verify``: what the forwarding session trusts; the node passes the same
+        context its ``client`` (health checks) was built with, so both agree."""
         self.regions = [Region(r.name, r.url.rstrip("/")) for r in refs]
         self._client = client
+        self._verify = verify
         self._forwarder: aiohttp.ClientSession | None = None
 
     def by_name(self, name: str) -> Region:
@@ -91,7 +101,8 @@ class Regions:
             region.failures += 1
             refused = isinstance(exc, httpx.ConnectError)
             if region.healthy and (refused or region.failures >= _SLOW_CHECKS_TO_DOWN):
-                log.warning("region %s is down (%s)", region.name, type(exc).__name__)
+                # The detail says why, e.g. a certificate the configured CA did not sign.
+                log.warning("region %s is down (%s: %s)", region.name, type(exc).__name__, exc)
                 region.healthy = False
         else:
             region.failures = 0
@@ -111,7 +122,9 @@ class Regions:
         here under concurrent load (bench/RESULTS.md), so the hot path uses it."""
         if self._forwarder is None or self._forwarder.closed:
             self._forwarder = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(
+                    limit=256, limit_per_host=128, keepalive_timeout=30, ssl=self._verify
+                ),
                 auto_decompress=False,
             )
         return self._forwarder
