@@ -154,7 +154,8 @@ class LocalCluster:
     def issue_join_tokens(self) -> None:
         """One single-use join token per node that has no credential yet: the admin
         token stays with the operator; nodes get only what they trade for their own key."""
-        with httpx.Client(timeout=10.0, headers={"authorization": f"Bearer {self.token}"}) as http:
+        auth = {"authorization": f"Bearer {self.token}"}
+        with httpx.Client(timeout=10.0, headers=auth, verify=self._verify) as http:
             for node in self.nodes.values():
                 cfg = node.config
                 if cfg.role == "control" or credential_path(cfg).exists():

@@ -135,7 +135,7 @@ def test_every_node_serves_https_to_a_client_that_trusts_the_ca(
 def test_a_pop_forwards_to_its_region_over_https(
     cluster: LocalCluster, https: httpx.Client, echo: str
 ) -> None:
-    result = invoke(cluster.url("pop-1"), "echo", {"n": 1}, client=https)
+    result = invoke(cluster.url("pop-1"), "echo", {"n": 1}, client=https, key=cluster.token)
     assert result.status == 200, result.content
     assert result.placement == "forwarded:region-1"
     assert result.json()["event"] == {"n": 1}
@@ -161,7 +161,7 @@ def test_a_pop_that_trusts_another_ca_cannot_reach_its_region(
         return not status(cluster, https, "pop-2")["regions"][0]["healthy"]
 
     wait_for(region_down, what="pop-2 to find region-1 unreachable")
-    result = invoke(cluster.url("pop-2"), "echo", {"n": 2}, client=https)
+    result = invoke(cluster.url("pop-2"), "echo", {"n": 2}, client=https, key=cluster.token)
     assert result.status == 503, result.content
     error = result.json()["error"]
     assert error["type"] == "Unavailable"
@@ -174,7 +174,7 @@ def test_a_pop_that_trusts_another_ca_cannot_reach_its_region(
     assert "CERTIFICATE_VERIFY_FAILED" in log
     # ... while the region is up for whoever trusts the right CA, through pop-1 too.
     assert https.get(f"{cluster.url('region-1')}/v1/health").status_code == 200
-    ok = invoke(cluster.url("pop-1"), "echo", {"n": 3}, client=https)
+    ok = invoke(cluster.url("pop-1"), "echo", {"n": 3}, client=https, key=cluster.token)
     assert (ok.status, ok.placement) == (200, "forwarded:region-1")
 
 
