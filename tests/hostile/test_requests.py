@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     invoke,
     make_topology,
     node_knows,
+    node_secret,
     remember_admin_key,
     wait_for,
 )
@@ -252,7 +253,10 @@ def test_a_callers_version_header_is_ignored(
             assert resp.status_code == 200, resp.text
             assert resp.json() == {"v": 2}, (name, node)
             assert resp.headers["x-edgerun-version"] == two_versions[f"{name}-v2"]
-            direct = httpx.post(f"{cluster.url(node)}/v1/functions/{name}/invocations", headers=old)
+            direct = httpx.post(
+                f"{cluster.url(node)}/v1/functions/{name}/invocations",
+                headers={**old, **admin(cluster)},
+            )
             assert direct.json() == {"v": 2}, (name, node)
 
 
@@ -263,14 +267,18 @@ def test_a_pops_forward_runs_the_version_the_pop_resolved(
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-edgerun-placement"].startswith("forwarded:")
     assert resp.json() == {"v": 1}
-    # What a POP sends: the cluster token and the version it resolved, which wins
+    # What a POP sends: its node credential and the version it resolved, which wins
     # over the alias the path names.
     forwarded = {
-        "x-edgerun-node-token": cluster.token,
+        "x-edgerun-node-token": node_secret(cluster, "pop-1"),
         "x-edgerun-version": two_versions["pinned-region-v1"],
     }
     resp = httpx.get(f"{cluster.url('region-1')}/fn/pinned-region/", headers=forwarded)
     assert resp.json() == {"v": 1}
+    # Only a node credential pins: not even the cluster admin's key does.
+    as_admin = {**forwarded, "x-edgerun-node-token": cluster.token}
+    resp = httpx.get(f"{cluster.url('region-1')}/fn/pinned-region/", headers=as_admin)
+    assert resp.json() == {"v": 2}
 
 
 def test_a_forwarded_call_takes_one_request_id(pop: str) -> None:

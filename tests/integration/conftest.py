@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from edgerun import client as sdk
+from edgerun.auth import NodeCredential
 from edgerun.build import build_bundle
 from edgerun.client import Client, Invocation
 from edgerun.cluster import LocalCluster, free_port
 from edgerun.config import ControlSpec, PopSpec, RegionSpec, Topology
 from edgerun.models import FunctionConfig
+from edgerun.node.credential import credential_path
 from tests.conftest import FUNCTIONS
 
 pytestmark = pytest.mark.integration
@@ -90,6 +93,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
 def admin(cluster: LocalCluster) -> dict[str, str]:
     """Headers for the admin API (node status needs the cluster token)."""
     return {"authorization": f"Bearer {cluster.token}"}
+
+
+def node_secret(cluster: LocalCluster, node: str) -> str:
+    """The secret of a node's own credential (what it forwards and follows the feed with)."""
+    path = credential_path(cluster.nodes[node].config)
+    return msgspec.json.decode(path.read_bytes(), type=NodeCredential).secret
 
 
 def node_status(cluster: LocalCluster, node: str) -> dict[str, Any]:

@@ -43,18 +43,21 @@ def routes(node: NodeApp) -> list[Route]:
     return [route(api, lambda: node.keyring) for api in api_routes(node)]
 
 
+ROUTES: tuple[tuple[str, str, Need, str], ...] = (
+    ("GET", "/v1/health", Need.PUBLIC, "health"),
+    ("GET", "/v1/status", Need.KEY, "status"),
+    ("GET", "/v1/bundles/{sha}", Need.NODE, "bundle"),
+    ("GET", "/v1/pool", Need.CLUSTER_ADMIN, "pool_state"),
+    ("GET", "/v1/logs", Need.KEY, "logs_query"),
+    ("POST", "/v1/admin/prewarm", Need.KEY, "prewarm"),
+    ("GET", "/v1/placement/explain", Need.KEY, "explain"),
+)
+"""Every route beside invocations and what it needs; the guard test walks this table."""
+
+
 def api_routes(node: NodeApp) -> list[ApiRoute]:
-    """Every route and what it needs; the guard test walks this same table."""
     admin = _Admin(node)
-    return [
-        ApiRoute("GET", "/v1/health", Need.PUBLIC, admin.health),
-        ApiRoute("GET", "/v1/status", Need.KEY, admin.status),
-        ApiRoute("GET", "/v1/bundles/{sha}", Need.NODE, admin.bundle),
-        ApiRoute("GET", "/v1/pool", Need.CLUSTER_ADMIN, admin.pool_state),
-        ApiRoute("GET", "/v1/logs", Need.KEY, admin.logs_query),
-        ApiRoute("POST", "/v1/admin/prewarm", Need.KEY, admin.prewarm),
-        ApiRoute("GET", "/v1/placement/explain", Need.KEY, admin.explain),
-    ]
+    return [ApiRoute(m, path, need, getattr(admin, attr)) for m, path, need, attr in ROUTES]
 
 
 class _Admin:
