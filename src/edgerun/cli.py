@@ -646,6 +646,48 @@ nodes_app = typer.Typer(no_args_is_help=True, help="Node credentials: join token
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(nodes_app, name="nodes")
+secret_app = typer.Typer(no_args_is_help=True, help="Function secrets (values never shown).")
+app.add_typer(secret_app, name="secret")
+
+
+@secret_app.command("put")
+def secret_put(name: str, key: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Set secret KEY of function NAME to the value read from stdin."""
+    with _errors():
+        value = sys.stdin.read()
+        if value.endswith("\n"):
+            value = value[:-1]  # `echo value |` and heredocs add one
+        with _client(control, token) as client:
+            client.put_secret(name, key, value)
+        out.print(f"set secret {key} of {name}")
+
+
+@secret_app.command("bulk")
+def secret_bulk(name: str, env_file: Path, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Set every KEY=VALUE of a .env file as secrets of function NAME."""
+    from edgerun.control.secrets import parse_dotenv
+
+    with _errors():
+        values = parse_dotenv(env_file.read_text())
+        with _client(control, token) as client:
+            client.put_secrets(name, values)
+        out.print(f"set {len(values)} secret(s) of {name}: {', '.join(sorted(values))}")
+
+
+@secret_app.command("ls")
+def secret_ls(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """List the names of a function's secrets."""
+    with _errors(), _client(control, token) as client:
+        for key in client.secret_names(name):
+            out.print(key, highlight=False)
+
+
+@secret_app.command("rm")
+def secret_rm(name: str, key: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """Remove secret KEY of function NAME."""
+    with _errors(), _client(control, token) as client:
+        client.delete_secret(name, key)
+        out.print(f"removed secret {key} of {name}")
 
 
 @app.command()

@@ -147,6 +147,21 @@ class Client:
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/v1/functions/{name}")
 
+    # --- secrets ----------------------------------------------------------------
+    def put_secret(self, name: str, key: str, value: str) -> dict[str, Any]:
+        resp = self._call("PUT", f"/v1/functions/{name}/secrets/{key}", json={"value": value})
+        return resp.json()  # type: ignore[no-any-return]
+
+    def put_secrets(self, name: str, values: dict[str, str]) -> dict[str, Any]:
+        resp = self._call("POST", f"/v1/functions/{name}/secrets", json={"secrets": values})
+        return resp.json()  # type: ignore[no-any-return]
+
+    def secret_names(self, name: str) -> list[str]:
+        return self._call("GET", f"/v1/functions/{name}/secrets").json()["names"]  # type: ignore[no-any-return]
+
+    def delete_secret(self, name: str, key: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/functions/{name}/secrets/{key}").json()  # type: ignore[no-any-return]
+
     # --- tenants, keys, nodes ---------------------------------------------------
     def tenants(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/tenants").json()["tenants"]  # type: ignore[no-any-return]

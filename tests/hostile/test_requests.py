@@ -92,6 +92,10 @@ def pop(cluster: LocalCluster, deployed: dict[str, str]) -> str:
     return cluster.url("pop-1")
 
 
+def _bearer(cluster: LocalCluster) -> bytes:
+    return b"Authorization: Bearer " + cluster.token.encode() + b"\r\n"
+
+
 def json_error(resp: httpx.Response, status: int) -> dict[str, Any]:
     assert resp.status_code == status, (resp.status_code, resp.content[:500])
     assert resp.headers["content-type"].startswith("application/json")
@@ -356,10 +360,12 @@ def test_malformed_requests_are_a_json_400(
 
 
 @pytest.mark.parametrize("depth", [300, 1000, 100_000])
-def test_deep_json_is_a_400(pop: str, depth: int) -> None:
+def test_deep_json_is_a_400(cluster: LocalCluster, pop: str, depth: int) -> None:
     body = b"[" * depth + b"]" * depth
     for name in ("echo-edge", "echo-region"):
-        resp = httpx.post(f"{pop}/v1/functions/{name}/invocations", content=body)
+        resp = httpx.post(
+            f"{pop}/v1/functions/{name}/invocations", content=body, headers=admin(cluster)
+        )
         assert "deeper" in json_error(resp, 400)["message"]
 
 
@@ -482,7 +488,8 @@ def test_a_body_that_never_finishes_is_a_408(cluster: LocalCluster, pop: str) ->
     with socket.create_connection((host, int(port))) as s:
         s.sendall(
             b"POST /v1/functions/echo-edge/invocations HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Length: 100\r\n\r\n{"
+            + _bearer(cluster)
+            + b"Content-Length: 100\r\n\r\n{"
         )
         answer = _closed_within(s, time.monotonic() + BODY_TIMEOUT_S + 5.0)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
@@ -539,10 +546,11 @@ def test_a_request_queued_behind_a_long_one_does_not_time_out(
     with socket.create_connection((host, int(port))) as s:
         s.sendall(
             b"POST /v1/functions/sleeper/invocations HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Length: %d\r\n\r\n%s"
-            % (len(slow), slow)
+            + _bearer(cluster)
+            + b"Content-Length: %d\r\n\r\n%s" % (len(slow), slow)
             + b"POST /v1/functions/echo-edge/invocations HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+            + _bearer(cluster)
+            + b"Content-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
         )
         s.settimeout(seconds + 10.0)
         answer = b""

@@ -141,3 +141,76 @@ def test_status_shows_a_refused_token_as_an_error(cluster: LocalCluster, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "token refused (HTTP 403)" in result.stdout
     assert "up" not in result.stdout.split("pop-1", 1)[1]
+
+
+def test_keys_create_prints_id_and_secret_once_and_ls_never_shows_it(
+    cli_env: dict[str, str],
+) -> None:
+    assert run("tenants", "create", "clitenant", env=cli_env).returncode == 0
+    created = run(
+        "keys", "create", "--tenant", "clitenant", "--scope", "invoke:api-*", "--json", env=cli_env
+    )
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["id"].startswith("EK") and key["secret"].startswith("ers_")
+    assert key["scopes"] == ["invoke:api-*"]
+    listed = run("keys", "ls", "--tenant", "clitenant", env=cli_env)
+    assert key["id"] in listed.stdout
+    assert key["secret"] not in listed.stdout
+    assert run("keys", "revoke", key["id"], env=cli_env).returncode == 0
+    assert "revoked" in run("keys", "ls", "--tenant", "clitenant", env=cli_env).stdout
+    tenants = run("tenants", "ls", env=cli_env)
+    assert "clitenant" in tenants.stdout and "default" in tenants.stdout
+    assert run("tenants", "rm", "clitenant", env=cli_env).returncode == 0
+
+
+def test_a_bad_scope_is_one_clear_line(cli_env: dict[str, str]) -> None:
+    result = run("keys", "create", "--scope", "superuser", env=cli_env)
+    assert result.returncode == 1
+    assert "unknown scope 'superuser'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_key_comes_from_a_profile_when_not_given(cluster: LocalCluster, tmp_path: Path) -> None:
+    home = {"EDGERUN_HOME": str(tmp_path), "COLUMNS": "200"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERUN_")}
+    login = subprocess.run(
+        [sys.executable, "-m", "edgerun", "login", "--control", cluster.control_url,
+         "--key", cluster.token],
+        capture_output=True, text=True, timeout=60, env={**env, **home},
+    )  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    assert (tmp_path / "profiles.toml").stat().st_mode & 0o077 == 0
+    listed = subprocess.run(
+        [sys.executable, "-m", "edgerun", "tenants", "ls"],
+        capture_output=True, text=True, timeout=60, env={**env, **home},
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "default" in listed.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "edgerun", "tenants", "ls"],
+        capture_output=True, text=True, timeout=60,
+        env={**env, **home, "EDGERUN_KEY": "ers_not-a-key"},
+    )  # fmt: skip
+    assert wrong.returncode == 1
+    assert "Unauthorized" in wrong.stderr
+
+
+def test_secrets_are_set_from_stdin_and_a_dotenv_and_listed_by_name(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    put = subprocess.run(
+        [sys.executable, "-m", "edgerun", "secret", "put", "cli-secrets", "API_TOKEN"],
+        input="tok-7e1d\n", capture_output=True, text=True, timeout=60,
+        env={**os.environ, **cli_env},
+    )  # fmt: skip
+    assert put.returncode == 0, put.stderr
+    dotenv = tmp_path / "prod.env"
+    dotenv.write_text('export DB_URL="postgres://u:p@db/app"\n# comment\nREGION=eu\n')
+    bulk = run("secret", "bulk", "cli-secrets", str(dotenv), env=cli_env)
+    assert bulk.returncode == 0, bulk.stderr
+    listed = run("secret", "ls", "cli-secrets", env=cli_env)
+    assert listed.stdout.split() == ["API_TOKEN", "DB_URL", "REGION"]
+    assert "tok-7e1d" not in listed.stdout + bulk.stdout + put.stdout
+    assert run("secret", "rm", "cli-secrets", "REGION", env=cli_env).returncode == 0
+    assert run("secret", "ls", "cli-secrets", env=cli_env).stdout.split() == ["API_TOKEN", "DB_URL"]

@@ -44,7 +44,7 @@ def test_region_output_is_found_through_the_pop(
     cluster: LocalCluster, pop: str, printer: str
 ) -> None:
     region = cluster.url("region-1")
-    resp = httpx.post(f"{region}/v1/functions/printer/invocations", json={})
+    resp = httpx.post(f"{region}/v1/functions/printer/invocations", json={}, headers=auth(cluster))
     assert resp.status_code == 200
     request_id = resp.headers["x-edgerun-request-id"]  # the region's own: callers cannot set it
     found = httpx.get(

@@ -85,7 +85,11 @@ def test_region_only_function_is_503_when_all_regions_are_down(fresh) -> None:
         lambda: invoke(cluster.url("pop-1"), "echo", {}).status == 503,
         what="POP to see regions down",
     )
-    resp = httpx.post(f"{cluster.url('pop-1')}/v1/functions/echo/invocations", json={})
+    resp = httpx.post(
+        f"{cluster.url('pop-1')}/v1/functions/echo/invocations",
+        json={},
+        headers={"authorization": f"Bearer {cluster.token}"},
+    )
     assert resp.json()["error"]["type"] == "Unavailable"
 
 

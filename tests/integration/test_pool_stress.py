@@ -78,7 +78,7 @@ def test_concurrent_cold_starts_into_a_full_pop_never_fail(
             newcomers = [f"new-{r}-{i}" for i in range(NEWCOMERS)]
             for name in fillers + newcomers:
                 _deploy(client, cluster, tmp_path, name)
-            with httpx.Client(timeout=30) as http:
+            with httpx.Client(timeout=30, headers=admin(cluster)) as http:
                 for name in fillers:  # fill the POP with idle sandboxes
                     assert http.post(f"{pop}/v1/functions/{name}/invocations").status_code == 200
             wait_for(
@@ -90,7 +90,9 @@ def test_concurrent_cold_starts_into_a_full_pop_never_fail(
             targets = [n for n in newcomers for _ in range(CALLS_PER_NEWCOMER)]
 
             def call(name: str) -> httpx.Response:
-                return httpx.post(f"{pop}/v1/functions/{name}/invocations", timeout=30)
+                return httpx.post(
+                    f"{pop}/v1/functions/{name}/invocations", timeout=30, headers=admin(cluster)
+                )
 
             with ThreadPoolExecutor(len(targets)) as ex:
                 responses = list(ex.map(call, targets))

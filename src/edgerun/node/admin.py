@@ -213,12 +213,12 @@ class _Admin:
         """What the policy would decide for the next request of a function, and why:
         every estimate it compared, and the inputs they came from (not counted as a hit)."""
         node = self.node
-        if node.cfg.role != "pop":
-            raise ApiError(404, "NotFound", "placement is decided at POPs; this node is a region")
         name = request.query_params.get("function")
         if not name:
             raise bad_request("pass function=NAME (and optionally qualifier=...)")
         principal_of(request).check(Kind.READ, name)
+        if node.cfg.role != "pop":
+            raise ApiError(404, "NotFound", "placement is decided at POPs; this node is a region")
         fn, version = node.invoker.resolve(name, request.query_params.get("qualifier"))
         await node.secrets.ensure(fn)
         spec = node.specs.get(fn, version)

@@ -138,6 +138,7 @@ class NodeApp:
             else None
         )
         self.asgi = Front(
+            self.invoker.check,
             self.invoker,
             Starlette(
                 routes=admin.routes(self),

@@ -16,13 +16,15 @@ import msgspec
 
 from edgerun.errors import ApiError
 from edgerun.http import body_deadline, check_content_length, too_large
-from edgerun.node.invoke import FORWARDED_BY_HEADER, NODE_TOKEN_HEADER, Incoming, Reply
+from edgerun.node.invoke import FORWARDED_BY_HEADER, NODE_TOKEN_HEADER, Checked, Incoming, Reply
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Invoke = Callable[[Incoming, bytes], Awaitable[Reply]]
+Check = Callable[[Incoming], Checked]
+"""Authenticates and authorises an invocation from its headers (before its body is read)."""
+Invoke = Callable[[Incoming, bytes, Checked], Awaitable[Reply]]
 """Runs one invocation (:class:`edgerun.node.invoke.Invoker`)."""
 
 log = logging.getLogger("edgerun.node")
@@ -33,8 +35,15 @@ _FORWARD_MARKS = (NODE_TOKEN_HEADER.encode(), FORWARDED_BY_HEADER.encode())
 
 class Front:
     def __init__(
-        self, invoke: Invoke, fallback: ASGIApp, *, max_payload_bytes: int, body_timeout_s: float
+        self,
+        check: Check,
+        invoke: Invoke,
+        fallback: ASGIApp,
+        *,
+        max_payload_bytes: int,
+        body_timeout_s: float,
     ) -> None:
+        self.check = check
         self.invoke = invoke
         self.fallback = fallback
         self.limit = max_payload_bytes
@@ -58,8 +67,9 @@ class Front:
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         try:
             req = _incoming(scope, path)
+            checked = self.check(req)
             body = await self._body(req, receive)
-            reply = await self.invoke(req, body)
+            reply = await self.invoke(req, body, checked)
         except ApiError as exc:
             reply = _error_reply(exc)
         except Exception:

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -133,6 +133,15 @@ class Origin:
     """Sent by a node of the cluster (its credential checked): auth and limits applied there."""
 
 
+class Checked(NamedTuple):
+    """What :meth:`Invoker.check` established about a request before its body was read."""
+
+    name: str
+    qualifier: str | None
+    origin: Origin
+    principal: Principal | None
+
+
 @dataclass(slots=True)
 class _Call:
     fn: FunctionRecord
@@ -197,8 +206,9 @@ class Invoker:
         self._warming: set[str] = set()
 
     # --- entry ---------------------------------------------------------------
-    async def __call__(self, req: Incoming, body: bytes) -> Reply:
-        payload: Any = None
+    def check(self, req: Incoming) -> Checked:
+        """Who is calling what, from the headers alone: the frontend runs this before it
+        reads a body, so a caller without the right key is refused before it can upload."""
         if req.trigger == "http":
             name, qualifier = split_target(req.target)
         else:
@@ -207,6 +217,11 @@ class Invoker:
                 name, qualifier = split_target(name)
         origin = self.origin(req)
         principal = None if origin.from_node else self.authorize(req, name)
+        return Checked(name, qualifier, origin, principal)
+
+    async def __call__(self, req: Incoming, body: bytes, checked: Checked | None = None) -> Reply:
+        name, qualifier, origin, principal = checked or self.check(req)
+        payload: Any = None
         if req.trigger == "direct":
             payload = _decode_payload(body)
         fn, version = self.resolve(name, qualifier, origin.pinned)
