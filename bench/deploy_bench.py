@@ -72,7 +72,9 @@ def main() -> None:
                 (folder / "main.py").write_text(f"def handler(e, c):\n    return 'v{n}'\n")
                 bundle = build_bundle(folder)
                 start = time.perf_counter()
-                sha = client.deploy("bench", bundle, FunctionConfig(handler="main.handler"))
+                sha = client.deploy(
+                    "bench", bundle, FunctionConfig(handler="main.handler", auth="public")
+                )
                 want = sha.aliases["latest"]
                 while True:
                     resp = http.get(f"{pop}/fn/bench/")

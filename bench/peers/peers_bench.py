@@ -685,7 +685,7 @@ def edgerun_rows(s: Settings, profile: Path | None) -> tuple[list[Row], dict[str
         _ADMIN["authorization"] = f"Bearer {token}"
         with Client(cluster.control_url, token) as client:
             for name, (folder, handler, placement) in folders.items():
-                config = FunctionConfig(handler=handler, placement=placement)  # type: ignore[arg-type]
+                config = FunctionConfig(handler=handler, placement=placement, auth="public")  # type: ignore[arg-type]
                 sha = client.deploy(name, build_bundle(folder), config).aliases["latest"]
                 for url in (pop, pop2, region):
                     wait_until(

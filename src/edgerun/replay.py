@@ -410,12 +410,14 @@ def wait_synced(lab: Lab, timeout: float = SYNC_TIMEOUT_S) -> None:
 
 
 async def replay(
-    urls: Sequence[str], requests: Sequence[TraceRequest], speed: float = 1.0
+    urls: Sequence[str], requests: Sequence[TraceRequest], speed: float = 1.0, *, key: str = ""
 ) -> list[Outcome]:
-    """Send each request at its time (divided by ``speed``) to ``urls[pop]``, concurrently."""
+    """Send each request at its time (divided by ``speed``) to ``urls[pop]``, concurrently,
+    with the secret of a key that may invoke the functions."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     loop = asyncio.get_running_loop()
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as http:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits, headers=headers) as http:
 
         async def one(r: TraceRequest, due: float) -> Outcome:
             lag_ms = max(0.0, loop.time() - due) * 1000
@@ -490,7 +492,7 @@ def run_mode(
         urls = [lab.client_url(f"pop-{i + 1}") for i in range(spec.pops)]
         span = requests[-1].t / speed if requests else 0.0
         progress(f"{mode}: replaying {len(requests)} requests over {span:.0f} s...")
-        outcomes = asyncio.run(replay(urls, requests, speed))
+        outcomes = asyncio.run(replay(urls, requests, speed, key=lab.cluster.token))
     finally:
         progress(f"{mode}: stopping the lab...")
         lab.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -416,3 +417,27 @@ def test_a_key_over_its_rate_gets_429(
     assert limited.json()["error"]["limit"] == "rate"
     # Another key is not held back by this one's limit.
     assert invoke(pop, "acme.api-orders", {}).status == 200
+
+
+def test_a_function_at_its_concurrency_limit_gets_429(cluster: LocalCluster, root: Client) -> None:
+    deploy_everywhere(
+        cluster,
+        root,
+        "single-file",
+        FUNCTIONS / "sleeper",
+        max_concurrency=1,
+        timeout_s=10.0,
+        placement="edge",
+    )
+    pop = cluster.url("pop-1")
+    with ThreadPoolExecutor(1) as ex:
+        slow = ex.submit(invoke, pop, "single-file", {"seconds": 3})
+        wait_for(
+            lambda: httpx.get(f"{pop}/v1/pool", headers=admin(cluster)).json()["busy"] == 1,
+            what="the first call to run",
+        )
+        refused = invoke(pop, "single-file", {"seconds": 0})
+        assert refused.status == 429
+        assert refused.json()["error"]["limit"] == "concurrency"
+        assert slow.result().status == 200
+    assert invoke(pop, "single-file", {"seconds": 0}).status == 200

@@ -139,7 +139,7 @@ def test_status_shows_a_refused_token_as_an_error(cluster: LocalCluster, tmp_pat
     env = {"EDGERUN_HOME": str(home), "COLUMNS": "200", "EDGERUN_TOKEN": "", "EDGERUN_CONTROL": ""}
     result = run("status", env=env)
     assert result.returncode == 0, result.stderr
-    assert "token refused (HTTP 403)" in result.stdout
+    assert "key refused (HTTP 401)" in result.stdout
     assert "up" not in result.stdout.split("pop-1", 1)[1]
 
 

@@ -132,6 +132,14 @@ def _call(
     )
 
 
+def _wrong_scope(method: str, path: str, world: dict[str, Any]) -> str:
+    """The closest key that must still be refused: a reader for anything that changes or
+    runs something, an invoker for reads."""
+    if method != "GET" or (method, path) in INVOCATIONS:
+        return str(world["reader"])
+    return str(world["invoker"])
+
+
 def _json_error(resp: httpx.Response, *statuses: int) -> None:
     assert resp.status_code in statuses, (resp.request.method, resp.request.url, resp.text)
     assert resp.headers["content-type"] == "application/json"
@@ -204,7 +212,7 @@ def test_control_route_refuses_a_key_of_the_wrong_scope(
     method, path, need = case
     if need is Need.PUBLIC:
         return
-    resp = _call(cluster.control_url, method, path, world, world["invoker"])
+    resp = _call(cluster.control_url, method, path, world, _wrong_scope(method, path, world))
     _refused_or_filtered(resp, method, path, 403)
 
 
@@ -243,9 +251,7 @@ def test_node_route_refuses_a_key_of_the_wrong_scope(
     method, path, need = case
     if need is Need.PUBLIC:
         return
-    # Invocations with a read key; everything else with an invoke key.
-    secret = world["reader"] if (method, path) in INVOCATIONS else world["invoker"]
-    resp = _call(cluster.url(node), method, path, world, secret)
+    resp = _call(cluster.url(node), method, path, world, _wrong_scope(method, path, world))
     _refused_or_filtered(resp, method, path, 403)
 
 
@@ -263,3 +269,13 @@ def test_the_tables_cover_every_route_served(tmp_path: Path) -> None:
     assert served == {(m, p) for m, p, _ in control_routes(tmp_path / "again")}
     guarded = {r.endpoint.__qualname__ for r in app.asgi.routes}  # type: ignore[attr-defined]
     assert guarded == {"route.<locals>.guarded"}
+
+
+def test_only_the_known_routes_are_public() -> None:
+    """A route declared public skips every check above: each one must be meant to be."""
+    public = {(m, p) for m, p, need in CONTROL + NODE if need is Need.PUBLIC}
+    assert public == {
+        ("GET", "/v1/health"),
+        ("GET", "/v1/openapi.json"),
+        ("POST", "/v1/nodes/join"),
+    }
