@@ -23,6 +23,7 @@ from edgerun.auth.scopes import Principal, Scope, parse_scope, unauthorized
 KEY_ID_PREFIX = "EK"
 SECRET_PREFIX = "ers_"
 MAX_SECRET_CHARS = 256
+_MAX_SEEN = 10_000
 
 
 class KeyEntry(msgspec.Struct, kw_only=True):
@@ -83,6 +84,9 @@ class Keyring:
         self.hash_key = hash_key
         self._by_id: dict[str, KeyEntry] = {}
         self._principals: dict[str, tuple[KeyEntry, Principal]] = {}
+        self._seen: dict[str, tuple[KeyEntry, Principal] | None] = {}
+        """Secrets already hashed -> what they verified as: a caller's next request
+        skips the HMAC. Cleared whenever a key changes, so a revocation is never missed."""
 
     def __len__(self) -> int:
         return len(self._principals)
@@ -94,6 +98,8 @@ class Keyring:
         return self._by_id.get(key_id)
 
     def apply(self, entries: list[KeyEntry]) -> None:
+        if entries:
+            self._seen.clear()
         for entry in entries:
             old = self._by_id.pop(entry.id, None)
             if old is not None:
@@ -109,7 +115,16 @@ class Keyring:
     def lookup(self, secret: str) -> tuple[KeyEntry, Principal] | None:
         if len(secret) > MAX_SECRET_CHARS:
             return None
-        return self._principals.get(digest(self.hash_key, secret))
+        try:
+            return self._seen[secret]
+        except KeyError:
+            pass
+        found = self._principals.get(digest(self.hash_key, secret))
+        if found is not None:  # unknown secrets are not remembered: a flood of them
+            if len(self._seen) >= _MAX_SEEN:  # would only push out the real ones
+                self._seen.clear()
+            self._seen[secret] = found
+        return found
 
     def principal(self, secret: str | None) -> Principal | None:
         """The principal of a live key's secret; None for anything else."""

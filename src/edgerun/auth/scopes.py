@@ -14,7 +14,7 @@ is a 403.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
@@ -24,6 +24,7 @@ DEFAULT_TENANT = "default"
 SYSTEM_TENANT = "system"
 """Owner of node credentials; no function belongs to it."""
 TENANT_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,29}[a-z0-9])?\Z")
+_MAX_DECISIONS = 4096
 _PATTERN_RE = re.compile(r"^[a-z0-9*?\[\]!-]{1,63}\Z")
 
 
@@ -103,7 +104,10 @@ def short_name(function: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a request comes from, once its key is verified."""
+    """Who a request comes from, once its key is verified.
+
+    Built once per key (the keyring keeps it), so what a key may do to a name is
+    worked out once and remembered: the invoke path pays a dict lookup."""
 
     key_id: str
     tenant: str
@@ -111,28 +115,31 @@ class Principal:
     rate_per_s: float | None = None
     max_concurrency: int | None = None
     """The key's own limits, enforced at each node."""
+    is_node: bool = field(init=False)
+    is_admin: bool = field(init=False)
+    """Admin of its tenant."""
+    is_cluster_admin: bool = field(init=False)
+    _decided: dict[tuple[Kind, str], bool] = field(init=False, repr=False, compare=False)
 
-    @property
-    def is_node(self) -> bool:
-        return any(s.kind is Kind.NODE for s in self.scopes)
-
-    @property
-    def is_admin(self) -> bool:
-        """Admin of its tenant."""
-        return any(s.kind is Kind.ADMIN for s in self.scopes)
-
-    @property
-    def is_cluster_admin(self) -> bool:
-        return self.tenant == DEFAULT_TENANT and self.is_admin
+    def __post_init__(self) -> None:
+        admin = any(s.kind is Kind.ADMIN for s in self.scopes)
+        object.__setattr__(self, "is_node", any(s.kind is Kind.NODE for s in self.scopes))
+        object.__setattr__(self, "is_admin", admin)
+        object.__setattr__(self, "is_cluster_admin", admin and self.tenant == DEFAULT_TENANT)
+        object.__setattr__(self, "_decided", {})
 
     def owns(self, function: str) -> bool:
         return self.is_cluster_admin or tenant_of(function) == self.tenant
 
     def may(self, kind: Kind, function: str) -> bool:
-        if not self.owns(function):
-            return False
-        short = short_name(function)
-        return any(s.covers(kind, short) for s in self.scopes)
+        decided = self._decided.get((kind, function))
+        if decided is None:
+            short = short_name(function)
+            decided = self.owns(function) and any(s.covers(kind, short) for s in self.scopes)
+            if len(self._decided) >= _MAX_DECISIONS:
+                self._decided.clear()
+            self._decided[(kind, function)] = decided
+        return decided
 
     def may_any(self, kind: Kind) -> bool:
         """Whether some function could be allowed (listings are filtered afterwards)."""

@@ -259,8 +259,9 @@ class Invoker:
         req.key_id = principal.key_id
         return principal
 
-    def _admit(self, principal: Principal | None, fn: FunctionRecord) -> Ticket:
-        """The key's and the function's rate and concurrency limits (429 past them)."""
+    def _admit(self, principal: Principal | None, fn: FunctionRecord) -> Ticket | None:
+        """The key's and the function's rate and concurrency limits (429 past them);
+        nothing to hold, and nothing paid, when neither has any."""
         key_limit = None
         if principal is not None and (principal.rate_per_s or principal.max_concurrency):
             key_limit = Limit(
@@ -270,7 +271,9 @@ class Invoker:
         fn_limit = None
         if cfg.rate_per_s or cfg.max_concurrency:
             fn_limit = Limit(rate_per_s=cfg.rate_per_s, max_concurrency=cfg.max_concurrency)
-        key_id = principal.key_id if principal is not None else None
+        if key_limit is None and fn_limit is None:
+            return None
+        key_id = principal.key_id if key_limit is not None and principal is not None else None
         return self.limiter.admit(key_id, key_limit, fn.name, fn_limit)
 
     def new_request_id(self) -> str:
