@@ -32,6 +32,9 @@ _EPSILON = 1e-9
 """Tokens short of a whole one that still count as one: refills summed in floating
 point land a hair under 1.0, which would refuse with a zero wait."""
 
+_MAX_RETRY_AFTER_S = 366 * 86400.0
+"""The longest wait a refusal states (a year)."""
+
 _EVICTION_SCAN = 64
 """How many of the least recently used buckets eviction looks at for a full one.
 A full scan would make every admit of a new name O(capacity) exactly when
@@ -75,6 +78,8 @@ class RateLimited(ApiError):
         self, scope: Scope, name: str, limit: LimitKind, value: float, retry_after_s: float
     ) -> None:
         who = f"key {name}" if scope == "key" else f"function {name!r}"
+        # A rate so small that the wait overflows (1e-320/s) still gets a finite answer.
+        retry_after_s = min(retry_after_s, _MAX_RETRY_AFTER_S)
         if limit == "rate":
             message = f"{who} is over its rate of {_number(value)}/s"
         else:

@@ -277,12 +277,13 @@ class ControlApp:
     async def deploy(self, request: Request) -> Response:
         name = validate_function_name(request.path_params["name"])
         principal_of(request).check(Kind.DEPLOY, name)
-        tenant = tenant_of(name)
-        if tenant != DEFAULT_TENANT and not self.accounts.has_tenant(tenant):
-            raise not_found(f"tenant {tenant!r} does not exist")
+        self._require_tenant(name)
         body: DeployRequest = decode_json(
             await read_body(request, 1 << 20, self.body_timeout_s), DeployRequest
         )
+        # Again after the body: the tenant may have been deleted while it arrived, and
+        # nothing below awaits before the registry write.
+        self._require_tenant(name)
         validate_config(body.config)
         sha = body.bundle_sha256
         if not SHA256_RE.match(sha):
@@ -353,6 +354,11 @@ class ControlApp:
         self._notify()
         return json_response(updated)
 
+    def _require_tenant(self, name: str) -> None:
+        tenant = tenant_of(name)
+        if tenant != DEFAULT_TENANT and not self.accounts.has_tenant(tenant):
+            raise not_found(f"tenant {tenant!r} does not exist")
+
     # --- secrets -----------------------------------------------------------------
     def _secret_target(self, request: Request, kind: Kind) -> str:
         """Secrets may be set before the function's first deploy (which needs them)."""
@@ -383,6 +389,7 @@ class ControlApp:
         body: SecretRequest = decode_json(
             await read_body(request, 128 * 1024, self.body_timeout_s), SecretRequest
         )
+        self._require_tenant(name)
         return self._secrets_changed(
             name, self.secrets.put(name, request.path_params["key"], body.value)
         )
@@ -392,6 +399,7 @@ class ControlApp:
         body: SecretsRequest = decode_json(
             await read_body(request, 512 * 1024, self.body_timeout_s), SecretsRequest
         )
+        self._require_tenant(name)
         return self._secrets_changed(name, self.secrets.put_many(name, body.secrets))
 
     async def delete_secret(self, request: Request) -> Response:
@@ -399,7 +407,10 @@ class ControlApp:
         return self._secrets_changed(name, self.secrets.remove(name, request.path_params["key"]))
 
     async def node_secrets(self, request: Request) -> Response:
-        """The values of the secrets a function declares, for a node about to run it."""
+        """The values of the secrets a function declares, for a node about to run it
+        (to nodes only: no answer to a user's key, the cluster admin's included, holds one)."""
+        if not principal_of(request).is_node:
+            raise forbidden("secret values are served to nodes of the cluster only")
         name = request.path_params["name"]
         record = self.registry.get(name)
         if record is None:
@@ -449,6 +460,9 @@ class ControlApp:
 
     async def delete_tenant(self, request: Request) -> Response:
         revoked = self.accounts.delete_tenant(request.path_params["tenant"])
+        # Secrets set for functions never deployed (or set after their delete) go too:
+        # a tenant created later under the same name must not inherit them.
+        self.secrets.remove_tenant(request.path_params["tenant"])
         self._notify()
         return json_response(
             {"deleted": request.path_params["tenant"], "revoked": [k.id for k in revoked]}
@@ -481,7 +495,11 @@ class ControlApp:
         principal = principal_of(request)
         key_id = request.path_params["key_id"]
         entry = self.accounts.key(key_id)
-        if entry is None or entry.is_node:
+        if (
+            entry is None
+            or entry.is_node
+            or not (principal.is_cluster_admin or entry.tenant == principal.tenant)
+        ):  # another tenant's key is answered as a missing one, its tenant unnamed
             raise not_found(f"key {key_id[:40]!r} does not exist")
         principal.check_tenant(entry.tenant)
         revoked = self.accounts.revoke(key_id)

@@ -327,6 +327,22 @@ class SecretStore:
             if gone:
                 self._bump(cur, function)
 
+    def remove_tenant(self, tenant: str) -> None:
+        """Delete the secrets of every function of ``tenant`` (on tenant delete),
+        bumping each one's version."""
+        prefix = tenant + "."
+        with self._tx() as cur:
+            functions = [
+                str(row[0])
+                for row in cur.execute(
+                    "SELECT DISTINCT function FROM secrets WHERE substr(function, 1, ?) = ?",
+                    (len(prefix), prefix),
+                ).fetchall()
+            ]
+            for function in functions:
+                cur.execute("DELETE FROM secrets WHERE function = ?", (function,))
+                self._bump(cur, function)
+
     def values(self, function: str) -> dict[str, str]:
         """The function's secrets, decrypted, for the node that runs it.
 

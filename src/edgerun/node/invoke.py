@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from edgerun.auth import Keyring, Kind, NodeCredential, Principal
+from edgerun.auth.keys import bearer
 from edgerun.auth.scopes import unauthorized
 from edgerun.config import NodeConfig
 from edgerun.errors import ApiError, bad_request, not_found
@@ -248,7 +249,14 @@ class Invoker:
         if req.trigger == "http":
             fn = self.catalog.get(name)
             if fn is not None and fn.config.auth == "public":
-                return None  # open to all: an authorization header is the function's own
+                # Open to all: an authorization header is the function's own, unless it
+                # is a live edgerun key (the caller's, which no function may collect).
+                for k, v in req.headers:
+                    caller = self.keyring.principal(bearer(v)) if k == "authorization" else None
+                    if caller is not None:
+                        req.key_id = caller.key_id
+                        break
+                return None
         principal = self.keyring.authenticate(req.header("authorization"))
         if principal is None:
             raise unauthorized(
