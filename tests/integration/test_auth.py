@@ -277,6 +277,19 @@ def test_a_node_credential_cannot_act_as_a_user(
     assert invoke(cluster.url("region-1"), "acme.internal", {}, key=pop_key).status == 404
 
 
+def test_only_a_regions_pops_may_forward_to_it(cluster: LocalCluster, acme: dict[str, str]) -> None:
+    """A node credential opens nothing at a POP (POPs take no forwards), and a region
+    believes forwards only from POP credentials, not from another region's."""
+    pop_key = {"x-edgerun-node-token": node_secret(cluster, "pop-1")}
+    region_key = {"x-edgerun-node-token": node_secret(cluster, "region-2")}
+    assert (
+        httpx.get(f"{cluster.url('pop-1')}/fn/acme.internal/", headers=pop_key).status_code == 401
+    )
+    region = cluster.url("region-1")
+    assert httpx.get(f"{region}/fn/acme.internal/", headers=region_key).status_code == 401
+    assert httpx.get(f"{region}/fn/acme.internal/", headers=pop_key).status_code == 200
+
+
 def test_a_revoked_node_credential_loses_the_feed_and_its_forwards(
     cluster: LocalCluster, root: Client, acme: dict[str, str]
 ) -> None:

@@ -298,7 +298,7 @@ class Invoker:
         caller could otherwise run any retained version, whatever the aliases say.
         """
         host = req.header("host") or self.cfg.name
-        from_pop = self.keyring.node(req.header(NODE_TOKEN_HEADER)) is not None
+        from_pop = self._from_pop(req.header(NODE_TOKEN_HEADER))
         if not from_pop and not (req.client and req.client in self._trusted_proxies):
             return Origin(self.new_request_id(), req.client, host)
         given_id = req.header("x-edgerun-request-id") or ""
@@ -311,6 +311,14 @@ class Invoker:
             req.header("x-edgerun-version") if from_pop else None,
             from_node=from_pop,
         )
+
+    def _from_pop(self, token: str | None) -> bool:
+        """A forward is believed only by a region, and only from a POP's own credential:
+        a POP takes no forwards, and a region's credential forwards nothing."""
+        if self.cfg.role != "region" or not token:
+            return False
+        found = self.keyring.lookup(token)
+        return found is not None and found[1].is_node and found[0].name.startswith("pop:")
 
     def resolve(
         self, name: str, qualifier: str | None, pinned: str | None = None
