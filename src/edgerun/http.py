@@ -115,6 +115,8 @@ def decode_json(data: bytes, type: Any = Any, what: str = "request body") -> Any
         raise ApiError(400, "BadRequest", f"{what} is invalid: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "BadRequest", f"{what} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec's error for invalid UTF-8 in a string
+        raise ApiError(400, "BadRequest", f"{what} is not valid UTF-8: {exc.reason}") from None
     except RecursionError:
         raise too_deep(what) from None
     check_json_depth(data, what)

@@ -80,6 +80,23 @@ def test_deploy_with_unknown_field_is_400(api: httpx.Client) -> None:
     assert "mem" in resp.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "field"),
+    [
+        ("POST", "/v1/tenants", "name"),
+        ("PUT", "/v1/functions/x", "bundle_sha256"),
+        ("POST", "/v1/nodes/join", "token"),
+    ],
+)
+def test_invalid_utf8_in_a_json_body_is_400(
+    api: httpx.Client, method: str, path: str, field: str
+) -> None:
+    """msgspec's UnicodeDecodeError used to escape as a 500 (found by tests/fuzz)."""
+    resp = api.request(method, path, content=b'{"%s": "\xff"}' % field.encode())
+    assert resp.status_code == 400
+    assert "not valid UTF-8" in resp.json()["error"]["message"]
+
+
 def test_deploy_of_missing_bundle_is_400(api: httpx.Client) -> None:
     resp = api.put("/v1/functions/x", json={"bundle_sha256": "0" * 64})
     assert resp.status_code == 400

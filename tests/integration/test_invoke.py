@@ -153,6 +153,30 @@ def test_malformed_direct_payload_is_400_json(
     assert "not valid JSON" in resp.json()["error"]["message"]
 
 
+def test_direct_payload_with_an_integer_past_64_bits_is_400_json(
+    cluster: LocalCluster, pop: str, deployed: dict
+) -> None:
+    """It used to fail encoding the sandbox's msgpack frame: a 500 (found by tests/fuzz)."""
+    resp = httpx.post(
+        f"{pop}/v1/functions/echo/invocations",
+        content=b'{"n": 18446744073709551616}',
+        headers=admin(cluster),
+    )
+    assert resp.status_code == 400
+    assert "integer outside" in resp.json()["error"]["message"]
+    assert invoke(pop, "echo", {"n": 2**64 - 1}).json()["event"] == {"n": 2**64 - 1}
+
+
+@pytest.mark.parametrize("path", ["/v1/functions/echo/invocations", "/v1/admin/prewarm"])
+def test_invalid_utf8_in_a_json_body_is_400_json(
+    cluster: LocalCluster, pop: str, deployed: dict, path: str
+) -> None:
+    """msgspec's UnicodeDecodeError used to escape as a 500 (found by tests/fuzz)."""
+    resp = httpx.post(f"{pop}{path}", content=b'{"function": "e\x91o"}', headers=admin(cluster))
+    assert resp.status_code == 400
+    assert "not valid UTF-8" in resp.json()["error"]["message"]
+
+
 def test_payload_over_6mb_is_413_json(pop: str, deployed: dict) -> None:
     resp = httpx.post(f"{pop}/fn/echo/", content=b"x" * (6 * 1024 * 1024 + 1))
     assert resp.status_code == 413

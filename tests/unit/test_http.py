@@ -74,3 +74,11 @@ def test_json_at_the_depth_limit_is_fine() -> None:
 )
 def test_json_depth_ignores_brackets_in_strings(data: bytes, depth: int) -> None:
     assert json_depth(data) == depth
+
+
+@pytest.mark.parametrize(
+    "body", [b'"\xff"', b'{"name": "e\x91o"}', b'{"k\xc0y": 1}', b'["\xed\xa0\x80"]']
+)
+def test_invalid_utf8_in_a_json_string_is_a_400_not_a_500(body: bytes) -> None:
+    """msgspec raises UnicodeDecodeError (not DecodeError) for these; found by tests/fuzz."""
+    assert "not valid UTF-8" in bad(decode_json, body).message

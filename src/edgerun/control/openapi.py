@@ -1,159 +1,554 @@
-"""The OpenAPI 3.1 document of the control API, derived from the msgspec models."""
+"""The OpenAPI 3.1 document of the control API (``GET /v1/openapi.json``).
+
+It lists every route of :meth:`edgerun.control.app.ControlApp.api_routes` (a
+unit test keeps the two sets equal, so a new route cannot go undocumented).
+Request bodies are the JSON Schemas of the msgspec structs the handlers
+decode; answers are described by the structs below, which mirror what each
+handler sends. They are closed (no other fields), so the fuzz tests, which
+check every answer against this document, notice a field added to an answer
+and not here, and a key's digest or secret showing where it must not.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
-from edgerun import __version__
-from edgerun.models import AliasRequest, DeployRequest, FunctionRecord
+from edgerun.auth import KeyEntry
+from edgerun.auth.scopes import _PATTERN_RE as _SCOPE_PATTERN_RE
+from edgerun.auth.scopes import TENANT_RE
+from edgerun.control.accounts import MAX_JOIN_TTL_S, NODE_NAME_CHARS
+from edgerun.models import (
+    ALIAS_RE,
+    ENV_KEY_RE,
+    FUNCTION_RE,
+    HANDLER_RE,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_S,
+    RESERVED_ENV_PREFIXES,
+    SHA256_RE,
+    AliasRequest,
+    DeployRequest,
+    FunctionRecord,
+)
+from edgerun.openapi import (
+    Paths,
+    document,
+    ecma,
+    int_param,
+    json_content,
+    string_param,
+    struct_schemas,
+)
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+_MAX_REVISION = 2**63 - 1
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+class _Closed(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An answer's shape: every field required, no other field allowed."""
 
 
-def _op(
-    summary: str,
-    ok: dict[str, Any],
-    *,
-    body: Any = None,
-    params: Sequence[str] = (),
-    query: dict[str, str] | None = None,
-    public: bool = False,
-) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "responses": {
-            **ok,
-            "400": _json(_ERROR, "Malformed request"),
-            "404": _json(_ERROR, "Not found"),
+class Health(_Closed):
+    status: Literal["ok"]
+    role: Literal["control"]
+    revision: int
+
+
+class BundleStored(_Closed):
+    sha256: str
+    size: int
+
+
+class FunctionPage(_Closed):
+    functions: list[FunctionRecord]
+    next: str | None
+    """The cursor of the next page (pass it as ``after``); null on the last."""
+
+
+class FunctionDeleted(_Closed):
+    deleted: str
+    revision: int
+
+
+class VersionView(_Closed):
+    sha256: str
+    handler: str
+    size: int
+    created_at: float
+    bundle_sha256: str
+    aliases: list[str]
+    retained: list[str]
+    """Why it is kept (its aliases, ``newest N``); empty when it is collectable."""
+
+
+class Versions(_Closed):
+    name: str
+    retain_versions: int
+    versions: list[VersionView]
+
+
+class SecretNames(_Closed):
+    """Names only: no answer carries a secret's value but the node's own."""
+
+    function: str
+    names: list[str]
+    version: int
+
+
+class NodeSecrets(_Closed):
+    values: dict[str, str]
+
+
+class Changes(_Closed):
+    revision: int
+    functions: list[FunctionRecord]
+    keys: list[KeyEntry]
+
+
+class CollectedVersion(_Closed):
+    function: str
+    version: str
+
+
+class Collected(_Closed):
+    versions: list[CollectedVersion]
+    bundles: list[str]
+
+
+class Tenant(_Closed):
+    name: str
+    created_at: float
+    keys: int
+    """Live keys of the tenant."""
+
+
+class Tenants(_Closed):
+    tenants: list[Tenant]
+
+
+class TenantDeleted(_Closed):
+    deleted: str
+    revoked: list[str]
+
+
+class KeyView(_Closed):
+    """A key as the API shows it: never its secret nor its digest."""
+
+    id: str
+    tenant: str
+    scopes: list[str]
+    name: str
+    created_at: float
+    revoked: bool
+    rate_per_s: float | None
+    max_concurrency: int | None
+
+
+class NewKey(KeyView):
+    secret: str
+    """Shown once, here; only its digest is stored."""
+
+
+class Keys(_Closed):
+    keys: list[KeyView]
+
+
+class Nodes(_Closed):
+    nodes: list[KeyView]
+
+
+class JoinToken(_Closed):
+    token: str
+    expires_at: float
+
+
+class Joined(_Closed):
+    key_id: str
+    secret: str
+    hash_key: str
+
+
+def _inner(pattern: str) -> str:
+    return pattern.removeprefix("^").removesuffix(r"\Z")
+
+
+def _limits(components: dict[str, Any]) -> None:
+    """The request bodies' limits that the handlers' validators enforce (400 past them),
+    written into the schemas msgspec derives from the structs, which know only types:
+    clients see them, and the fuzzer's well-formed cases get past the validators."""
+    scope = rf"^(admin|(deploy|invoke|read)(:{_inner(_SCOPE_PATTERN_RE.pattern)})?)$"
+    reserved = {"not": {"pattern": "^(" + "|".join(RESERVED_ENV_PREFIXES) + ")"}}
+    env_name = {"pattern": ecma(ENV_KEY_RE.pattern), **reserved}
+    refine: dict[str, dict[str, dict[str, Any]]] = {
+        "TenantRequest": {"name": {"pattern": ecma(TENANT_RE.pattern)}},
+        "KeyRequest": {
+            "scopes": {
+                "minItems": 1,
+                "maxItems": 32,
+                "items": {"type": "string", "pattern": scope},
+            },
+            "tenant": {"pattern": f"^({_inner(TENANT_RE.pattern)})?$"},
+            "name": {"maxLength": 200},
         },
-        "parameters": [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
-        ]
-        + [
-            {
-                "name": k,
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string"},
-                "description": d,
-            }
-            for k, d in (query or {}).items()
-        ],
+        "JoinTokenRequest": {
+            "role": {"enum": ["pop", "region"]},
+            "name": {"minLength": 1, "maxLength": NODE_NAME_CHARS},
+            "ttl_s": {"exclusiveMinimum": 0, "maximum": MAX_JOIN_TTL_S},
+        },
+        "DeployRequest": {"bundle_sha256": {"pattern": ecma(SHA256_RE.pattern)}},
+        "FunctionConfig": {
+            "handler": {"pattern": ecma(HANDLER_RE.pattern)},
+            "memory_mb": {"minimum": 16, "maximum": MAX_MEMORY_MB},
+            "timeout_s": {"exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
+            "env": {"propertyNames": env_name},
+            "secrets": {
+                "maxItems": 100,
+                "uniqueItems": True,
+                "items": {"type": "string", **env_name},
+            },
+        },
+        "SecretsRequest": {"secrets": {"propertyNames": env_name}},
     }
-    if not public:
-        op["security"] = [{"bearer": []}]
-        op["responses"]["401"] = _json(_ERROR, "Missing token")
-        op["responses"]["403"] = _json(_ERROR, "Wrong token")
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": body}
-    return op
+    for name, fields in refine.items():
+        properties = components[name]["properties"]
+        for field, limits in fields.items():
+            properties[field] = {**properties[field], **limits}
+    for name in ("KeyRequest", "FunctionConfig"):  # a number, or null for none
+        properties = components[name]["properties"]
+        properties["rate_per_s"] = {
+            "anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}, {"type": "null"}]
+        }
+        properties["max_concurrency"] = {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100_000}, {"type": "null"}]
+        }
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    (record, deploy, alias), components = msgspec.json.schema_components(
-        [FunctionRecord, DeployRequest, AliasRequest], ref_template="#/components/schemas/{name}"
+    # The request structs live with their handlers, and app imports this module.
+    from edgerun.control.app import (
+        JoinRequest,
+        JoinTokenRequest,
+        KeyRequest,
+        SecretRequest,
+        SecretsRequest,
+        TenantRequest,
     )
-    components["Error"] = {
-        "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
-                "required": ["type", "message"],
+
+    refs, components = struct_schemas(
+        # requests
+        DeployRequest,
+        AliasRequest,
+        TenantRequest,
+        KeyRequest,
+        JoinTokenRequest,
+        JoinRequest,
+        SecretRequest,
+        SecretsRequest,
+        # answers
+        Health,
+        BundleStored,
+        FunctionPage,
+        FunctionRecord,
+        FunctionDeleted,
+        Versions,
+        SecretNames,
+        NodeSecrets,
+        Changes,
+        Collected,
+        Tenants,
+        Tenant,
+        TenantDeleted,
+        Keys,
+        NewKey,
+        KeyView,
+        JoinToken,
+        Joined,
+        Nodes,
+    )
+    _limits(components)
+    (
+        deploy,
+        alias_req,
+        tenant_req,
+        key_req,
+        join_token_req,
+        join_req,
+        secret_req,
+        secrets_req,
+        health,
+        stored,
+        page,
+        record,
+        fn_deleted,
+        versions,
+        secret_names,
+        node_secrets,
+        changes,
+        collected,
+        tenants,
+        tenant,
+        tenant_deleted,
+        keys,
+        new_key,
+        key_view,
+        join_token,
+        joined,
+        nodes,
+    ) = refs
+
+    def body(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"application/json": {"schema": schema}}
+
+    name = string_param("name", "path", pattern=ecma(FUNCTION_RE.pattern), maxLength=94)
+    name.update(description="`name` in the default tenant, `tenant.name` in another")
+    alias = string_param("alias", "path", pattern=ecma(ALIAS_RE.pattern))
+    sha = string_param("sha", "path", pattern=ecma(SHA256_RE.pattern))
+    secret_key = string_param("key", "path", pattern=ecma(ENV_KEY_RE.pattern), maxLength=200)
+    tenant_param = string_param("tenant", "path", pattern=ecma(TENANT_RE.pattern))
+    key_id = string_param("key_id", "path", maxLength=64)
+    fn = "/v1/functions/{name}"
+
+    p = Paths()
+    p.add(
+        "GET",
+        "/v1/health",
+        "Liveness and the registry's revision",
+        {"200": json_content(health, "OK")},
+        public=True,
+    )
+    p.add(
+        "GET",
+        "/v1/openapi.json",
+        "This document",
+        {
+            "200": json_content(
+                {"type": "object", "required": ["openapi", "info", "paths"]}, "The document"
+            )
+        },
+        public=True,
+    )
+    p.add(
+        "POST",
+        "/v1/bundles",
+        "Upload a bundle (a zip); answers its sha256. Needs deploy scope on some function",
+        {"201": json_content(stored, "Stored")},
+        errors=[403],
+        body={"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    )
+    p.add(
+        "GET",
+        "/v1/bundles/{sha}",
+        "Download a bundle by its hash (nodes)",
+        {
+            "200": {
+                "description": "The zip",
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
             }
         },
-        "required": ["error"],
-    }
-    obj = {"type": "object"}
-    fn = ["name"]
-    paths = {
-        "/v1/health": {
-            "get": _op("Liveness and registry revision", {"200": _json(obj, "OK")}, public=True)
-        },
-        "/v1/openapi.json": {"get": _op("This document", {"200": _json(obj, "OK")}, public=True)},
-        "/v1/bundles": {
-            "post": _op(
-                "Upload a bundle (zip); answers its sha256",
-                {"201": _json(obj, "Stored"), "413": _json(_ERROR, "Too large")},
-                body={"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-            )
-        },
-        "/v1/bundles/{sha}": {
-            "get": _op(
-                "Download a bundle by hash",
-                {"200": {"description": "The zip", "content": {"application/zip": {}}}},
-                params=["sha"],
-            )
-        },
-        "/v1/functions": {
-            "get": _op(
-                "List functions, paginated by name",
-                {"200": _json(obj, "A page of functions and the cursor of the next")},
-                query={"limit": "page size, 1-1000", "after": "cursor: the last name seen"},
-            )
-        },
-        "/v1/functions/{name}": {
-            "get": _op("Get a function", {"200": _json(record, "The function")}, params=fn),
-            "put": _op(
-                "Create or update a function from an uploaded bundle and a config",
-                {"200": _json(record, "Updated"), "201": _json(record, "Created")},
-                body={"application/json": {"schema": deploy}},
-                params=fn,
-            ),
-            "delete": _op("Delete a function", {"200": _json(obj, "Deleted")}, params=fn),
-        },
-        "/v1/functions/{name}/versions": {
-            "get": _op(
-                "List a function's versions, their aliases and why each is retained",
-                {"200": _json(obj, "Versions")},
-                params=fn,
-            )
-        },
-        "/v1/functions/{name}/aliases/{alias}": {
-            "put": _op(
-                "Point an alias at a version (rollback = move an alias)",
-                {"200": _json(record, "The function")},
-                body={"application/json": {"schema": alias}},
-                params=[*fn, "alias"],
-            ),
-            "delete": _op(
-                "Delete an alias", {"200": _json(record, "The function")}, params=[*fn, "alias"]
-            ),
-        },
-        "/v1/admin/gc": {
-            "post": _op(
-                "Collect now: versions neither aliased nor among the newest N, and their"
-                " bundles once nothing refers to them",
-                {"200": _json(obj, "The removed versions and bundles")},
-            )
-        },
-        "/v1/changes": {
-            "get": _op(
-                "Change feed: functions changed after a revision (long-poll)",
-                {"200": _json(obj, "The new revision and the changed functions")},
-                query={
-                    "since": "last revision seen",
-                    "wait": "seconds to wait for a change (<=60)",
-                },
-            )
-        },
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "edgerun control plane", "version": __version__},
-        "paths": paths,
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }
+        errors=[400, 403, 404],
+        params=[sha],
+    )
+    p.add(
+        "GET",
+        "/v1/functions",
+        "The caller's functions (those its scopes let it read), paginated by name",
+        {"200": json_content(page, "A page of functions and the cursor of the next")},
+        errors=[400],
+        params=[
+            int_param("limit", 1, 1000, "page size (default 100)"),
+            string_param("after", "query", description="cursor: the last name seen"),
+        ],
+    )
+    p.add(
+        "GET",
+        fn,
+        "Get a function",
+        {"200": json_content(record, "The function")},
+        errors=[403, 404],
+        params=[name],
+    )
+    p.add(
+        "PUT",
+        fn,
+        "Create or update a function from an uploaded bundle and a config",
+        {"200": json_content(record, "Updated"), "201": json_content(record, "Created")},
+        errors=[403, 404],
+        params=[name],
+        body=body(deploy),
+    )
+    p.add(
+        "DELETE",
+        fn,
+        "Delete a function (and its secrets)",
+        {"200": json_content(fn_deleted, "Deleted")},
+        errors=[403, 404],
+        params=[name],
+    )
+    p.add(
+        "GET",
+        fn + "/versions",
+        "A function's versions, their aliases and why each is retained",
+        {"200": json_content(versions, "Versions")},
+        errors=[403, 404],
+        params=[name],
+    )
+    p.add(
+        "PUT",
+        fn + "/aliases/{alias}",
+        "Point an alias at a version: a hash, a unique prefix or another alias (rollback)",
+        {"200": json_content(record, "The function")},
+        errors=[403, 404],
+        params=[name, alias],
+        body=body(alias_req),
+    )
+    p.add(
+        "DELETE",
+        fn + "/aliases/{alias}",
+        "Delete an alias ('latest' cannot be)",
+        {"200": json_content(record, "The function")},
+        errors=[400, 403, 404],
+        params=[name, alias],
+    )
+    p.add(
+        "GET",
+        fn + "/secrets",
+        "The names of a function's secrets (never their values)",
+        {"200": json_content(secret_names, "Names and the secrets' version")},
+        errors=[400, 403, 404],
+        params=[name],
+    )
+    p.add(
+        "POST",
+        fn + "/secrets",
+        "Set several secrets at once (all or none); may precede the first deploy",
+        {"200": json_content(secret_names, "Names and the secrets' new version")},
+        errors=[403, 404],
+        params=[name],
+        body=body(secrets_req),
+    )
+    p.add(
+        "PUT",
+        fn + "/secrets/{key}",
+        "Set one secret",
+        {"200": json_content(secret_names, "Names and the secrets' new version")},
+        errors=[403, 404],
+        params=[name, secret_key],
+        body=body(secret_req),
+    )
+    p.add(
+        "DELETE",
+        fn + "/secrets/{key}",
+        "Remove one secret",
+        {"200": json_content(secret_names, "Names and the secrets' new version")},
+        errors=[400, 403, 404],
+        params=[name, secret_key],
+    )
+    p.add(
+        "GET",
+        "/v1/node/secrets/{name}",
+        "The values of the secrets a function declares (nodes, before running it)",
+        {"200": json_content(node_secrets, "The values")},
+        errors=[403, 404, 500],
+        params=[name],
+    )
+    p.add(
+        "GET",
+        "/v1/changes",
+        "Change feed (nodes): functions and keys changed after a revision; long-polls",
+        {"200": json_content(changes, "The new revision and what changed up to it")},
+        errors=[400, 403],
+        params=[
+            int_param("since", 0, _MAX_REVISION, "the last revision seen"),
+            int_param("wait", 0, 3600, "seconds to wait for a change (at most 60 are waited)"),
+        ],
+    )
+    p.add(
+        "POST",
+        "/v1/admin/gc",
+        "Collect now: versions neither aliased nor among the newest N, and their bundles "
+        "once nothing refers to them",
+        {"200": json_content(collected, "The removed versions and bundles")},
+        errors=[403],
+    )
+    p.add(
+        "GET",
+        "/v1/tenants",
+        "Every tenant (cluster admin)",
+        {"200": json_content(tenants, "The tenants")},
+        errors=[403],
+    )
+    p.add(
+        "POST",
+        "/v1/tenants",
+        "Create a tenant (cluster admin)",
+        {"201": json_content(tenant, "Created")},
+        errors=[403, 409],
+        body=body(tenant_req),
+    )
+    p.add(
+        "DELETE",
+        "/v1/tenants/{tenant}",
+        "Remove a tenant without functions, revoking its keys (cluster admin)",
+        {"200": json_content(tenant_deleted, "Removed, and the keys revoked")},
+        errors=[403, 404, 409],
+        params=[tenant_param],
+    )
+    p.add(
+        "GET",
+        "/v1/keys",
+        "A tenant's keys: the caller's own tenant unless ?tenant= (its admin or the cluster's)",
+        {"200": json_content(keys, "The keys")},
+        errors=[403, 404],
+        params=[string_param("tenant", "query", description="default: the caller's tenant")],
+    )
+    p.add(
+        "POST",
+        "/v1/keys",
+        "Create a key; its secret is in this answer only",
+        {"201": json_content(new_key, "The key and its secret")},
+        errors=[403, 404, 409],
+        body=body(key_req),
+    )
+    p.add(
+        "DELETE",
+        "/v1/keys/{key_id}",
+        "Revoke a key (its tenant's admin or the cluster's); nodes learn it on the feed",
+        {"200": json_content(key_view, "The revoked key")},
+        errors=[403, 404],
+        params=[key_id],
+    )
+    p.add(
+        "POST",
+        "/v1/join-tokens",
+        "A single-use token a new node trades for its credential (cluster admin)",
+        {"201": json_content(join_token, "The token and when it expires")},
+        errors=[403],
+        body=body(join_token_req),
+    )
+    p.add(
+        "POST",
+        "/v1/nodes/join",
+        "Trade a join token for a node credential and the key-hashing key",
+        {"201": json_content(joined, "The node's credential")},
+        public=True,
+        body=body(join_req),
+    )
+    p.add(
+        "GET",
+        "/v1/nodes",
+        "The nodes' credentials (cluster admin)",
+        {"200": json_content(nodes, "The credentials")},
+        errors=[403],
+    )
+    p.add(
+        "DELETE",
+        "/v1/nodes/{key_id}",
+        "Revoke a node's credential (cluster admin)",
+        {"200": json_content(key_view, "The revoked credential")},
+        errors=[403, 404],
+        params=[key_id],
+    )
+    return document("edgerun control plane", p, components)

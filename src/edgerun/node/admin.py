@@ -1,4 +1,5 @@
-"""A node's API beside invocations: health, status, pool, logs, bundles, prewarm, explain.
+"""A node's API beside invocations: health, status, pool, logs, bundles, prewarm, explain
+and its OpenAPI document.
 
 Every route declares what it needs in :func:`api_routes` and is served only
 through :func:`edgerun.auth.guard.route`, so a new route cannot forget its
@@ -25,6 +26,7 @@ from edgerun.models import SHA256_RE
 from edgerun.node.code_cache import BundleUnavailable
 from edgerun.node.invoke import function_view, init_error
 from edgerun.node.logs import LogEntry
+from edgerun.node.openapi import openapi_document
 from edgerun.node.placer import WARM_PREFIX
 from edgerun.sandbox.base import SandboxInitError
 from edgerun.sandbox.isolation import as_dicts
@@ -45,6 +47,7 @@ def routes(node: NodeApp) -> list[Route]:
 
 ROUTES: tuple[tuple[str, str, Need, str], ...] = (
     ("GET", "/v1/health", Need.PUBLIC, "health"),
+    ("GET", "/v1/openapi.json", Need.PUBLIC, "openapi"),
     ("GET", "/v1/status", Need.KEY, "status"),
     ("GET", "/v1/bundles/{sha}", Need.NODE, "bundle"),
     ("GET", "/v1/pool", Need.CLUSTER_ADMIN, "pool_state"),
@@ -86,6 +89,9 @@ class _Admin:
             body["loaded"] = sorted(v[:WARM_PREFIX] for v in node.factory.loaded_versions())
             body["start_ms"] = node.measured.published()
         return json_response(body, status=503 if problem else 200)
+
+    async def openapi(self, request: Request) -> Response:
+        return json_response(openapi_document())
 
     async def status(self, request: Request) -> Response:
         """The cluster admin sees the whole node; any other key, its readable functions."""

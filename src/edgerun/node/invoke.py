@@ -79,6 +79,9 @@ _NOT_FORWARDED = _HOP_BY_HOP | _FORWARD_OWNED
 _NOT_FOR_FUNCTIONS = frozenset({"x-edgerun-version", NODE_TOKEN_HEADER})
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _JSON = [("content-type", "application/json")]
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+"""An integer that may not fit 64 bits has 19 digits or more: only then are they checked."""
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 _encode = msgspec.json.Encoder().encode
 
 
@@ -584,10 +587,30 @@ def _decode_payload(body: bytes) -> Any:
         event = msgspec.json.decode(body) if body.strip() else {}
     except msgspec.DecodeError as exc:
         raise bad_request(f"invocation payload is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec's error for invalid UTF-8 in a string
+        raise bad_request(f"invocation payload is not valid UTF-8: {exc.reason}") from None
     except RecursionError:
         raise too_deep("invocation payload") from None
     check_json_depth(body, "invocation payload")
+    if _LONG_DIGITS.search(body) and not _ints_fit(event):
+        raise bad_request(
+            "invocation payload has an integer outside -2**63..2**64-1, "
+            "which cannot be passed to a function"
+        )
     return event
+
+
+def _ints_fit(value: Any) -> bool:
+    """Whether every integer in a decoded JSON value fits the sandbox protocol
+    (msgpack: 64 bits); JSON allows any size, so a larger one would fail to encode.
+    Recursion stays within the depth :func:`check_json_depth` allows."""
+    if isinstance(value, int):
+        return _INT_MIN <= value <= _INT_MAX
+    if isinstance(value, list):
+        return all(_ints_fit(v) for v in value)
+    if isinstance(value, dict):
+        return all(_ints_fit(v) for v in value.values())
+    return True
 
 
 def init_error(exc: SandboxInitError, headers: dict[str, str], *, detail: bool) -> ApiError:
