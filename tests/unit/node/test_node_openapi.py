@@ -11,7 +11,7 @@ from edgerun.auth.guard import Need
 from edgerun.node import admin
 from edgerun.node.app import NodeApp
 from edgerun.node.front import Front
-from edgerun.node.invoke import Incoming, Reply
+from edgerun.node.invoke import Checked, Incoming, Origin, Reply
 from edgerun.node.openapi import INVOCATION_ROUTES, openapi_document
 from edgerun.openapi import operations
 
@@ -52,7 +52,10 @@ async def test_the_documented_invocation_routes_are_the_ones_front_invokes(
 ) -> None:
     invoked: list[Incoming] = []
 
-    async def invoke(req: Incoming, body: bytes) -> Reply:
+    def check(req: Incoming) -> Checked:
+        return Checked(req.target, None, Origin("id", "", ""), None)
+
+    async def invoke(req: Incoming, body: bytes, checked: Checked) -> Reply:
         invoked.append(req)
         return Reply(200, [], b"{}")
 
@@ -65,7 +68,7 @@ async def test_the_documented_invocation_routes_are_the_ones_front_invokes(
     async def send(message: Any) -> None:
         pass
 
-    front = Front(invoke, fallback, max_payload_bytes=1024, body_timeout_s=1.0)
+    front = Front(check, invoke, fallback, max_payload_bytes=1024, body_timeout_s=1.0)
     concrete = path.replace("{name}", "echo").replace("{path}", "a/b")
     scope = {"type": "http", "method": method, "path": concrete, "query_string": b"", "headers": []}
     await front(scope, receive, send)
