@@ -51,6 +51,7 @@ from edgerun.sandbox.cgroups import Cgroups, SandboxCgroup
 from edgerun.sandbox.forked import EngineSettings, ForkedSandbox, ZygoteSandboxFactory
 from edgerun.sandbox.isolation import detect
 from edgerun.sandbox.protocol import Invoke, Result, encode_frame, read_from_sandbox
+from edgerun.sandbox.transport import FrameChannel, open_channel
 from edgerun.sandbox.uids import UidMap
 
 HANDLER = "def handler(event, context):\n    return event\n"
@@ -327,7 +328,7 @@ def instrumented(rec: dict[str, list[int]]) -> Iterator[None]:
     orig_kill_all = SandboxCgroup.kill_all
     orig_destroy = SandboxCgroup.destroy
     orig_uid_for = UidMap.uid_for
-    orig_open = asyncio.open_unix_connection
+    orig_open = forked.open_channel
 
     async def request(
         self: ctl.AsyncChannel, msg: Any, *args: Any, **kwargs: Any
@@ -353,7 +354,7 @@ def instrumented(rec: dict[str, list[int]]) -> Iterator[None]:
         try:
             return await orig_open(*args, **kwargs)
         finally:
-            rec["open_unix_connection"].append(now_ns() - t0)
+            rec["open_channel"].append(now_ns() - t0)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(ctl.AsyncChannel, "request_locked", request))
@@ -368,14 +369,14 @@ def instrumented(rec: dict[str, list[int]]) -> Iterator[None]:
         stack.enter_context(
             mock.patch.object(SandboxCgroup, "destroy", timed("cgroup destroy", orig_destroy))
         )
-        stack.enter_context(mock.patch.object(asyncio, "open_unix_connection", open_unix))
+        stack.enter_context(mock.patch.object(forked, "open_channel", open_unix))
         stack.enter_context(
             mock.patch.object(UidMap, "uid_for", timed("UidMap.uid_for", orig_uid_for))
         )
         yield
 
 
-START_STEPS = ("ctl Fork", "_pid_of", "cgroup create", "cgroup add", "open_unix_connection")
+START_STEPS = ("ctl Fork", "_pid_of", "cgroup create", "cgroup add", "open_channel")
 
 
 def per_sample(rec: dict[str, list[int]], step: str, n: int) -> list[int] | None:
@@ -500,19 +501,32 @@ def fork_probe(n: int) -> dict[str, dict[str, float]]:
 
 
 @contextlib.asynccontextmanager
-async def echo_peer() -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    """A peer that answers the same frames and does nothing else: the IPC floor."""
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-c", ECHO_PEER, str(child.fileno()), pass_fds=(child.fileno(),)
-    )
-    child.close()
-    reader, writer = await asyncio.open_unix_connection(sock=parent)
+async def echo_peer() -> AsyncIterator[
+    tuple[asyncio.StreamReader, asyncio.StreamWriter, FrameChannel]
+]:
+    """Peers that answer the same frames and do nothing else: the IPC floor, once over
+    StreamReader/StreamWriter (the node's transport before) and once over a FrameChannel."""
+    procs = []
+    socks = []
+    for _ in range(2):
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-c", ECHO_PEER, str(child.fileno()),
+                pass_fds=(child.fileno(),),
+            )
+        )  # fmt: skip
+        child.close()
+        socks.append(parent)
+    reader, writer = await asyncio.open_unix_connection(sock=socks[0])
+    channel = await open_channel(socks[1])
     try:
-        yield reader, writer
+        yield reader, writer, channel
     finally:
         writer.close()
-        await proc.wait()
+        channel.close()
+        for proc in procs:
+            await proc.wait()
 
 
 async def warm_samples(
@@ -528,7 +542,7 @@ async def warm_samples(
     Every iteration runs each once, in an order that rotates, so that machine noise
     and wake-up effects hit them alike.
     """
-    echo_r, echo_w = echo
+    echo_r, echo_w, echo_chan = echo
     box: list[ForkedSandbox] = []
 
     async def through_pool(msg: Invoke) -> int:
@@ -556,8 +570,7 @@ async def warm_samples(
 
     async def raw(msg: Invoke) -> int:
         t0 = now_ns()
-        box[0]._writer.write(encode_frame(msg))  # the same exchange, without wait_for
-        check(await read_from_sandbox(box[0]._reader))
+        check(await box[0]._channel.request(encode_frame(msg), msg.timeout_s))  # no checks
         return now_ns() - t0
 
     async def strays(msg: Invoke) -> int:
@@ -573,11 +586,9 @@ async def warm_samples(
             os.pread(pids_fd, 32, 0)  # the same check on a descriptor kept open
         return now_ns() - t0
 
-    async def raw_timeout(msg: Invoke) -> int:
+    async def echo_channel_trip(msg: Invoke) -> int:
         t0 = now_ns()
-        async with asyncio.timeout(msg.timeout_s):  # instead of wait_for's extra task
-            box[0]._writer.write(encode_frame(msg))
-            check(await read_from_sandbox(box[0]._reader))
+        check(await echo_chan.request(encode_frame(msg), msg.timeout_s))
         return now_ns() - t0
 
     async def key(msg: Invoke) -> int:
@@ -604,7 +615,7 @@ async def warm_samples(
         ("key", key),
         ("strays", strays),
         ("strays_pread", strays_pread),
-        ("raw_timeout", raw_timeout),
+        ("echo_channel", echo_channel_trip),
         ("plain", no_layer),
         ("echo", echo_peer_trip),
     ]
@@ -851,10 +862,12 @@ async def run(opts: Options, work: Path) -> dict[str, Any]:
             "cgroup kill_strays (after every invoke)": p50_p99(warm["strays"]),
             "  the same read on a kept-open fd (os.pread)": p50_p99(warm["strays_pread"]),
             "sandbox.invoke": p50_p99(warm["invoke"]),
-            "raw frame exchange (no wait_for)": p50_p99(warm["raw"]),
-            "  the same under asyncio.timeout": p50_p99(warm["raw_timeout"]),
+            "raw frame exchange (FrameChannel.request, no reply checks)": p50_p99(warm["raw"]),
             "sandbox.invoke, sandbox with no layer": p50_p99(warm["plain"]),
-            "echo peer, same frames (IPC floor)": p50_p99(warm["echo"]),
+            "echo peer, same frames, StreamReader/Writer (the old transport)": p50_p99(
+                warm["echo"]
+            ),
+            "echo peer, same frames, FrameChannel (IPC floor)": p50_p99(warm["echo_channel"]),
         }
         res["profile"]["sandbox_side_work_us"] = sandbox_work_probe(opts.roundtrips)
     return res

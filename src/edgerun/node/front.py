@@ -19,7 +19,8 @@ from edgerun.http import body_deadline, check_content_length, too_large
 from edgerun.node.invoke import FORWARDED_BY_HEADER, NODE_TOKEN_HEADER, Checked, Incoming, Reply
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Check = Callable[[Incoming], Checked]
@@ -78,12 +79,24 @@ class Front:
         await _send(send, reply)
 
     async def _body(self, req: Incoming, receive: Receive) -> bytes:
-        check_content_length(req.header("content-length"), self.limit)
+        length = req.header("content-length")
+        if (length is None or length == "0") and req.header("transfer-encoding") is None:
+            # No body (a GET, mostly): the server has the empty one already, so the
+            # common case takes no deadline; anything more is read as below.
+            message = await receive()
+            if not message.get("more_body", False) and message["type"] != "http.disconnect":
+                return bytes(message.get("body", b""))
+            return await self._rest(message, receive)
+        check_content_length(length, self.limit)
+        return await self._rest(None, receive)
+
+    async def _rest(self, first: Message | None, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         async with body_deadline(self.body_timeout_s):
             while True:
-                message = await receive()
+                message = first if first is not None else await receive()
+                first = None
                 if message["type"] == "http.disconnect":
                     raise ApiError(400, "BadRequest", "the client went away")
                 chunk = message.get("body", b"")

@@ -1,4 +1,4 @@
-"""What every sandbox kind shares: one invocation at a time over a stream channel.
+"""What every sandbox kind shares: one invocation at a time over a frame channel.
 
 Subclasses say how to stop the sandbox and how to explain its death; the
 frame exchange, timeout and crash handling live here once.
@@ -6,28 +6,18 @@ frame exchange, timeout and crash handling live here once.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 from edgerun.sandbox.base import SandboxCrashed, SandboxSpec, SandboxTimeout
-from edgerun.sandbox.protocol import (
-    Failure,
-    FrameError,
-    Invoke,
-    Result,
-    encode_frame,
-    read_from_sandbox,
-)
+from edgerun.sandbox.protocol import Failure, FrameError, Invoke, Result, encode_frame
 from edgerun.sandbox.replies import check_failure, check_result
+from edgerun.sandbox.transport import FrameChannel
 
 
 class ChannelSandbox:
-    def __init__(
-        self, spec: SandboxSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, spec: SandboxSpec, channel: FrameChannel) -> None:
         self.spec = spec
-        self._reader = reader
-        self._writer = writer
+        self._channel = channel
         self._dead = False
 
     @property
@@ -36,16 +26,14 @@ class ChannelSandbox:
 
     async def invoke(self, msg: Invoke) -> Result | Failure:
         try:
-            self._writer.write(encode_frame(msg))
-            async with asyncio.timeout(msg.timeout_s):
-                reply = await read_from_sandbox(self._reader)
+            reply = await self._channel.request(encode_frame(msg), msg.timeout_s)
         except TimeoutError:
             await self.close()
             raise SandboxTimeout(
                 f"function {self.spec.function!r} did not finish within its "
                 f"{msg.timeout_s:g} s timeout and was stopped"
             ) from None
-        except (asyncio.IncompleteReadError, ConnectionError, FrameError) as exc:
+        except (ConnectionError, FrameError) as exc:
             await self._terminate()
             message = await self._death_message(exc)
             await self.close()
@@ -61,7 +49,7 @@ class ChannelSandbox:
         if self._dead:
             return
         self._dead = True
-        self._writer.close()
+        self._channel.close()
         await self._terminate()
         await self._cleanup()
 

@@ -28,10 +28,12 @@ from edgerun.sandbox.base import SandboxCrashed, SandboxInitError, SandboxSpec
 from edgerun.sandbox.cgroups import Cgroups, SandboxCgroup
 from edgerun.sandbox.channel import ChannelSandbox, describe_status
 from edgerun.sandbox.protocol import ErrorInfo, Failure, Invoke, Result
+from edgerun.sandbox.transport import FrameChannel, open_channel
 from edgerun.sandbox.uids import UidMap
 
 log = logging.getLogger("edgerun.sandbox")
 _MB = 1024 * 1024
+_TMP_MEASURE_EVERY_S = 0.1
 _HEAPS_KEPT = 10_000
 
 
@@ -98,6 +100,7 @@ class _Zygote:
     but in a fork, and is frozen if the import left a thread running)."""
     tmp_mb: int = 0
     """What its private /tmp holds now (written by its sandboxes, outliving them)."""
+    tmp_measured: float = 0.0
 
     @property
     def charge_mb(self) -> int:
@@ -139,10 +142,16 @@ class _Zygote:
         status: int | None = reply.status
         return status
 
-    def measure_tmp(self) -> None:
-        """Charge what /tmp holds now (a statvfs through the zygote's own root)."""
+    def measure_tmp(self, *, every_s: float = 0.0) -> None:
+        """Charge what /tmp holds now (a statvfs through the zygote's own root); at most
+        once per ``every_s`` (after calls: back-to-back calls pay for one, and /tmp is
+        capped at ``tmp_mb`` anyway; a closing sandbox always measures)."""
         if not self.settings.namespaces or self.closed:
             return
+        now = time.monotonic()
+        if now - self.tmp_measured < every_s:
+            return
+        self.tmp_measured = now
         try:
             st = os.statvfs(f"/proc/{self.pid}/root/tmp")
         except OSError:
@@ -169,8 +178,7 @@ class ForkedSandbox(ChannelSandbox):
     def __init__(
         self,
         spec: SandboxSpec,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        channel: FrameChannel,
         *,
         zygote: _Zygote,
         local_pid: int,
@@ -178,7 +186,7 @@ class ForkedSandbox(ChannelSandbox):
         pidfd: int,
         cgroup: SandboxCgroup | None,
     ) -> None:
-        super().__init__(spec, reader, writer)
+        super().__init__(spec, channel)
         self.zygote = zygote
         self.local_pid = local_pid
         self.pid = pid
@@ -198,7 +206,7 @@ class ForkedSandbox(ChannelSandbox):
                 # Nothing a call started may run after it: stray processes die,
                 # leftover threads are frozen until the next call.
                 cgroup.settle(self.pid)
-            self.zygote.measure_tmp()
+            self.zygote.measure_tmp(every_s=_TMP_MEASURE_EVERY_S)
 
     async def _terminate(self) -> None:
         with contextlib.suppress(OSError):
@@ -215,6 +223,7 @@ class ForkedSandbox(ChannelSandbox):
         return self._status
 
     async def _cleanup(self) -> None:
+        self.zygote.measure_tmp()  # what it wrote outlives it: charge it now
         await self._reap()
         os.close(self._pidfd)
         if self.cgroup is not None:
@@ -399,7 +408,7 @@ class ZygoteSandboxFactory:
                 cgroup = await asyncio.to_thread(
                     self._cgroup_for, f"sb-{next(self._ids)}", spec.memory_mb, pid
                 )
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
+            channel = await open_channel(sock)
         except BaseException:
             sock.close()
             with contextlib.suppress(OSError):
@@ -412,8 +421,7 @@ class ZygoteSandboxFactory:
         zygote.last_used = time.monotonic()
         return ForkedSandbox(
             spec,
-            reader,
-            writer,
+            channel,
             zygote=zygote,
             local_pid=reply.pid,
             pid=pid,

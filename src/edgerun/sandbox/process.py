@@ -19,7 +19,8 @@ from pathlib import Path
 
 from edgerun.sandbox.base import SandboxInitError, SandboxSpec, sandbox_env
 from edgerun.sandbox.channel import ChannelSandbox, describe_status
-from edgerun.sandbox.protocol import ErrorInfo, FrameError, InitFailed, Ready, read_from_sandbox
+from edgerun.sandbox.protocol import ErrorInfo, FrameError, InitFailed, Ready
+from edgerun.sandbox.transport import FrameChannel, open_channel
 
 START_TIMEOUT_S = 30.0
 
@@ -29,10 +30,9 @@ class ProcessSandbox(ChannelSandbox):
         self,
         spec: SandboxSpec,
         proc: asyncio.subprocess.Process,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        channel: FrameChannel,
     ) -> None:
-        super().__init__(spec, reader, writer)
+        super().__init__(spec, channel)
         self._proc = proc
 
     @property
@@ -91,11 +91,11 @@ class ProcessSandboxFactory:
                 )  # fmt: skip
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
-        sandbox = ProcessSandbox(spec, proc, reader, writer)
+        channel = await open_channel(parent)
+        sandbox = ProcessSandbox(spec, proc, channel)
         try:
-            hello = await asyncio.wait_for(read_from_sandbox(reader), START_TIMEOUT_S)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, FrameError):
+            hello = await channel.receive(START_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, FrameError):
             await sandbox.close()
             raise SandboxInitError(
                 ErrorInfo(type="InitError", message="the sandbox died or hung while starting")
