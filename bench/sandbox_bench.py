@@ -145,7 +145,13 @@ class Engine:
 
 
 async def open_engine(
-    label: str, *, isolate: bool, cgroups: bool, work: Path, avail: dict[str, bool]
+    label: str,
+    *,
+    isolate: bool,
+    cgroups: bool,
+    work: Path,
+    avail: dict[str, bool],
+    warm_moves: bool = True,
 ) -> Engine:
     cg: Cgroups | None = None
     if isolate and cgroups and avail["root"]:
@@ -156,6 +162,7 @@ async def open_engine(
         namespaces=isolate and avail["namespaces"],
         setuid=isolate and avail["setuid"],
         seccomp=isolate and avail["seccomp"],
+        warm_cgroup_moves=warm_moves,
     )
     try:
         factory = ZygoteSandboxFactory(
@@ -651,10 +658,13 @@ class Options:
     memory_mb: int
     spaced: int
     gap_ms: float
+    warm_moves: bool = True
 
 
 @contextlib.asynccontextmanager
-async def engines(work: Path, avail: dict[str, bool]) -> AsyncIterator[dict[str, Engine]]:
+async def engines(
+    work: Path, avail: dict[str, bool], warm_moves: bool = True
+) -> AsyncIterator[dict[str, Engine]]:
     opened: dict[str, Engine] = {}
     try:
         for label, isolate, cgroups in (
@@ -663,7 +673,12 @@ async def engines(work: Path, avail: dict[str, bool]) -> AsyncIterator[dict[str,
             ("none", False, False),
         ):
             opened[label] = await open_engine(
-                label, isolate=isolate, cgroups=cgroups, work=work, avail=avail
+                label,
+                isolate=isolate,
+                cgroups=cgroups,
+                work=work,
+                avail=avail,
+                warm_moves=warm_moves,
             )
         yield opened
     finally:
@@ -675,8 +690,8 @@ async def run(opts: Options, work: Path) -> dict[str, Any]:
     avail = available_layers()
     bundle = make_bundle(work, "hello")
     spec = spec_for(bundle, "bench-hello", "v1", opts.memory_mb)
-    res: dict[str, Any] = {"bench": "sandbox"}
-    async with engines(work, avail) as eng:
+    res: dict[str, Any] = {"bench": "sandbox", "warm_cgroup_moves": opts.warm_moves}
+    async with engines(work, avail, opts.warm_moves) as eng:
         res["layers"] = {label: e.layers for label, e in eng.items()}
 
         # 1 + 2: cold starts and baselines, interleaved in rounds
@@ -1009,6 +1024,11 @@ def parse(argv: list[str] | None) -> tuple[Options, str]:
     p.add_argument("--spaced", type=int, default=30, help="cold starts after an idle gap")
     p.add_argument("--gap-ms", type=float, default=100.0, help="the idle gap before those")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument(
+        "--no-warm-moves",
+        action="store_true",
+        help="engines without the cgroup MigrationWarmer (the baseline for cold-start tails)",
+    )
     a = p.parse_args(argv)
     opts = Options(
         samples=max(1, a.samples),
@@ -1020,6 +1040,7 @@ def parse(argv: list[str] | None) -> tuple[Options, str]:
         memory_mb=a.memory_mb,
         spaced=max(1, a.spaced),
         gap_ms=max(0.0, a.gap_ms),
+        warm_moves=not a.no_warm_moves,
     )
     return opts, a.loop
 

@@ -105,6 +105,7 @@ def make_engine(cfg: NodeConfig) -> tuple[SandboxFactory, list[Layer]]:
         nofile=cfg.nofile,
         pids_max=cfg.pids_max,
         zygote_ttl_s=cfg.zygote_ttl_s,
+        warm_cgroup_moves=cfg.warm_cgroup_moves,
     )
     uids = UidMap(data / "uids.json", cfg.uid_base, cfg.uid_count)
     factory = ZygoteSandboxFactory(

@@ -25,7 +25,7 @@ import msgspec
 
 from edgerun.sandbox import ctl
 from edgerun.sandbox.base import SandboxCrashed, SandboxInitError, SandboxSpec
-from edgerun.sandbox.cgroups import Cgroups, SandboxCgroup
+from edgerun.sandbox.cgroups import Cgroups, MigrationWarmer, SandboxCgroup
 from edgerun.sandbox.channel import ChannelSandbox, describe_status
 from edgerun.sandbox.protocol import ErrorInfo, Failure, Invoke, Result
 from edgerun.sandbox.transport import FrameChannel, open_channel
@@ -80,6 +80,8 @@ class EngineSettings:
     reap_timeout_s: float = 2.0
     zygote_estimate_mb: int = 8
     """Room held for a version's first zygote, before its heap was ever measured."""
+    warm_cgroup_moves: bool = True
+    """Keep moves into cgroups fast while sandboxes start (see MigrationWarmer)."""
 
 
 @dataclass(eq=False)
@@ -253,6 +255,7 @@ class ZygoteSandboxFactory:
         self.node = node
         self.settings = settings
         self.cgroups = cgroups
+        self._warmer: MigrationWarmer | None = None
         self.uids = uids
         self.root_mount = root_mount
         self._template: asyncio.subprocess.Process | None = None
@@ -274,6 +277,8 @@ class ZygoteSandboxFactory:
     # --- the template -------------------------------------------------------
     async def open(self) -> None:
         self.root_mount.mkdir(parents=True, exist_ok=True)
+        if self.cgroups is not None and self.settings.warm_cgroup_moves:
+            self._warmer = self.cgroups.warmer()
         await self._start_template()
         self._watcher = asyncio.create_task(self._watch_template())
 
@@ -364,6 +369,8 @@ class ZygoteSandboxFactory:
         if self._template is not None and self._template.returncode is None:
             self._template.kill()
             await self._template.wait()
+        if self._warmer is not None:
+            await asyncio.to_thread(self._warmer.close)  # out of the node's cgroups first
         if self.cgroups is not None:
             self.cgroups.remove_all()
 
@@ -444,6 +451,8 @@ class ZygoteSandboxFactory:
 
     def _cgroup_for(self, name: str, memory_mb: int, pid: int) -> SandboxCgroup | None:
         assert self.cgroups is not None
+        if self._warmer is not None:
+            self._warmer.touch()
         cgroup = self.cgroups.create(name, memory_mb=memory_mb, pids_max=self.settings.pids_max)
         if cgroup is not None:
             cgroup.add(pid)
