@@ -89,10 +89,22 @@ def test_closing_leaves_the_node_subtree_removable_with_the_node_alive(cgroups: 
     wait_until(lambda: warmer.moves >= 2, "the warmer to move")
     warmer.close()
     assert not warmer._thread.is_alive()
+    subtree = cgroups.freezer_dir
+    assert subtree is not None
     cgroups.remove_all()  # kills every task left in the subtree: none may be ours
-    assert not any(
-        p.name.startswith("warm-") for p in Path("/sys/fs/cgroup/freezer/edgerun").rglob("warm-*")
-    )
+    assert not subtree.exists()
+
+
+def test_removing_the_subtree_with_the_warmer_inside_spares_the_node(cgroups: Cgroups) -> None:
+    """Even if the warmer could not leave in time, cleanup never kills the node itself
+    (were it killed, this test process would die with it)."""
+    warmer = cgroups.warmer(interval_s=0.005)
+    assert warmer is not None
+    warmer.touch()
+    wait_until(lambda: warmer.moves >= 2, "the warmer to move")
+    cgroups.remove_all()  # the warmer's thread is in warm-a or warm-b right now
+    warmer.close()
+    assert not warmer._thread.is_alive()
 
 
 def test_cgroup_v2_and_no_freezer_get_no_warmer(tmp_path: Path) -> None:

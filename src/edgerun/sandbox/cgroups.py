@@ -75,6 +75,10 @@ class Cgroups:
     def freezer(self) -> bool:
         return "freezer" in self._dirs
 
+    @property
+    def freezer_dir(self) -> Path | None:
+        return self._dirs.get("freezer")
+
     def create(
         self, name: str, *, memory_mb: int, pids_max: int, cpus: float = 1.0
     ) -> SandboxCgroup | None:
@@ -269,8 +273,11 @@ class SandboxCgroup:
             for path in set(self.dirs.values()):
                 with contextlib.suppress(OSError):
                     (path / "cgroup.kill").write_text("1")
+        own = os.getpid()
         for _ in range(50):
-            pids = self.pids()
+            # Never the node itself: one of its threads (the MigrationWarmer) may be
+            # passing through a cgroup of its subtree when the subtree is removed.
+            pids = [p for p in self.pids() if p != own]
             if not pids:
                 return
             for pid in pids:
@@ -367,6 +374,7 @@ class MigrationWarmer:
                     self._wake.clear()
                     continue
                 if not _move(self._dirs[turn] / "tasks", tid):
+                    log.warning("cgroup moves are no longer kept fast: a move failed")
                     return
                 self.moves += 1
                 turn ^= 1
@@ -380,8 +388,9 @@ def _own_freezer_tasks() -> Path:
     with contextlib.suppress(OSError):
         for line in Path("/proc/thread-self/cgroup").read_text().splitlines():
             _, controllers, path = line.split(":", 2)
-            if "freezer" in controllers.split(","):
-                return _ROOT / "freezer" / path.lstrip("/") / "tasks"
+            home = _ROOT / "freezer" / path.lstrip("/") / "tasks"
+            if "freezer" in controllers.split(",") and home.exists():
+                return home  # (not there in a container without its own cgroup namespace)
     return _ROOT / "freezer" / "tasks"
 
 

@@ -22,7 +22,8 @@ class ChannelSandbox:
 
     @property
     def alive(self) -> bool:
-        return not self._dead
+        """False once the channel broke, even between calls: the pool drops it."""
+        return not self._dead and not self._channel.broken
 
     async def invoke(self, msg: Invoke) -> Result | Failure:
         try:

@@ -103,6 +103,7 @@ class _Zygote:
     tmp_mb: int = 0
     """What its private /tmp holds now (written by its sandboxes, outliving them)."""
     tmp_measured: float = 0.0
+    tmp_pending: bool = False
 
     @property
     def charge_mb(self) -> int:
@@ -151,8 +152,15 @@ class _Zygote:
         if not self.settings.namespaces or self.closed:
             return
         now = time.monotonic()
-        if now - self.tmp_measured < every_s:
+        wait = self.tmp_measured + every_s - now
+        if wait > 0:
+            # Skipped now, so measure once when the window ends: what the last call of
+            # a burst wrote is charged even if no call or close follows.
+            if not self.tmp_pending:
+                self.tmp_pending = True
+                asyncio.get_running_loop().call_later(wait, self.measure_tmp)
             return
+        self.tmp_pending = False
         self.tmp_measured = now
         try:
             st = os.statvfs(f"/proc/{self.pid}/root/tmp")

@@ -82,7 +82,12 @@ async def read_from_sandbox(reader: asyncio.StreamReader) -> FromSandbox:
     _check_length(length)
     try:
         msg: FromSandbox = _from_sandbox.decode(await reader.readexactly(length))
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        UnicodeDecodeError,
+        RecursionError,
+    ) as exc:
         # msgspec raises UnicodeDecodeError for a string that is not UTF-8.
         raise FrameError(f"malformed frame: {exc}") from None
     return msg

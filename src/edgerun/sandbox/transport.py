@@ -7,7 +7,7 @@ coroutines, and a deadline that is one timer handle rather than an
 ``asyncio.timeout`` context per call.
 
 Every byte comes from hostile code: a frame's length is checked before it is
-buffered, a frame nobody asked for is held (one at most) and then refused,
+buffered, a frame nobody asked for is held (one at most, and small) and then refused,
 and once anything is wrong the channel is broken for good and its transport
 closed: every later call fails at once with the same error.
 """
@@ -23,6 +23,9 @@ import msgspec
 from edgerun.sandbox.protocol import _HEADER, MAX_FRAME, FrameError, FromSandbox, _from_sandbox
 
 _NO_FRAME = object()
+MAX_UNASKED = 64 * 1024
+"""The largest frame taken while no call waits: a start-up hello, never a reply. A
+sandbox could otherwise park megabytes in the node between its calls."""
 
 
 class ChannelClosed(ConnectionError):
@@ -59,18 +62,25 @@ class FrameChannel(asyncio.Protocol):
                         FrameError(f"frame of {length} bytes is over the {MAX_FRAME}-byte limit")
                     )
                     return
+                if length > MAX_UNASKED and self._waiter is None:
+                    self._break(FrameError(f"the sandbox sent {length} bytes nobody asked for"))
+                    return
                 del buf[: _HEADER.size]
                 self._need = length
             if len(buf) < self._need:
                 return
-            payload = bytes(buf[: self._need])
-            del buf[: self._need]
-            self._need = -1
             try:
-                msg: FromSandbox = _from_sandbox.decode(payload)
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+                msg = _decode_in_place(buf, self._need)
+            except (
+                msgspec.DecodeError,
+                msgspec.ValidationError,
+                UnicodeDecodeError,
+                RecursionError,
+            ) as exc:
                 self._break(FrameError(f"malformed frame: {exc}"))
                 return
+            del buf[: self._need]
+            self._need = -1
             self._deliver(msg)
             if self._error is not None:
                 return
@@ -143,6 +153,14 @@ class FrameChannel(asyncio.Protocol):
             waiter.set_exception(self._error)
         if self._transport is not None:
             self._transport.close()
+
+
+def _decode_in_place(buf: bytearray, length: int) -> FromSandbox:
+    """Decode the frame at the start of ``buf`` without copying it; every view on the
+    buffer is released before returning, so it can be trimmed (or cleared) after."""
+    with memoryview(buf) as view, view[:length] as frame:
+        msg: FromSandbox = _from_sandbox.decode(frame)
+    return msg
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:

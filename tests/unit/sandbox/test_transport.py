@@ -6,12 +6,15 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from edgerun.sandbox.base import SandboxSpec
+from edgerun.sandbox.channel import ChannelSandbox
 from edgerun.sandbox.protocol import MAX_FRAME, FrameError, Ready, Result, encode_frame
-from edgerun.sandbox.transport import ChannelClosed, FrameChannel, open_channel
+from edgerun.sandbox.transport import MAX_UNASKED, ChannelClosed, FrameChannel, open_channel
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +126,43 @@ async def test_a_request_writes_the_frame_and_returns_the_answer(
     reply = await channel.request(b"ping", 5.0)
     await answering
     assert isinstance(reply, Result) and reply.id == "7"
+
+
+async def test_a_large_frame_nobody_asked_for_breaks_the_channel_before_it_is_read(
+    pair: tuple[FrameChannel, socket.socket],
+) -> None:
+    channel, peer = pair
+    peer.send(struct.pack(">I", MAX_UNASKED + 1))  # its bytes never need to arrive
+    await until(lambda: channel.broken)
+    with pytest.raises(FrameError, match="nobody asked for"):
+        await channel.receive(5.0)
+
+
+async def test_a_frame_nested_past_the_recursion_limit_is_a_frame_error(
+    pair: tuple[FrameChannel, socket.socket],
+) -> None:
+    channel, peer = pair
+    head = msgspec.msgpack.encode({"type": "result", "id": "1", "status": 200, "headers": []})
+    deep = b"\\x81" + head[1:]  # placeholder, replaced below
+    body = bytearray(head)
+    body[0] += 1  # one more key in the map
+    body += msgspec.msgpack.encode("x") + b"\\x91" * 200_000 + b"\\xc0"
+    deep = bytes(body)
+    waiting = asyncio.ensure_future(channel.receive(5.0))
+    peer.setblocking(False)
+    await asyncio.get_running_loop().sock_sendall(peer, struct.pack(">I", len(deep)) + deep)
+    with pytest.raises(FrameError, match="malformed"):
+        await waiting
+
+
+async def test_a_sandbox_whose_channel_broke_is_no_longer_alive(
+    pair: tuple[FrameChannel, socket.socket], tmp_path: Path
+) -> None:
+    channel, peer = pair
+    spec = SandboxSpec(function="f", version="v", handler="m.h", bundle_dir=tmp_path,
+                       memory_mb=64, timeout_s=1.0)  # fmt: skip
+    sandbox = ChannelSandbox(spec, channel)
+    assert sandbox.alive
+    peer.send(struct.pack(">I", MAX_FRAME + 1))
+    await until(lambda: channel.broken)
+    assert not sandbox.alive  # the pool drops it instead of handing it to the next call
