@@ -30,6 +30,7 @@ from edgerun.build import BuildError, build_bundle, function_config
 from edgerun.client import Client, EdgerunError, invoke
 from edgerun.config import default_topology, load_node_config, load_topology
 from edgerun.errors import ApiError
+from edgerun.files import write_atomic
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="edgerun: run functions at the edge."
@@ -143,8 +144,9 @@ def _token(token: str) -> str:
 def _first_pop(pop: str) -> str:
     if pop:
         return pop
-    if _profile().get("pop"):
-        return _profile()["pop"]
+    profile_pop = _profile().get("pop")
+    if profile_pop:
+        return profile_pop
     nodes = _state().get("nodes", [])
     pops = [n["url"] for n in nodes if n["role"] == "pop"]
     if not pops:
@@ -712,10 +714,7 @@ def login(
             lines.append(f"[{json.dumps(name)}]")
             lines += [f"{k} = {json.dumps(str(v))}" for k, v in values.items()]
             lines.append("")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "w") as f:
-            f.write("\n".join(lines))
+        write_atomic(path, "\n".join(lines).encode())  # owner-only: it holds a key
         out.print(f"saved profile [bold]{_profile_name}[/bold] in {path}")
 
 

@@ -22,6 +22,7 @@ import httpx
 import msgspec
 
 from edgerun.config import NodeConfig, RegionRef, TlsConfig, Topology, apply_settings, dump_toml
+from edgerun.files import write_atomic
 from edgerun.node.credential import credential_path
 from edgerun.tls import client_verify
 
@@ -165,11 +166,8 @@ class LocalCluster:
                     json={"role": cfg.role, "name": cfg.name, "ttl_s": 600},
                 )
                 resp.raise_for_status()
-                path = Path(cfg.join_token_file)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with open(fd, "w") as f:
-                    f.write(resp.json()["token"] + "\n")
+                token = str(resp.json()["token"]) + "\n"
+                write_atomic(Path(cfg.join_token_file), token.encode())
 
     def start_node(self, name: str) -> None:
         node = self.nodes[name]

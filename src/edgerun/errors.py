@@ -37,3 +37,13 @@ def bad_request(message: str) -> ApiError:
 
 def not_found(message: str) -> ApiError:
     return ApiError(404, "NotFound", message)
+
+
+def unauthorized(message: str) -> ApiError:
+    """No credentials, or ones that are not a live key."""
+    return ApiError(401, "Unauthorized", message, headers={"www-authenticate": "Bearer"})
+
+
+def forbidden(message: str) -> ApiError:
+    """A live key that may not do this."""
+    return ApiError(403, "Forbidden", message)

@@ -95,6 +95,10 @@ class Paths:
     def __init__(self) -> None:
         self.paths: dict[str, dict[str, Schema]] = {}
 
+    def add_self(self) -> None:
+        """``GET /v1/openapi.json``: every app serves its own document."""
+        self.add("GET", "/v1/openapi.json", "This document", {"200": _self_entry()}, public=True)
+
     def add(
         self,
         method: str,
@@ -124,6 +128,12 @@ class Paths:
         if body is not None:
             op["requestBody"] = {"required": body_required, "content": body}
         self.paths.setdefault(path, {})[method.lower()] = op
+
+
+def _self_entry() -> Schema:
+    return json_content(
+        {"type": "object", "required": ["openapi", "info", "paths"]}, "The document"
+    )
 
 
 def document(title: str, paths: Paths, components: dict[str, Schema]) -> dict[str, Any]:

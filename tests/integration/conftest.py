@@ -80,6 +80,26 @@ def deploy_folder(client: Client, name: str, folder: Path, **config: object) -> 
     return record.aliases["latest"]
 
 
+def bearer(secret: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret}"}
+
+
+def deploy_everywhere(
+    cluster: LocalCluster,
+    client: Client,
+    name: str,
+    folder: Path = FUNCTIONS / "echo",
+    nodes: tuple[str, ...] = ("pop-1", "region-1", "region-2"),
+    **config: Any,
+) -> str:
+    """Deploy (``main.handler`` unless said) and wait until every node knows the version."""
+    config.setdefault("handler", "main.handler")
+    sha = deploy_folder(client, name, folder, **config)
+    for node in nodes:
+        wait_for(node_knows(cluster, node, name, sha), what=f"{node} to learn {name}")
+    return sha
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
     """Poll until ``predicate`` holds; returns the seconds it took."""
     start = time.monotonic()

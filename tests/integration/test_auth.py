@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,9 +17,10 @@ from edgerun.cluster import LocalCluster
 from tests.conftest import FUNCTIONS
 from tests.integration.conftest import (
     admin,
+    bearer,
+    deploy_everywhere,
     deploy_folder,
     invoke,
-    node_knows,
     node_secret,
     start_cluster,
     wait_for,
@@ -43,20 +43,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def root(cluster: LocalCluster) -> Iterator[Client]:
     with Client(cluster.control_url, cluster.token) as c:
         yield c
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {secret}"}
-
-
-def deploy_everywhere(
-    cluster: LocalCluster, client: Client, name: str, folder: Path = FUNCTIONS / "echo", **cfg: Any
-) -> str:
-    cfg.setdefault("handler", "main.handler")
-    sha = deploy_folder(client, name, folder, **cfg)
-    for node in NODES:
-        wait_for(node_knows(cluster, node, name, sha), what=f"{node} to learn {name}")
-    return sha
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +16,14 @@ from edgerun.build import build_bundle
 from edgerun.client import Client
 from edgerun.cluster import LocalCluster
 from tests.conftest import FUNCTIONS
-from tests.integration.conftest import admin, deploy_folder, node_knows, start_cluster, wait_for
+from tests.integration.conftest import (
+    admin,
+    bearer,
+    deploy_everywhere,
+    deploy_folder,
+    start_cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +41,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def root(cluster: LocalCluster) -> Iterator[Client]:
     with Client(cluster.control_url, cluster.token) as c:
         yield c
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {secret}"}
-
-
-def deploy_everywhere(
-    cluster: LocalCluster, client: Client, name: str, folder: str = "echo", **cfg: Any
-) -> str:
-    cfg.setdefault("handler", "main.handler")
-    sha = deploy_folder(client, name, FUNCTIONS / folder, **cfg)
-    for node in NODES:
-        wait_for(node_knows(cluster, node, name, sha), what=f"{node} to learn {name}")
-    return sha
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +114,12 @@ def test_secrets_of_a_deleted_tenant_do_not_pass_to_a_tenant_reusing_its_name(
     assert put.status_code == 200, put.text
     with Client(cluster.control_url, new) as client:
         deploy_everywhere(
-            cluster, client, "reused.later", "secret-user", secrets=["DB_URL"], auth="key"
+            cluster,
+            client,
+            "reused.later",
+            FUNCTIONS / "secret-user",
+            secrets=["DB_URL"],
+            auth="key",
         )
     resp = httpx.post(
         f"{cluster.url('pop-1')}/v1/functions/reused.later/invocations",

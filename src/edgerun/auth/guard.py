@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgerun.auth.keys import Keyring
-from edgerun.auth.scopes import Principal, forbidden, unauthorized
+from edgerun.auth.scopes import Principal
+from edgerun.errors import forbidden, unauthorized
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

@@ -18,7 +18,8 @@ import secrets
 
 import msgspec
 
-from edgerun.auth.scopes import Principal, Scope, parse_scope, unauthorized
+from edgerun.auth.scopes import Principal, Scope, parse_scope
+from edgerun.errors import unauthorized
 
 KEY_ID_PREFIX = "EK"
 SECRET_PREFIX = "ers_"
@@ -84,7 +85,7 @@ class Keyring:
         self.hash_key = hash_key
         self._by_id: dict[str, KeyEntry] = {}
         self._principals: dict[str, tuple[KeyEntry, Principal]] = {}
-        self._seen: dict[str, tuple[KeyEntry, Principal] | None] = {}
+        self._seen: dict[str, tuple[KeyEntry, Principal]] = {}
         """Secrets already hashed -> what they verified as: a caller's next request
         skips the HMAC. Cleared whenever a key changes, so a revocation is never missed."""
 

@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
-from edgerun.errors import ApiError, bad_request
+from edgerun.errors import bad_request, forbidden, not_found
 
 DEFAULT_TENANT = "default"
 SYSTEM_TENANT = "system"
 """Owner of node credentials; no function belongs to it."""
 TENANT_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,29}[a-z0-9])?\Z")
 _MAX_DECISIONS = 4096
+_MAX_CACHED_NAME = 96
+"""The longest full function name (``tenant.`` 32 + name 63 characters): longer
+names are never functions and are decided without being remembered."""
 _PATTERN_RE = re.compile(r"^[a-z0-9*?\[\]!-]{1,63}\Z")
 
 
@@ -136,9 +139,10 @@ class Principal:
         if decided is None:
             short = short_name(function)
             decided = self.owns(function) and any(s.covers(kind, short) for s in self.scopes)
-            if len(self._decided) >= _MAX_DECISIONS:
-                self._decided.clear()
-            self._decided[(kind, function)] = decided
+            if len(function) <= _MAX_CACHED_NAME:  # a caller picks the name: keep it small
+                if len(self._decided) >= _MAX_DECISIONS:
+                    self._decided.clear()
+                self._decided[(kind, function)] = decided
         return decided
 
     def may_any(self, kind: Kind) -> bool:
@@ -153,7 +157,7 @@ class Principal:
         if self.may(kind, function):
             return
         if not self.owns(function):
-            raise ApiError(404, "NotFound", f"function {function!r} does not exist")
+            raise not_found(f"function {function!r} does not exist")
         raise forbidden(f"this key may not {kind.value} function {function!r}")
 
     def check_tenant(self, tenant: str, *, admin: bool = True) -> None:
@@ -161,13 +165,5 @@ class Principal:
         if self.is_cluster_admin or (self.tenant == tenant and (self.is_admin or not admin)):
             return
         if self.tenant != tenant:
-            raise ApiError(404, "NotFound", f"tenant {tenant!r} does not exist")
+            raise not_found(f"tenant {tenant!r} does not exist")
         raise forbidden("managing keys needs an admin key")
-
-
-def unauthorized(message: str) -> ApiError:
-    return ApiError(401, "Unauthorized", message, headers={"www-authenticate": "Bearer"})
-
-
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, "Forbidden", message)

@@ -24,9 +24,9 @@ from edgerun.auth import (
     parse_scope,
     validate_tenant,
 )
-from edgerun.auth.scopes import SYSTEM_TENANT, unauthorized
+from edgerun.auth.scopes import SYSTEM_TENANT
 from edgerun.control.registry import SqliteRegistry
-from edgerun.errors import ApiError, bad_request, not_found
+from edgerun.errors import ApiError, bad_request, not_found, unauthorized
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -148,6 +148,7 @@ class Accounts:
                 )
             revoked = self._revoke_where(cur, "tenant = ? AND revoked = 0", (name,))
             cur.execute("DELETE FROM tenants WHERE name = ?", (name,))
+        self.keyring.apply(revoked)  # once committed: a rollback must not revoke in memory
         return revoked
 
     # --- keys ----------------------------------------------------------------
@@ -270,7 +271,6 @@ class Accounts:
                 f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (kid,)
             ).fetchone()
             revoked.append(_entry(row))
-        self.keyring.apply(revoked)
         return revoked
 
     def changes(self, since: int, upto: int, limit: int = 1000) -> list[KeyEntry]:

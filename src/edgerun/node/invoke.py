@@ -29,9 +29,8 @@ import msgspec
 
 from edgerun.auth import Keyring, Kind, NodeCredential, Principal
 from edgerun.auth.keys import bearer
-from edgerun.auth.scopes import unauthorized
 from edgerun.config import NodeConfig
-from edgerun.errors import ApiError, bad_request, not_found
+from edgerun.errors import ApiError, bad_request, not_found, unauthorized
 from edgerun.http import check_json_depth, too_deep
 from edgerun.lambda_http import build_event
 from edgerun.limits import Limit, Limiter, Ticket

@@ -101,3 +101,11 @@ def test_tenant_management_needs_an_admin_of_that_tenant() -> None:
     with pytest.raises(ApiError) as scope:
         principal("acme", "deploy").check_tenant("acme")
     assert scope.value.status == 403
+
+
+def test_names_no_function_can_have_are_decided_but_not_remembered() -> None:
+    p = principal("acme", "invoke")
+    huge = "acme." + "a" * 60_000
+    assert p.may(Kind.INVOKE, huge)  # the same answer a shorter name would get...
+    assert p.may(Kind.INVOKE, "acme.short")
+    assert (Kind.INVOKE, huge) not in p._decided  # ...but a caller cannot fill memory with it
