@@ -93,6 +93,7 @@ class LocalCluster:
                     control_url=self.control_url,
                     join_token_file=str(self.root / r.name / JOIN_TOKEN_FILE),
                     capacity_mb=r.capacity_mb,
+                    workers=1,  # the topology's nodes share this machine's cores
                     max_memory_mb=r.max_memory_mb,
                     max_timeout_s=r.max_timeout_s,
                 )
@@ -109,6 +110,7 @@ class LocalCluster:
                     control_url=self.control_url,
                     join_token_file=str(self.root / p.name / JOIN_TOKEN_FILE),
                     capacity_mb=p.capacity_mb,
+                    workers=1,
                     code_cache_mb=p.code_cache_mb,
                     placement_mode=p.placement_mode,
                     max_memory_mb=p.max_memory_mb,

@@ -65,6 +65,9 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """HTTPS: serve it (cert, key) and verify the nodes this one calls (ca)."""
     capacity_mb: int = 1024
     """Memory budget for sandboxes; each charges its function's memory_mb."""
+    workers: int = 0
+    """Worker processes of a region or POP, sharing its port, budget and popularity;
+    0: one per CPU it may use."""
     max_per_function: int = 8
     """Most sandboxes one function version may hold on this node."""
     max_memory_mb: int = 1024

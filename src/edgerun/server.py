@@ -24,6 +24,7 @@ from edgerun.control.secrets import SecretBox, SecretStore, load_master_key
 from edgerun.guard import GuardedProtocol, Limits
 from edgerun.node.app import NodeApp
 from edgerun.node.credential import JoinFailed, load_or_join
+from edgerun.node.workers import Seat, Supervisor, listen_socket, worker_count, worker_dir
 from edgerun.sandbox.base import SandboxFactory
 from edgerun.sandbox.cgroups import Cgroups
 from edgerun.sandbox.forked import EngineSettings, ZygoteSandboxFactory
@@ -39,7 +40,7 @@ def token_path(cfg: NodeConfig) -> Path:
     return Path(cfg.token_file) if cfg.token_file else Path(cfg.data_dir) / "admin-token"
 
 
-def build_app(cfg: NodeConfig) -> Any:
+def build_app(cfg: NodeConfig, seat: Seat | None = None) -> Any:
     data = Path(cfg.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     if cfg.role == "control":
@@ -76,15 +77,18 @@ def build_app(cfg: NodeConfig) -> Any:
         credential = load_or_join(cfg, verify=client_verify(cfg.tls))
     except JoinFailed as exc:
         raise SystemExit(f"edgerun: {exc}") from None
-    factory, layers = make_engine(cfg)
-    return NodeApp(cfg, credential, factory, isolation=layers).asgi
+    own = worker_dir(cfg, seat.index) if seat is not None else Path(cfg.data_dir)
+    factory, layers = make_engine(cfg, own)
+    return NodeApp(cfg, credential, factory, isolation=layers, seat=seat).asgi
 
 
-def make_engine(cfg: NodeConfig) -> tuple[SandboxFactory, list[Layer]]:
-    """The sandbox engine for this node, and the isolation layers it achieves."""
+def make_engine(cfg: NodeConfig, own: Path | None = None) -> tuple[SandboxFactory, list[Layer]]:
+    """The sandbox engine for this node (or this worker of it, whose own files
+    are under ``own``), and the isolation layers it achieves."""
     data = Path(cfg.data_dir)
+    own = own or data
     if cfg.engine == "process" or (cfg.engine == "auto" and sys.platform != "linux"):
-        plain = ProcessSandboxFactory(data / "logs" / "sandbox.log")
+        plain = ProcessSandboxFactory(own / "logs" / "sandbox.log")
         return plain, [Layer("process per worker", True, "engine = process")]
     root = os.geteuid() == 0
     cgroups = Cgroups(f"{cfg.name}-{os.getpid()}") if root else None
@@ -113,18 +117,29 @@ def make_engine(cfg: NodeConfig) -> tuple[SandboxFactory, list[Layer]]:
         settings=settings,
         cgroups=cgroups if cgroups and cgroups.version else None,
         uids=uids,
-        root_mount=data / "sandbox-root",
+        root_mount=own / "sandbox-root",
     )
     return factory, layers
 
 
 class Server:
-    """One edgerun node on one port."""
+    """One edgerun node on one port: one process, or a supervisor of ``workers``
+    processes sharing the port (see :mod:`edgerun.node.workers`), or one of those."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, *, seat: Seat | None = None) -> None:
         self.cfg = cfg
+        self.seat = seat
         https = server_kwargs(cfg.tls)  # checked before anything is created
-        self.app = build_app(cfg)
+        self._supervisor: Supervisor | None = None
+        count = worker_count(cfg)
+        if seat is None and count > 1:
+            try:  # once, before any worker starts: they share the credential
+                load_or_join(cfg, verify=client_verify(cfg.tls))
+            except JoinFailed as exc:
+                raise SystemExit(f"edgerun: {exc}") from None
+            self._supervisor = Supervisor(cfg, count)
+            return
+        self.app = build_app(cfg, seat)
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
@@ -142,4 +157,9 @@ class Server:
         )
 
     def run(self) -> None:
-        self._server.run()
+        if self._supervisor is not None:
+            self._supervisor.run()
+        elif self.seat is not None:
+            self._server.run(sockets=[listen_socket(self.cfg.host, self.cfg.port)])
+        else:
+            self._server.run()

@@ -63,6 +63,21 @@ def api_routes(node: NodeApp) -> list[ApiRoute]:
     return [ApiRoute(m, path, need, getattr(admin, attr)) for m, path, need, attr in ROUTES]
 
 
+def _workers(node: NodeApp) -> dict[str, object]:
+    """Which worker answered, and what each worker of the node holds of its one budget."""
+    seat = node.seat
+    if seat is None:
+        return {"this": 0, "count": 1, "budget": []}
+    return {
+        "this": seat.index,
+        "count": seat.count,
+        "budget": [
+            {"index": i, "pid": pid, "charged_mb": mb}
+            for i, (pid, mb) in enumerate(node.pool.budget.slots())
+        ],
+    }
+
+
 class _Admin:
     def __init__(self, node: NodeApp) -> None:
         self.node = node
@@ -144,6 +159,7 @@ class _Admin:
                 "functions": functions,
                 "isolation": as_dicts(node.isolation),
                 "placements": placements,
+                "workers": _workers(node),
             }
         )
 
@@ -273,5 +289,6 @@ class _Admin:
                 ],
                 "horizon_s": placer.tuning.horizon_s,
             },
+            "worker": node.seat.index if node.seat is not None else None,
         }
         return json_response(body)

@@ -35,12 +35,15 @@ from edgerun.node.regions import Regions
 from edgerun.node.secrets import SecretCache
 from edgerun.node.state import Counters, InitErrors, Specs
 from edgerun.node.warmer import Warmer, load_profile
-from edgerun.pool import Pool
+from edgerun.node.workers import HitsLink, Seat, budget_path, worker_dir
+from edgerun.pool import Pool, SharedBudget
 from edgerun.sandbox.base import SandboxFactory, SandboxSpec
 from edgerun.sandbox.isolation import Layer
 from edgerun.tls import client_verify
 
 log = logging.getLogger("edgerun.node")
+
+RELIEVE_EVERY_S = 0.05
 
 
 class NodeApp:
@@ -51,28 +54,32 @@ class NodeApp:
         factory: SandboxFactory,
         *,
         isolation: list[Layer] | None = None,
+        seat: Seat | None = None,
     ) -> None:
+        """``seat``: this process is one worker of a multi-worker node."""
         self.cfg = cfg
+        self.seat = seat
         self.factory = factory
         self.isolation = isolation or []
         self.credential = credential
         self.keyring = Keyring(bytes.fromhex(credential.hash_key))
         data = Path(cfg.data_dir)
+        own = worker_dir(cfg, seat.index) if seat is not None else data
         verify = client_verify(cfg.tls)  # one trust for every call out, forwards included
         self.client = httpx.AsyncClient(
             headers={"authorization": f"Bearer {credential.secret}"},
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             verify=verify,
         )
-        self.catalog = Catalog(data / "registry.json", self.keyring)
+        self.catalog = Catalog(own / "registry.json", self.keyring)
         upstreams = [r.url.rstrip("/") for r in cfg.regions] if cfg.role == "pop" else []
         upstreams.append(cfg.control_url.rstrip("/"))
         self.code = CodeCache(
-            data,
+            own,
             self.client,
             upstreams,
             max_uncompressed=cfg.max_bundle_bytes,
-            limit_bytes=cfg.code_cache_mb << 20,
+            limit_bytes=(cfg.code_cache_mb << 20) // (seat.count if seat else 1),
             in_use=self._code_in_use,
         )
         self.secrets = SecretCache(self.client, cfg.control_url)
@@ -87,6 +94,7 @@ class NodeApp:
             idle_ttl_s=cfg.idle_ttl_s,
             value=self._eviction_cost if cfg.role == "pop" else None,
             on_start=self._started,
+            budget=SharedBudget(budget_path(cfg), seat.index) if seat is not None else None,
         )
         self.regions = Regions(cfg.regions, self.client, verify=verify)
         profile_path = data / "profile.bin"
@@ -100,6 +108,8 @@ class NodeApp:
             code_cached=lambda spec: self.code.ready(self.specs.bundle_of[spec.version]),
             profile=profile,
         )
+        if seat is not None:
+            self.placer.outbox = {}
         self.logs = LogRing()
         self.init_errors = InitErrors()
         self.counters = Counters()
@@ -122,6 +132,8 @@ class NodeApp:
             spawn=self._spawn,
             stop_function=self._stop_function,
         )
+        if seat is not None:
+            self.invoker.worker = str(seat.index)
         self.warmer = (
             Warmer(
                 cfg,
@@ -133,6 +145,7 @@ class NodeApp:
                 specs=self.specs,
                 ensure_code=self.invoker.ensure_code,
                 ensure_secrets=self.secrets.ensure,
+                writer=seat is None or seat.index == 0,  # one profile file per node
             )
             if profile is not None
             else None
@@ -169,6 +182,14 @@ class NodeApp:
             self._tasks.append(asyncio.create_task(self.regions.monitor()))
         if self.warmer is not None:
             self._tasks.append(asyncio.create_task(self.warmer.run_forever()))
+        if self.seat is not None:
+            link = HitsLink(
+                self.seat.coordinator_fd, self.placer.take_outbox, self.placer.merge_hits
+            )
+            self._tasks += [
+                asyncio.create_task(link.run()),
+                asyncio.create_task(self._relieve_forever()),
+            ]
         try:
             yield
         finally:
@@ -259,6 +280,16 @@ class NodeApp:
             if await self.factory.reap_idle():
                 self.pool.wake()  # zygote memory came free: waiters may fit now
             self.collect_code()
+
+    async def _relieve_forever(self) -> None:
+        """Free idle memory another worker of this node asked for (see Pool.relieve)."""
+        while True:
+            await asyncio.sleep(RELIEVE_EVERY_S)
+            if self.pool.budget.pressure() is not None:
+                try:
+                    await self.pool.relieve()
+                except Exception:
+                    log.exception("freeing memory for another worker failed")
 
     def _eviction_cost(self, function: str, version: str, zygote_loaded: bool) -> float:
         return self.placer.eviction_cost(function, version, zygote_loaded)

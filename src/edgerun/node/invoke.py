@@ -67,6 +67,7 @@ _HOP_BY_HOP = frozenset(
         "x-edgerun-node",
         "x-edgerun-placement",
         "x-edgerun-reason",
+        "x-edgerun-worker",
     }
 )
 _FORWARD_OWNED = frozenset(
@@ -188,6 +189,8 @@ class Invoker:
         stop_function: Callable[[str], Coroutine[Any, Any, None]],
     ) -> None:
         self.cfg = cfg
+        self.worker: str | None = None
+        """Which worker of a multi-worker node this is (told in x-edgerun-worker)."""
         self.credential = credential
         self.keyring = keyring
         self.limiter = Limiter()
@@ -415,13 +418,16 @@ class Invoker:
             placement = f"forwarded:{decision.region}"
         else:
             placement = "local-warm" if cold is False else "local-cold"
-        return {
+        headers = {
             "x-edgerun-node": self.cfg.name,
             "x-edgerun-placement": placement,
             "x-edgerun-reason": decision.reason.value,
             "x-edgerun-version": call.version.sha256,
             "x-edgerun-request-id": call.request_id,
         }
+        if self.worker is not None:
+            headers["x-edgerun-worker"] = self.worker
+        return headers
 
     def _event(self, call: _Call) -> Any:
         """The handler's event, built here because this node runs the code."""

@@ -151,9 +151,26 @@ class Placer:
         self._clock = clock
         self._eviction_costs: dict[tuple[str, bool], tuple[float, float]] = {}
         self._wall_clock = wall_clock
+        self.outbox: dict[str, int] | None = None
+        """Hits not yet told to the node's other workers (None: no other workers)."""
 
     def decayed_rate(self, function: str) -> float:
         return self.popularity.rate(function, self._clock())
+
+    def take_outbox(self) -> dict[str, int]:
+        """The hits counted here since the last call (for the other workers)."""
+        out, self.outbox = self.outbox or {}, {}
+        return out
+
+    def merge_hits(self, hits: dict[str, int]) -> None:
+        """Count the requests the node's other workers served, as if served here:
+        popularity is the node's, not one worker's share of it."""
+        now, wall = self._clock(), self._wall_clock()
+        for function, n in hits.items():
+            if n > 0:
+                self.popularity.hit(function, now, n)
+                if self.profile is not None:
+                    self.profile.hit(function, wall, n)
 
     def rate(self, function: str) -> float:
         """Expected requests/s here: the decayed rate, or what the time-of-day
@@ -216,6 +233,8 @@ class Placer:
             self.popularity.hit(spec.function, self._clock())
             if self.profile is not None:
                 self.profile.hit(spec.function, self._wall_clock())
+            if self.outbox is not None:
+                self.outbox[spec.function] = self.outbox.get(spec.function, 0) + 1
         costs = self.costs(spec)
         run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
         regions = self.region_views(spec.version, run_there)

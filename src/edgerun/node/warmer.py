@@ -58,8 +58,11 @@ class Warmer:
         ensure_code: Callable[[Version], Awaitable[None]],
         ensure_secrets: Callable[[FunctionRecord], Awaitable[None]],
         clock: Callable[[], float] = time.time,
+        writer: bool = True,
     ) -> None:
+        """``writer``: this process saves the profile (one worker of a node does)."""
         self.cfg = cfg
+        self.writer = writer
         self.profile = profile
         self.path = path
         self.placer = placer
@@ -114,6 +117,8 @@ class Warmer:
         self._write(self.profile.to_bytes())
 
     def _write(self, data: bytes) -> None:
+        if not self.writer:
+            return
         try:
             profile_store.write(data, self.path)
         except OSError as exc:

@@ -52,9 +52,9 @@ class Popularity:
         self._heap_live = False
         self._heap = []
 
-    def hit(self, key: str, now: float) -> float:
-        """Count one request for ``key`` at ``now``; returns its new rate."""
-        w = self._weight(now)
+    def hit(self, key: str, now: float, count: float = 1.0) -> float:
+        """Count ``count`` requests for ``key`` at ``now``; returns its new rate."""
+        w = self._weight(now) * count
         score = self._scores.get(key)
         if score is None:
             inherited = 0.0

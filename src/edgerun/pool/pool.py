@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from edgerun.errors import ApiError
+from edgerun.pool.budget import Budget
 from edgerun.sandbox.base import Sandbox, SandboxFactory, SandboxSpec
 
 USE_HALF_LIFE_S = 60.0
@@ -137,6 +138,10 @@ class Claim:
     done: bool = False
 
 
+_SHARED_POLL_S = 0.05
+"""How often a request waiting for room looks again when other workers share the budget."""
+
+
 class Pool:
     def __init__(
         self,
@@ -149,12 +154,16 @@ class Pool:
         idle_ttl_s: float = 300.0,
         value: Callable[[str, str, bool], float] | None = None,
         on_start: Callable[[SandboxSpec, float, bool], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """``value(function, version, zygote_loaded)`` ranks idle sandboxes for
         eviction (lowest first; a POP passes the expected cost of evicting one); by default each
         version's own decayed use rate. ``on_start(spec, ms, zygote_was_loaded)``
-        learns what each start cost."""
+        learns what each start cost. ``budget`` is shared with the node's other
+        workers, if it has any (see :mod:`edgerun.pool.budget`)."""
         self._factory = factory
+        self.budget = budget or Budget(capacity_mb)
+        self._shared = self.budget.shared
         self._on_start = on_start
         self._value_of = value
         self.capacity_mb = capacity_mb
@@ -197,9 +206,19 @@ class Pool:
 
         return value
 
+    def _mine_mb(self) -> int:
+        return self._used_mb + self._factory.held_mb() + self._zygotes_pending_mb
+
     def _free_mb(self) -> int:
-        held = self._factory.held_mb() + self._zygotes_pending_mb
-        return self.capacity_mb - self._used_mb - held
+        if not self._shared:
+            return self.capacity_mb - self._mine_mb()
+        mine = self._mine_mb()
+        self.budget.publish(mine)
+        return self.capacity_mb - mine - self.budget.others_mb()
+
+    def _publish(self) -> None:
+        if self._shared:
+            self.budget.publish(self._mine_mb())
 
     def _at_max(self, function: str) -> bool:
         return self._per_function.get(function, 0) >= self.max_per_function
@@ -232,7 +251,9 @@ class Pool:
         """Share of the memory budget in use (0..1)."""
         if not self.capacity_mb:
             return 1.0
-        return (self._used_mb + self._factory.held_mb()) / self.capacity_mb
+        return (
+            self._used_mb + self._factory.held_mb() + self.budget.others_mb()
+        ) / self.capacity_mb
 
     @property
     def used_mb(self) -> int:
@@ -287,6 +308,7 @@ class Pool:
 
     def _uncharge(self, v: _Version) -> None:
         self._used_mb -= v.memory_mb
+        self._publish()
         left = self._per_function.get(v.function, 0) - 1
         if left > 0:
             self._per_function[v.function] = left
@@ -308,6 +330,7 @@ class Pool:
 
     def wake(self) -> None:
         """Memory the engine held was freed outside the pool (its zygotes reaped)."""
+        self._publish()
         self._wake()
 
     def _take_idle(self, v: _Version, dead: list[Sandbox]) -> Sandbox | None:
@@ -366,15 +389,17 @@ class Pool:
         if self._at_max(spec.function):
             raise LookupError(0)
         zygote_mb = self._zygote_room(spec)
-        chosen = self._victims(spec.key, v.memory_mb + zygote_mb, below)
-        for victim, entry in chosen:  # evict: detach and uncharge now, close later
-            victim.idle.remove(entry)
-            self._uncharge(victim)
-            victims_out.append(entry.sandbox)
-        self.evictions += len(chosen)
-        self._charge(v)
-        v.starting += 1
-        self._zygotes_pending_mb += zygote_mb
+        with self.budget.exclusive():  # no other worker takes the same room meanwhile
+            chosen = self._victims(spec.key, v.memory_mb + zygote_mb, below)
+            for victim, entry in chosen:  # evict: detach and uncharge now, close later
+                victim.idle.remove(entry)
+                self._uncharge(victim)
+                victims_out.append(entry.sandbox)
+            self.evictions += len(chosen)
+            self._charge(v)
+            v.starting += 1
+            self._zygotes_pending_mb += zygote_mb
+            self._publish()
         return Reservation(spec.key, v.memory_mb, self._epochs.get(spec.function, 0), zygote_mb)
 
     def reserve(self, spec: SandboxSpec, evict_below: float | None = None) -> Reservation | None:
@@ -541,6 +566,8 @@ class Pool:
                     if await self._shed_for(spec.key, short, evict_below):
                         continue
                     shed_failed = True  # it fell short: wait, do not shed or evict again
+                if short > 0:
+                    self.budget.ask_room(short, evict_below)
                 await self._wait(deadline, seen, limit_s)
                 continue
             return await self._start(spec, r, victims), True, r.epoch
@@ -613,6 +640,7 @@ class Pool:
         finally:
             # Loaded (now in held_mb) or failed: the room held for it goes back.
             self._zygotes_pending_mb -= r.zygote_mb
+            self._publish()
         v.starting -= 1
         if r.epoch != self._epochs.get(spec.function, 0):
             # Stopped meanwhile: its zygotes were stopped before this start made one.
@@ -636,9 +664,13 @@ class Pool:
             raise PoolFull(f"no sandbox became free within {limit_s:g} s")
         self._waiting += 1
         try:
-            await asyncio.wait_for(self._freed.wait(), remaining)
+            # Another worker frees memory without waking this one: look again soon.
+            await asyncio.wait_for(
+                self._freed.wait(), min(remaining, _SHARED_POLL_S) if self._shared else remaining
+            )
         except TimeoutError:
-            raise PoolFull(f"no sandbox became free within {limit_s:g} s") from None
+            if time.monotonic() >= deadline:
+                raise PoolFull(f"no sandbox became free within {limit_s:g} s") from None
         finally:
             self._waiting -= 1
 
@@ -701,6 +733,39 @@ class Pool:
     def held(self) -> dict[str, int]:
         """Sandboxes (reserved, busy or idle) per function."""
         return dict(self._per_function)
+
+    async def relieve(self) -> int:
+        """Free what another worker asked for (see :mod:`edgerun.pool.budget`):
+        idle sandboxes valued under its threshold, least valuable first, then
+        unused zygotes; returns the MB freed."""
+        asked = self.budget.pressure()
+        if asked is None:
+            return 0
+        need, below = asked
+        value = self._valuer()
+        candidates = sorted(
+            ((value(v), e.last_used, v, e)
+             for v in self._versions.values() for e in v.idle
+             if below is None or value(v) < below),
+            key=lambda c: (c[0], c[1]),
+        )  # fmt: skip
+        doomed: list[Sandbox] = []
+        freed = 0
+        for _worth, _last, v, entry in candidates:
+            if freed >= need:
+                break
+            v.idle.remove(entry)
+            self._uncharge(v)
+            doomed.append(entry.sandbox)
+            freed += v.memory_mb
+        self.evictions += len(doomed)
+        await self._close(doomed)
+        if freed < need:
+            freed += await self._factory.shed(need - freed)
+        self._publish()
+        if freed:
+            self.budget.relieved(freed)
+        return freed
 
     async def reap_idle(self, now: float | None = None) -> int:
         """Stop sandboxes idle for longer than the TTL; returns how many."""
