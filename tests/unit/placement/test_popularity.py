@@ -76,3 +76,13 @@ def test_the_table_stays_within_capacity_across_a_rescale():
 
     assert len(p) == 2
     assert p.rate("c", 600.0) == 0.0 or "c" in p._scores
+
+
+def test_hits_counted_at_once_equal_the_same_hits_one_by_one() -> None:
+    one_by_one, at_once = Popularity(), Popularity()
+    for _ in range(7):
+        one_by_one.hit("f", 10.0)
+
+    at_once.hit("f", 10.0, 7)
+
+    assert at_once.rate("f", 20.0) == pytest.approx(one_by_one.rate("f", 20.0))
