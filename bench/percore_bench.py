@@ -68,15 +68,17 @@ def pin(pid: int, cpu: int = 0) -> int:
     return len(pids)
 
 
-def wrk(url: str, duration: float) -> dict[str, float]:
+def wrk(
+    url: str, duration: float, *, cpus: str = "1", threads: int = 1, connections: int = CONNECTIONS
+) -> dict[str, float]:
     out = subprocess.run(
         [
             "taskset",
             "-c",
-            "1",
+            cpus,
             "wrk",
-            "-t1",
-            f"-c{CONNECTIONS}",
+            f"-t{threads}",
+            f"-c{connections}",
             f"-d{duration:g}s",
             "--latency",
             url,

@@ -1,0 +1,127 @@
+"""Throughput of one POP with 1 and with 2 worker processes, on this 2-core machine.
+
+The POP serves ``examples/hello`` local-warm (public, ``placement = "edge"``, every
+isolation layer on). Nothing is pinned: the node may use both cores and so may the
+load generator (``wrk -t2 -c64``), as on a real POP whose clients are elsewhere,
+except that here wrk takes its share of the same two cores. Rounds alternate 1 and
+2 workers; the best round of each counts.
+
+Besides req/s it reports the POP's CPU time per request (the whole process tree:
+supervisor, workers, zygotes, sandboxes, from /proc), the figure the 16- and
+64-core model in bench/RESULTS.md starts from. Ends with one JSON line.
+
+    .venv/bin/python bench/workers_bench.py [--duration 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from percore_bench import EXAMPLES, tree, wait_ready, wrk
+
+from edgerun.build import build_bundle
+from edgerun.client import Client
+from edgerun.cluster import LocalCluster, free_port
+from edgerun.config import ControlSpec, PopSpec, RegionSpec, Topology
+from edgerun.models import FunctionConfig
+
+CONNECTIONS = 64
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process tree, reaped children included."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / _TICK  # utime stime cutime cstime
+    return total
+
+
+@contextlib.contextmanager
+def pop(workers: int) -> Iterator[tuple[LocalCluster, str]]:
+    root = Path(tempfile.mkdtemp(prefix="edgerun-workers-"))
+    topology = Topology(
+        control=ControlSpec(port=free_port()),
+        region=[RegionSpec(name="region-1", port=free_port())],
+        pop=[
+            PopSpec(
+                name="pop-1",
+                port=free_port(),
+                regions=["region-1"],
+                capacity_mb=8192,
+                settings={"workers": workers, "max_per_function": CONNECTIONS},
+            )
+        ],
+    )
+    cluster = LocalCluster(topology, root)
+    try:
+        cluster.start()
+        with Client(cluster.control_url, cluster.token) as client:
+            config = FunctionConfig(
+                handler="handler.handler", auth="public", placement="edge", memory_mb=64
+            )
+            client.deploy("hello", build_bundle(EXAMPLES / "hello"), config)
+        url = f"{cluster.url('pop-1')}/fn/hello/?name=world"
+        wait_ready(url)
+        yield cluster, url
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(workers: int, duration: float) -> dict[str, float]:
+    with pop(workers) as (cluster, url):
+        proc = cluster.nodes["pop-1"].proc
+        assert proc is not None
+        wrk(url, 3.0, cpus="0,1", threads=2, connections=CONNECTIONS)  # warm every worker
+        before = cpu_seconds(proc.pid)
+        result = wrk(url, duration, cpus="0,1", threads=2, connections=CONNECTIONS)
+        used = cpu_seconds(proc.pid) - before
+        requests = result["rps"] * duration
+        result["node_cpu_us_per_request"] = used / requests * 1e6 if requests else float("nan")
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    best: dict[int, dict[str, float]] = {}
+    for round_ in range(args.rounds):
+        for workers in (1, 2):
+            got = measure(workers, args.duration)
+            print(f"round {round_ + 1}, {workers} worker(s): {got}", flush=True)
+            if workers not in best or got["rps"] > best[workers]["rps"]:
+                best[workers] = got
+    print(f"{'workers':>8} {'req/s':>10} {'p50 ms':>8} {'node CPU us/req':>16}")
+    for workers, got in best.items():
+        print(
+            f"{workers:>8} {got['rps']:>10.0f} {got['p50_ms']:>8.2f}"
+            f" {got['node_cpu_us_per_request']:>16.1f}"
+        )
+    figures = {
+        "bench": "workers",
+        "cpus": len(os.sched_getaffinity(0)),
+        "duration_s": args.duration,
+        "connections": CONNECTIONS,
+        "one_worker": best[1],
+        "two_workers": best[2],
+        "speedup": round(best[2]["rps"] / best[1]["rps"], 3),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
