@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 from percore_bench import EXAMPLES, tree, wait_ready, wrk
 
 from edgerun.build import build_bundle
@@ -59,7 +60,7 @@ def pop(workers: int) -> Iterator[tuple[LocalCluster, str]]:
                 name="pop-1",
                 port=free_port(),
                 regions=["region-1"],
-                capacity_mb=8192,
+                capacity_mb=16384,  # room for a sandbox per connection in every worker
                 settings={"workers": workers, "max_per_function": CONNECTIONS},
             )
         ],
@@ -68,9 +69,7 @@ def pop(workers: int) -> Iterator[tuple[LocalCluster, str]]:
     try:
         cluster.start()
         with Client(cluster.control_url, cluster.token) as client:
-            config = FunctionConfig(
-                handler="handler.handler", auth="public", placement="edge", memory_mb=64
-            )
+            config = FunctionConfig(handler="handler.handler", auth="public", placement="edge")
             client.deploy("hello", build_bundle(EXAMPLES / "hello"), config)
         url = f"{cluster.url('pop-1')}/fn/hello/?name=world"
         wait_ready(url)
@@ -90,6 +89,11 @@ def measure(workers: int, duration: float) -> dict[str, float]:
         used = cpu_seconds(proc.pid) - before
         requests = result["rps"] * duration
         result["node_cpu_us_per_request"] = used / requests * 1e6 if requests else float("nan")
+        status = httpx.get(
+            f"{cluster.url('pop-1')}/v1/status",
+            headers={"authorization": f"Bearer {cluster.token}"},
+        ).json()
+        result["sandbox_starts_seen_by_one_worker"] = status["pool"]["starts"]
         return result
 
 

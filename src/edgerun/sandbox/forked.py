@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -168,6 +168,15 @@ class _Zygote:
             return
         self.tmp_mb = -(-((st.f_blocks - st.f_bfree) * st.f_frsize) // _MB)
 
+    def released(self, cgroup: SandboxCgroup | None) -> None:
+        """One of its sandboxes is gone (reaped): charge what it left in /tmp and
+        remove its cgroup, off the loop (removal waits for its processes to go)."""
+        self.live -= 1
+        self.last_used = time.monotonic()
+        self.measure_tmp()
+        if cgroup is not None:
+            asyncio.get_running_loop().run_in_executor(None, cgroup.destroy)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -184,13 +193,35 @@ class _Zygote:
             cgroup.destroy()
 
 
+class ZygoteLink(Protocol):
+    """What a sandbox needs of the zygote it was forked from: in this process
+    (:class:`_Zygote`) or held by the node's supervisor (:mod:`edgerun.sandbox.broker`)."""
+
+    async def reap(self, local_pid: int) -> int | None: ...
+
+    def measure_tmp(self, *, every_s: float = 0.0) -> None: ...
+
+    def released(self, cgroup: SandboxCgroup | None) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class Forked:
+    """A new sandbox before any channel is opened on it (what a broker hands on)."""
+
+    sock: socket.socket
+    pidfd: int
+    pid: int
+    local_pid: int
+    cgroup: SandboxCgroup | None
+
+
 class ForkedSandbox(ChannelSandbox):
     def __init__(
         self,
         spec: SandboxSpec,
         channel: FrameChannel,
         *,
-        zygote: _Zygote,
+        zygote: ZygoteLink,
         local_pid: int,
         pid: int,
         pidfd: int,
@@ -233,15 +264,9 @@ class ForkedSandbox(ChannelSandbox):
         return self._status
 
     async def _cleanup(self) -> None:
-        self.zygote.measure_tmp()  # what it wrote outlives it: charge it now
         await self._reap()
         os.close(self._pidfd)
-        if self.cgroup is not None:
-            # Removing a cgroup waits for its processes to be gone: not our caller's
-            # problem (an eviction should not wait for it), so it finishes in a thread.
-            asyncio.get_running_loop().run_in_executor(None, self.cgroup.destroy)
-        self.zygote.live -= 1
-        self.zygote.last_used = time.monotonic()
+        self.zygote.released(self.cgroup)  # what it wrote in /tmp outlives it: charged
 
     async def _death_message(self, exc: BaseException) -> str:
         status = _status_code(await self._reap())
@@ -384,11 +409,29 @@ class ZygoteSandboxFactory:
 
     # --- sandboxes ----------------------------------------------------------
     async def start(self, spec: SandboxSpec) -> ForkedSandbox:
+        zygote, forked = await self.start_raw(spec)
+        try:
+            channel = await open_channel(forked.sock)
+        except BaseException:
+            await self.discard(zygote, forked)
+            raise
+        return ForkedSandbox(
+            spec,
+            channel,
+            zygote=zygote,
+            local_pid=forked.local_pid,
+            pid=forked.pid,
+            pidfd=forked.pidfd,
+            cgroup=forked.cgroup,
+        )
+
+    async def start_raw(self, spec: SandboxSpec) -> tuple[_Zygote, Forked]:
+        """A new sandbox of ``spec``, in its cgroup, counted live in its zygote."""
         for attempt in (1, 2):
             zygote = await self._zygote(spec)
             zygote.forking += 1  # not idle until its sandbox counts as live: shed() waits
             try:
-                return await self._fork(zygote, spec)
+                return zygote, await self._fork(zygote, spec)
             except (OSError, EOFError, TimeoutError, ctl.ProtocolError) as exc:
                 # A zygote can die (its sandboxes share its uid) or misbehave (it
                 # runs the function's import): start a fresh one once.
@@ -402,7 +445,19 @@ class ZygoteSandboxFactory:
                 zygote.forking -= 1
         raise AssertionError("unreachable")
 
-    async def _fork(self, zygote: _Zygote, spec: SandboxSpec) -> ForkedSandbox:
+    async def discard(self, zygote: _Zygote, forked: Forked) -> None:
+        """Kill a sandbox nobody will use, reap it and give back what it held."""
+        forked.sock.close()
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(forked.pidfd, signal.SIGKILL)
+        if forked.cgroup is not None:
+            forked.cgroup.kill_strays(forked.pid)
+            forked.cgroup.thaw()
+        await zygote.reap(forked.local_pid)
+        os.close(forked.pidfd)
+        zygote.released(forked.cgroup)
+
+    async def _fork(self, zygote: _Zygote, spec: SandboxSpec) -> Forked:
         reply, fds = await zygote.ask(ctl.Fork(), {ctl.Forked: 2}, self.settings.fork_timeout_s)
         chan_fd, pidfd = fds
         try:
@@ -423,26 +478,15 @@ class ZygoteSandboxFactory:
                 cgroup = await asyncio.to_thread(
                     self._cgroup_for, f"sb-{next(self._ids)}", spec.memory_mb, pid
                 )
-            channel = await open_channel(sock)
         except BaseException:
             sock.close()
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             os.close(pidfd)
-            if cgroup is not None:
-                await asyncio.to_thread(cgroup.destroy)
             raise
         zygote.live += 1
         zygote.last_used = time.monotonic()
-        return ForkedSandbox(
-            spec,
-            channel,
-            zygote=zygote,
-            local_pid=reply.pid,
-            pid=pid,
-            pidfd=pidfd,
-            cgroup=cgroup,
-        )
+        return Forked(sock, pidfd, pid, reply.pid, cgroup)
 
     @staticmethod
     def _check_child(zygote: _Zygote, pidfd: int) -> int:
