@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,18 @@ from edgerun.control.secrets import SecretBox, SecretStore, load_master_key
 from edgerun.guard import GuardedProtocol, Limits
 from edgerun.node.app import NodeApp
 from edgerun.node.credential import JoinFailed, load_or_join
-from edgerun.node.workers import Seat, Supervisor, listen_socket, worker_count, worker_dir
+from edgerun.node.workers import (
+    Seat,
+    Supervisor,
+    budget_path,
+    engine_layers,
+    listen_socket,
+    worker_count,
+    worker_dir,
+)
+from edgerun.pool.budget import SharedBudget
 from edgerun.sandbox.base import SandboxFactory
+from edgerun.sandbox.broker import BrokerClient
 from edgerun.sandbox.cgroups import Cgroups
 from edgerun.sandbox.forked import EngineSettings, ZygoteSandboxFactory
 from edgerun.sandbox.isolation import Layer, detect
@@ -77,9 +88,21 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> Any:
         credential = load_or_join(cfg, verify=client_verify(cfg.tls))
     except JoinFailed as exc:
         raise SystemExit(f"edgerun: {exc}") from None
-    own = worker_dir(cfg, seat.index) if seat is not None else Path(cfg.data_dir)
-    factory, layers = make_engine(cfg, own)
-    return NodeApp(cfg, credential, factory, isolation=layers, seat=seat).asgi
+    if seat is None:
+        factory, layers = make_engine(cfg)
+        return NodeApp(cfg, credential, factory, isolation=layers).asgi
+    budget = SharedBudget(budget_path(cfg), seat.index)
+    shared_layers = engine_layers()
+    if shared_layers is not None:  # the supervisor holds the node's one zygote engine
+        factory = BrokerClient(
+            socket.socket(fileno=seat.coordinator_fd),
+            budget,
+            zygote_estimate_mb=EngineSettings(False, False, False).zygote_estimate_mb,
+        )
+        layers = shared_layers
+    else:
+        factory, layers = make_engine(cfg, worker_dir(cfg, seat.index))
+    return NodeApp(cfg, credential, factory, isolation=layers, seat=seat, budget=budget).asgi
 
 
 def make_engine(cfg: NodeConfig, own: Path | None = None) -> tuple[SandboxFactory, list[Layer]]:

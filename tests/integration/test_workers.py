@@ -203,3 +203,39 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(
     wait_for(replaced, timeout=30, what="a new worker 1 to serve")
     assert during and all(code == 200 for code in during), during
     assert {s["pid"] for s in _workers_of(cluster, "pop-1")} >= {before[0]}
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _runs(pid: int, module: str) -> bool:
+    try:
+        return module in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def test_the_workers_share_one_sandbox_engine(cluster: LocalCluster, client: Client) -> None:
+    deploy_everywhere(cluster, client, "w-one-engine", nodes=("region-1",))
+    url = cluster.url("region-1")
+    served: set[str] = set()
+
+    def both_served() -> bool:
+        resp = _call(url, cluster.token, "w-one-engine")
+        assert resp.status_code == 200, resp.text
+        served.add(resp.headers["x-edgerun-worker"])
+        return served == {"0", "1"}
+
+    wait_for(both_served, timeout=20, what="both workers to run the function")
+    proc = cluster.nodes["region-1"].proc
+    assert proc is not None
+    children = _children(proc.pid)
+    workers = [c for c in children if _runs(c, "edgerun.node.worker")]
+    templates = [c for c in children if _runs(c, "edgerun.sandbox.zygote")]
+    assert len(workers) == 2
+    assert len(templates) == 1  # one template, so one zygote per version
+    assert not any(_runs(g, "edgerun.sandbox.zygote") for w in workers for g in _children(w))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ from edgerun.node.regions import Regions
 from edgerun.node.secrets import SecretCache
 from edgerun.node.state import Counters, InitErrors, Specs
 from edgerun.node.warmer import Warmer, load_profile
-from edgerun.node.workers import HitsLink, Seat, budget_path, worker_dir
-from edgerun.pool import Pool, SharedBudget
+from edgerun.node.workers import HitsLink, Seat, hits_only, worker_dir
+from edgerun.pool import Budget, Pool
 from edgerun.sandbox.base import SandboxFactory, SandboxSpec
+from edgerun.sandbox.broker import BrokerClient, Link
 from edgerun.sandbox.isolation import Layer
 from edgerun.tls import client_verify
 
@@ -55,8 +57,10 @@ class NodeApp:
         *,
         isolation: list[Layer] | None = None,
         seat: Seat | None = None,
+        budget: Budget | None = None,
     ) -> None:
-        """``seat``: this process is one worker of a multi-worker node."""
+        """``seat``: this process is one worker of a multi-worker node, whose
+        ``budget`` it shares."""
         self.cfg = cfg
         self.seat = seat
         self.factory = factory
@@ -94,7 +98,7 @@ class NodeApp:
             idle_ttl_s=cfg.idle_ttl_s,
             value=self._eviction_cost if cfg.role == "pop" else None,
             on_start=self._started,
-            budget=SharedBudget(budget_path(cfg), seat.index) if seat is not None else None,
+            budget=budget,
         )
         self.regions = Regions(cfg.regions, self.client, verify=verify)
         profile_path = data / "profile.bin"
@@ -183,11 +187,8 @@ class NodeApp:
         if self.warmer is not None:
             self._tasks.append(asyncio.create_task(self.warmer.run_forever()))
         if self.seat is not None:
-            link = HitsLink(
-                self.seat.coordinator_fd, self.placer.take_outbox, self.placer.merge_hits
-            )
             self._tasks += [
-                asyncio.create_task(link.run()),
+                asyncio.create_task(self._hits_link().run()),
                 asyncio.create_task(self._relieve_forever()),
             ]
         try:
@@ -280,6 +281,19 @@ class NodeApp:
             if await self.factory.reap_idle():
                 self.pool.wake()  # zygote memory came free: waiters may fit now
             self.collect_code()
+
+    def _hits_link(self) -> HitsLink:
+        """Popularity to and from the node's other workers: over the engine's link
+        when the supervisor lends sandboxes, else over a link of its own."""
+        assert self.seat is not None
+        if isinstance(self.factory, BrokerClient):
+            self.factory.on_hits = self.placer.merge_hits
+            return HitsLink(self.factory.link.send, self.placer.take_outbox)
+        link = Link(
+            socket.socket(fileno=self.seat.coordinator_fd), hits_only(self.placer.merge_hits)
+        )
+        link.start()
+        return HitsLink(link.send, self.placer.take_outbox)
 
     async def _relieve_forever(self) -> None:
         """Free idle memory another worker of this node asked for (see Pool.relieve)."""

@@ -12,20 +12,24 @@ others at once. What must be the node's and not a worker's is shared:
   counted; the supervisor sends each worker the others' sum, which it counts
   as if served itself (:meth:`Placer.merge_hits`), so a function is popular
   at N requests, not N times that;
+- **the zygotes**: the supervisor holds the sandbox engine (template, zygotes,
+  cgroups) and lends each worker the sandboxes it asks for
+  (:mod:`edgerun.sandbox.broker`); warm calls go from worker to sandbox;
 - **the credential and the uid of each function** (files under the node's
   ``data_dir``, the uid map under a lock).
 
 The supervisor holds the port (bound, never listening: it only keeps port 0
 resolved), starts the workers, replaces one that dies (with backoff, its
-budget slot cleared: its sandboxes die with it) and stops them all on
-SIGTERM or SIGINT. Each worker keeps its own registry copy, code cache and
-zygotes under ``data_dir/workers/N``.
+budget slot cleared and the sandboxes it held killed) and stops them all on
+SIGTERM or SIGINT. Each worker keeps its own registry copy and code cache
+under ``data_dir/workers/N``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -33,25 +37,25 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
 from edgerun.config import NodeConfig
 from edgerun.pool.budget import SharedBudget
+from edgerun.sandbox.broker import Hits, Link, ZygoteBroker, hits_packets
+from edgerun.sandbox.forked import ZygoteSandboxFactory
+from edgerun.sandbox.isolation import Layer, as_dicts
 
 log = logging.getLogger("edgerun.workers")
 
 HITS_EVERY_S = 0.1
 """How often hits travel between workers: the lag of shared popularity."""
-_MAX_PACKET = 1 << 16
-_CHUNK = 256
-"""Functions per hits message (names are short: it stays far under a packet)."""
 _STOP_GRACE_S = 10.0
 _CONFIG_ENV = "EDGERUN_WORKER_CONFIG"
-_hits = msgspec.msgpack.Encoder()
-_hits_of = msgspec.msgpack.Decoder(dict[str, int])
+BROKER_ENV = "EDGERUN_WORKER_ENGINE"
+"""Set (to the engine's isolation layers) when the supervisor holds the zygote engine."""
 
 
 def worker_count(cfg: NodeConfig) -> int:
@@ -98,63 +102,41 @@ def listen_socket(host: str, port: int, *, listen: bool = True) -> socket.socket
     return sock
 
 
-def _chunks(hits: dict[str, int]) -> list[bytes]:
-    items = list(hits.items())
-    return [_hits.encode(dict(items[i : i + _CHUNK])) for i in range(0, len(items), _CHUNK)]
-
-
 class HitsLink:
-    """A worker's end of the popularity exchange with its supervisor."""
+    """Sends the hits a worker counted to its supervisor every :data:`HITS_EVERY_S`."""
 
-    def __init__(
-        self, fd: int, take: Callable[[], dict[str, int]], merge: Callable[[dict[str, int]], None]
-    ) -> None:
-        self._sock = socket.socket(fileno=fd)
-        self._sock.setblocking(False)
+    def __init__(self, send: Callable[[Hits], bool], take: Callable[[], dict[str, int]]) -> None:
+        self._send = send
         self._take = take
-        self._merge = merge
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._sock.fileno(), self._receive)
-        try:
-            while True:
-                await asyncio.sleep(HITS_EVERY_S)
-                hits = self._take()
-                if hits:
-                    for packet in _chunks(hits):
-                        with contextlib.suppress(BlockingIOError):  # a full link drops hits
-                            self._sock.send(packet)
-        finally:
-            loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-
-    def _receive(self) -> None:
         while True:
-            try:
-                packet = self._sock.recv(_MAX_PACKET)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
-                return
-            if not packet:  # the supervisor is gone: this worker is told to stop soon
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
-                return
-            try:
-                self._merge(_hits_of.decode(packet))
-            except (msgspec.DecodeError, ValueError):
-                log.warning("dropped a malformed hits message")
+            await asyncio.sleep(HITS_EVERY_S)
+            hits = self._take()
+            for msg in hits_packets(hits) if hits else ():
+                self._send(msg)  # a full link drops hits: popularity is an estimate
+
+
+def hits_only(on_hits: Callable[[dict[str, int]], None]) -> Callable[[object, list[int]], None]:
+    """A link handler for a worker without a shared engine: hits, nothing else."""
+
+    def handle(msg: object, fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        if isinstance(msg, Hits):
+            on_hits(msg.hits)
+
+    return handle
 
 
 @dataclass(eq=False)
 class _Worker:
     index: int
     process: asyncio.subprocess.Process | None = None
-    link: socket.socket | None = None
+    link: Link | None = None
     started: float = 0.0
     backoff_s: float = 0.1
-    hits: dict[str, int] | None = None
+    hits: dict[str, int] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -165,44 +147,63 @@ class Supervisor:
         self.count = count
         self._workers = [_Worker(i) for i in range(count)]
         self._stopping = asyncio.Event()
-        self._port_holder: socket.socket | None = None
+        self._broker: ZygoteBroker | None = None
+        self._env: dict[str, str] = {}
 
     def run(self) -> None:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        self._port_holder = listen_socket(self.cfg.host, self.cfg.port, listen=False)
-        port = self._port_holder.getsockname()[1]
-        cfg = msgspec.structs.replace(self.cfg, port=port)
+        holder = listen_socket(self.cfg.host, self.cfg.port, listen=False)
+        cfg = msgspec.structs.replace(self.cfg, port=holder.getsockname()[1])
+        self.cfg = cfg
         SharedBudget.create(budget_path(cfg), cfg.capacity_mb, self.count)
+        self._env = {_CONFIG_ENV: msgspec.json.encode(cfg).decode()}
+        tasks = [asyncio.create_task(self._relay())]
+        await self._open_engine(tasks)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        env_config = msgspec.json.encode(cfg).decode()
-        watchers = [asyncio.create_task(self._keep(w, env_config)) for w in self._workers]
-        relay = asyncio.create_task(self._relay())
+        tasks += [asyncio.create_task(self._keep(w)) for w in self._workers]
         try:
             await self._stopping.wait()
         finally:
-            relay.cancel()
             await self._stop_all()
-            for task in watchers:
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*watchers, relay, return_exceptions=True)
-            self._port_holder.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._broker is not None:
+                await self._broker.close()
+            holder.close()
 
-    async def _keep(self, w: _Worker, env_config: str) -> None:
+    async def _open_engine(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Start the node's one sandbox engine here, when it is the zygote engine."""
+        from edgerun.server import make_engine  # the server module runs supervisors
+
+        factory, layers = make_engine(self.cfg)
+        if not isinstance(factory, ZygoteSandboxFactory):
+            await factory.close()
+            return  # the portable engine: each worker runs its own processes
+        await factory.open()
+        self._broker = ZygoteBroker(factory, SharedBudget(budget_path(self.cfg), self.count))
+        self._broker.on_hits = self._hits_from
+        self._env[BROKER_ENV] = json.dumps(as_dicts(layers))
+        reap_every = min(30.0, self.cfg.zygote_ttl_s / 2)
+        tasks.append(asyncio.create_task(self._broker.run(reap_every)))
+
+    async def _keep(self, w: _Worker) -> None:
         """Start worker ``w`` and start it again whenever it exits, backing off
         while it keeps dying young."""
         while not self._stopping.is_set():
-            await self._spawn(w, env_config)
+            await self._spawn(w)
             assert w.process is not None
             status = await w.process.wait()
             if self._stopping.is_set():
                 return
             lived = time.monotonic() - w.started
             log.warning("worker %d (pid %d) exited with %s", w.index, w.process.pid, status)
-            self._drop_link(w)
+            if w.link is not None:
+                w.link.close()  # the broker ends the sandboxes it had lent it
             SharedBudget.clear_slot(budget_path(self.cfg), w.index)
             if lived > 60:
                 w.backoff_s = 0.1
@@ -210,7 +211,7 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), w.backoff_s)
             w.backoff_s = min(w.backoff_s * 2, 5.0)
 
-    async def _spawn(self, w: _Worker, env_config: str) -> None:
+    async def _spawn(self, w: _Worker) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             w.process = await asyncio.create_subprocess_exec(
@@ -221,42 +222,22 @@ class Supervisor:
                 str(self.count),
                 str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
-                env={**os.environ, _CONFIG_ENV: env_config},
+                env={**os.environ, **self._env},
             )
         finally:
             theirs.close()
-        mine.setblocking(False)
-        w.link, w.hits, w.started = mine, {}, time.monotonic()
-        asyncio.get_running_loop().add_reader(mine.fileno(), self._receive, w)
+        w.started, w.hits = time.monotonic(), {}
+        if self._broker is not None:
+            w.link = self._broker.attach(w.index, mine)
+        else:
+            w.link = Link(mine, hits_only(lambda hits: self._hits_from(w.index, hits)))
+            w.link.start()
 
-    def _drop_link(self, w: _Worker) -> None:
-        if w.link is not None:
-            asyncio.get_running_loop().remove_reader(w.link.fileno())
-            w.link.close()
-            w.link, w.hits = None, None
-
-    def _receive(self, w: _Worker) -> None:
-        link = w.link
-        if link is None:
-            return
-        while True:
-            try:
-                packet = link.recv(_MAX_PACKET)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                packet = b""
-            if not packet:
-                self._drop_link(w)
-                return
-            try:
-                hits = _hits_of.decode(packet)
-            except (msgspec.DecodeError, ValueError):
-                continue
-            if w.hits is not None:
-                for name, n in hits.items():
-                    if n > 0:
-                        w.hits[name] = w.hits.get(name, 0) + n
+    def _hits_from(self, index: int, hits: dict[str, int]) -> None:
+        own = self._workers[index].hits
+        for name, n in hits.items():
+            if n > 0:
+                own[name] = own.get(name, 0) + n
 
     async def _relay(self) -> None:
         """Every tick, tell each worker what the others counted since the last."""
@@ -264,22 +245,16 @@ class Supervisor:
             await asyncio.sleep(HITS_EVERY_S)
             total: dict[str, int] = {}
             for w in self._workers:
-                for name, n in (w.hits or {}).items():
+                for name, n in w.hits.items():
                     total[name] = total.get(name, 0) + n
             if not total:
                 continue
             for w in self._workers:
-                if w.link is None:
-                    continue
-                own = w.hits or {}
-                others = {k: n - own.get(k, 0) for k, n in total.items() if n > own.get(k, 0)}
-                if others:
-                    for packet in _chunks(others):
-                        with contextlib.suppress(BlockingIOError, OSError):
-                            w.link.send(packet)
-            for w in self._workers:
-                if w.hits is not None:
-                    w.hits = {}
+                others = {k: n - w.hits.get(k, 0) for k, n in total.items() if n > w.hits.get(k, 0)}
+                if others and w.link is not None:
+                    for msg in hits_packets(others):
+                        w.link.send(msg)
+                w.hits = {}
 
     async def _stop_all(self) -> None:
         live = [w.process for w in self._workers if w.process and w.process.returncode is None]
@@ -294,7 +269,17 @@ class Supervisor:
                     p.kill()
             await asyncio.gather(*(p.wait() for p in live))
         for w in self._workers:
-            self._drop_link(w)
+            if w.link is not None:
+                w.link.close()
+
+
+def engine_layers() -> list[Layer] | None:
+    """In a worker: the isolation layers of the supervisor's engine, or None when
+    the worker runs its own (portable) engine."""
+    raw = os.environ.get(BROKER_ENV)
+    if raw is None:
+        return None
+    return [Layer(**d) for d in json.loads(raw)]
 
 
 def config_from_env() -> NodeConfig:

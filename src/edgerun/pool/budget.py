@@ -71,6 +71,10 @@ class Budget:
         """(pid, charged MB) of each worker."""
         return []
 
+    def engine_mb(self) -> int:
+        """What the node's shared sandbox engine holds (zygotes), when it has one."""
+        return 0
+
 
 class SharedBudget(Budget):
     """The budget of a node whose workers are separate processes (see module doc)."""
@@ -92,14 +96,18 @@ class SharedBudget(Budget):
         self._count = count
         self._mine = -1
         self._offsets = [_HEADER.size + i * _SLOT.size for i in range(count)]
+        self._engine = self._offsets[-1] + 8
+        """The last slot is the shared engine's (its zygotes), not a worker's."""
+        self._workers = [off for i, off in enumerate(self._offsets[:-1]) if i != slot]
         _SLOT.pack_into(self._map, self._offsets[slot], os.getpid(), 0)
 
     @staticmethod
     def create(path: Path, capacity_mb: int, workers: int) -> None:
-        """Lay out a fresh budget file (the supervisor, before it starts workers)."""
-        size = _HEADER.size + workers * _SLOT.size + 8
+        """Lay out a fresh budget file (the supervisor, before it starts workers):
+        a slot per worker and one for the engine (slot ``workers``)."""
+        size = _HEADER.size + (workers + 1) * _SLOT.size + 8
         data = bytearray(size)
-        _HEADER.pack_into(data, 0, _MAGIC, workers, 0, math.inf, 0.0)
+        _HEADER.pack_into(data, 0, _MAGIC, workers + 1, 0, math.inf, 0.0)
         struct.pack_into("<q", data, size - 8, capacity_mb)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -120,12 +128,11 @@ class SharedBudget(Budget):
         return True
 
     def others_mb(self) -> int:
-        m, unpack, mine = self._map, _SLOT.unpack_from, self.slot
-        total = 0
-        for i, off in enumerate(self._offsets):
-            if i != mine:
-                total += unpack(m, off)[1]
-        return total
+        m, unpack = self._map, _SLOT.unpack_from
+        return sum(unpack(m, off)[1] for off in self._workers)
+
+    def engine_mb(self) -> int:
+        return int(struct.unpack_from("<q", self._map, self._engine)[0])
 
     def publish(self, mine_mb: int) -> None:
         if mine_mb != self._mine:
@@ -163,7 +170,7 @@ class SharedBudget(Budget):
             struct.pack_into("<q", self._map, 8, max(0, mb - freed_mb))
 
     def slots(self) -> list[tuple[int, int]]:
-        return [_SLOT.unpack_from(self._map, off) for off in self._offsets]
+        return [_SLOT.unpack_from(self._map, off) for off in self._offsets[:-1]]
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):

@@ -206,19 +206,19 @@ class Pool:
 
         return value
 
-    def _mine_mb(self) -> int:
-        return self._used_mb + self._factory.held_mb() + self._zygotes_pending_mb
-
     def _free_mb(self) -> int:
+        mine = self._used_mb + self._zygotes_pending_mb
+        held = self._factory.held_mb()
         if not self._shared:
-            return self.capacity_mb - self._mine_mb()
-        mine = self._mine_mb()
+            return self.capacity_mb - mine - held
         self.budget.publish(mine)
-        return self.capacity_mb - mine - self.budget.others_mb()
+        return self.capacity_mb - mine - held - self.budget.others_mb()
 
     def _publish(self) -> None:
+        """Tell the node's other workers what this one charges (its zygotes are the
+        engine's: a shared engine charges them once, in its own slot)."""
         if self._shared:
-            self.budget.publish(self._mine_mb())
+            self.budget.publish(self._used_mb + self._zygotes_pending_mb)
 
     def _at_max(self, function: str) -> bool:
         return self._per_function.get(function, 0) >= self.max_per_function

@@ -289,6 +289,10 @@ class SandboxCgroup:
             self.frozen = False
             time.sleep(0.002)
 
+    def forget(self) -> None:
+        """Let go of this handle (another process removes the cgroup)."""
+        self._close_count()
+
     def destroy(self) -> None:
         self._close_count()
         self.kill_all()

@@ -45,8 +45,18 @@ def test_a_workers_charge_is_what_the_others_see(budget_file: Path) -> None:
 
 
 def test_a_slot_outside_the_file_is_refused(budget_file: Path) -> None:
-    with pytest.raises(ValueError, match="slot 2"):
-        SharedBudget(budget_file, 2)
+    with pytest.raises(ValueError, match="slot 3"):
+        SharedBudget(budget_file, 3)  # two workers, then the engine's slot (2)
+
+
+def test_the_engines_charge_is_held_not_another_workers(budget_file: Path) -> None:
+    engine, worker = SharedBudget(budget_file, 2), SharedBudget(budget_file, 0)
+
+    engine.publish(30)
+
+    assert worker.engine_mb() == 30
+    assert worker.others_mb() == 0
+    assert len(worker.slots()) == 2
 
 
 def test_clearing_a_dead_workers_slot_frees_its_charge(budget_file: Path) -> None:
