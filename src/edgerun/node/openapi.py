@@ -138,6 +138,20 @@ class TenantStatus(_Closed):
     placements: list[PlacementCount]
 
 
+class WorkerBudget(_Closed):
+    index: int
+    pid: int
+    charged_mb: int
+
+
+class WorkersView(_Closed):
+    """Which worker process answered, and what each holds of the node's one budget."""
+
+    this: int
+    count: int
+    budget: list[WorkerBudget]
+
+
 class AdminStatus(_Closed):
     """What the cluster admin sees: the whole node."""
 
@@ -152,6 +166,7 @@ class AdminStatus(_Closed):
     functions: dict[str, FunctionStatus]
     isolation: list[IsolationLayer]
     placements: list[PlacementCount]
+    workers: WorkersView
 
 
 class PoolVersion(_Closed):
@@ -238,6 +253,8 @@ class Explained(_Closed):
     decision: DecisionView
     estimates_ms: Estimates
     inputs: ExplainInputs
+    worker: int | None
+    """Which worker of a multi-worker node answered (None: a single-process node)."""
 
 
 @cache
