@@ -6,9 +6,10 @@ load generator (``wrk -t2 -c64``), as on a real POP whose clients are elsewhere,
 except that here wrk takes its share of the same two cores. Rounds alternate 1 and
 2 workers; the best round of each counts.
 
-Besides req/s it reports the POP's CPU time per request (the whole process tree:
-supervisor, workers, zygotes, sandboxes, from /proc), the figure the 16- and
-64-core model in bench/RESULTS.md starts from. Ends with one JSON line.
+Besides req/s it reports the POP's CPU time per request, split by part (worker
+processes, supervisor, sandbox side: template, zygotes and sandboxes; utime +
+stime from /proc), the figures the 16- and 64-core model in bench/RESULTS.md
+starts from. Ends with one JSON line.
 
     .venv/bin/python bench/workers_bench.py [--duration 8] [--rounds 2]
 """
@@ -37,16 +38,33 @@ CONNECTIONS = 64
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process tree, reaped children included."""
-    total = 0.0
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU of a process tree by part: the node's HTTP side (its worker
+    processes; the node itself when it has one worker), the supervisor, and the
+    sandbox side (template, zygotes, sandboxes)."""
+    parts = {"workers": 0.0, "supervisor": 0.0, "sandboxes": 0.0}
     for p in tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
         except OSError:
             continue
-        total += sum(int(f) for f in fields[11:15]) / _TICK  # utime stime cutime cstime
-    return total
+        used = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+        if b"edgerun.node.worker" in cmdline:
+            parts["workers"] += used
+        elif p == pid:
+            parts["supervisor" if b"--role" in cmdline and _has_workers(pid) else "workers"] += used
+        else:
+            parts["sandboxes"] += used
+    return parts
+
+
+def _has_workers(pid: int) -> bool:
+    return any(
+        b"edgerun.node.worker" in Path(f"/proc/{c}/cmdline").read_bytes()
+        for c in tree(pid)[1:]
+        if Path(f"/proc/{c}/cmdline").exists()
+    )
 
 
 @contextlib.contextmanager
@@ -86,9 +104,14 @@ def measure(workers: int, duration: float) -> dict[str, float]:
         wrk(url, 3.0, cpus="0,1", threads=2, connections=CONNECTIONS)  # warm every worker
         before = cpu_seconds(proc.pid)
         result = wrk(url, duration, cpus="0,1", threads=2, connections=CONNECTIONS)
-        used = cpu_seconds(proc.pid) - before
+        after = cpu_seconds(proc.pid)
         requests = result["rps"] * duration
-        result["node_cpu_us_per_request"] = used / requests * 1e6 if requests else float("nan")
+        for part in before:
+            used = after[part] - before[part]
+            result[f"{part}_cpu_us_per_request"] = used / requests * 1e6 if requests else 0.0
+        result["node_cpu_us_per_request"] = sum(
+            result[f"{part}_cpu_us_per_request"] for part in before
+        )
         status = httpx.get(
             f"{cluster.url('pop-1')}/v1/status",
             headers={"authorization": f"Bearer {cluster.token}"},
@@ -109,11 +132,16 @@ def main() -> None:
             print(f"round {round_ + 1}, {workers} worker(s): {got}", flush=True)
             if workers not in best or got["rps"] > best[workers]["rps"]:
                 best[workers] = got
-    print(f"{'workers':>8} {'req/s':>10} {'p50 ms':>8} {'node CPU us/req':>16}")
+    print(
+        f"{'workers':>8} {'req/s':>10} {'p50 ms':>8} {'CPU us/req':>11}"
+        f" {'workers':>8} {'sandboxes':>10} {'supervisor':>11}"
+    )
     for workers, got in best.items():
         print(
             f"{workers:>8} {got['rps']:>10.0f} {got['p50_ms']:>8.2f}"
-            f" {got['node_cpu_us_per_request']:>16.1f}"
+            f" {got['node_cpu_us_per_request']:>11.1f} {got['workers_cpu_us_per_request']:>8.1f}"
+            f" {got['sandboxes_cpu_us_per_request']:>10.1f}"
+            f" {got['supervisor_cpu_us_per_request']:>11.1f}"
         )
     figures = {
         "bench": "workers",

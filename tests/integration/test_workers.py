@@ -239,3 +239,18 @@ def test_the_workers_share_one_sandbox_engine(cluster: LocalCluster, client: Cli
     assert len(workers) == 2
     assert len(templates) == 1  # one template, so one zygote per version
     assert not any(_runs(g, "edgerun.sandbox.zygote") for w in workers for g in _children(w))
+
+
+def test_what_a_sandbox_leaves_in_tmp_is_charged_to_the_node_once(
+    cluster: LocalCluster, client: Client
+) -> None:
+    deploy_everywhere(
+        cluster, client, "w-tmp", FUNCTIONS / "tmp-keeper", nodes=("region-1",), memory_mb=128
+    )
+    before = node_status(cluster, "region-1")["workers"]["engine_mb"]
+    resp = _call(cluster.url("region-1"), cluster.token, "w-tmp", {"mb": 24})
+    assert resp.status_code == 200, resp.text
+    wait_for(
+        lambda: node_status(cluster, "region-1")["workers"]["engine_mb"] >= before + 24,
+        what="the engine to charge the 24 MB left in /tmp",
+    )

@@ -67,10 +67,11 @@ def _workers(node: NodeApp) -> dict[str, object]:
     """Which worker answered, and what each worker of the node holds of its one budget."""
     seat = node.seat
     if seat is None:
-        return {"this": 0, "count": 1, "budget": []}
+        return {"this": 0, "count": 1, "engine_mb": 0, "budget": []}
     return {
         "this": seat.index,
         "count": seat.count,
+        "engine_mb": node.pool.budget.engine_mb(),
         "budget": [
             {"index": i, "pid": pid, "charged_mb": mb}
             for i, (pid, mb) in enumerate(node.pool.budget.slots())

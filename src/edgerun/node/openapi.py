@@ -149,6 +149,8 @@ class WorkersView(_Closed):
 
     this: int
     count: int
+    engine_mb: int
+    """What the node's shared sandbox engine holds (zygote heaps and /tmp), charged once."""
     budget: list[WorkerBudget]
 
 

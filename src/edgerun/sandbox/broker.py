@@ -122,7 +122,9 @@ class Released(msgspec.Struct, tag="released"):
 
 
 class Tmp(msgspec.Struct, tag="tmp"):
-    sid: int
+    """Charge what the /tmp of the zygote of this spec key holds now."""
+
+    key: str
 
 
 class Shed(msgspec.Struct, tag="shed"):
@@ -345,9 +347,9 @@ class ZygoteBroker:
                 os.close(item.pidfd)
                 item.zygote.released(item.cgroup)
         elif isinstance(msg, Tmp):
-            item = lent.get(msg.sid)
-            if item is not None:
-                item.zygote.measure_tmp(every_s=_TMP_EVERY_S)
+            zygote = self.factory.zygotes.get(msg.key)
+            if zygote is not None:
+                zygote.measure_tmp(every_s=_TMP_EVERY_S)
         elif isinstance(msg, Shed):
             self._spawn(self._shed(link, msg))
         elif isinstance(msg, StopFunction):
@@ -482,11 +484,10 @@ class ZygoteBroker:
 class _RemoteZygote:
     """A lent sandbox's zygote, as seen from the worker (a ZygoteLink)."""
 
-    def __init__(self, client: BrokerClient, sid: int) -> None:
+    def __init__(self, client: BrokerClient, sid: int, key: str) -> None:
         self._client = client
         self._sid = sid
-        self._tmp_sent = 0.0
-        self._tmp_pending = False
+        self._key = key
 
     async def reap(self, local_pid: int) -> int | None:
         try:
@@ -496,16 +497,7 @@ class _RemoteZygote:
         return reply.status if isinstance(reply, Reaped) else None
 
     def measure_tmp(self, *, every_s: float = 0.0) -> None:
-        now = time.monotonic()
-        wait = self._tmp_sent + every_s - now
-        if wait > 0:
-            if not self._tmp_pending:  # once when the window ends (see _Zygote.measure_tmp)
-                self._tmp_pending = True
-                asyncio.get_running_loop().call_later(wait, self.measure_tmp)
-            return
-        self._tmp_pending = False
-        self._tmp_sent = now
-        self._client.link.send(Tmp(self._sid))
+        self._client.measure_tmp(self._key, every_s)
 
     def released(self, cgroup: SandboxCgroup | None) -> None:
         if cgroup is not None:
@@ -534,6 +526,8 @@ class BrokerClient:
         self._loaded: dict[str, tuple[str, int]] = {}
         self._heaps: dict[str, int] = {}
         self._problem: str | None = None
+        self._tmp_sent: dict[str, float] = {}
+        self._tmp_pending: set[str] = set()
 
     # --- the link -----------------------------------------------------------------
     def _received(self, msg: Any, fds: list[int]) -> None:
@@ -583,6 +577,26 @@ class BrokerClient:
         finally:
             self._calls.pop(msg.id, None)
 
+    def measure_tmp(self, key: str, every_s: float) -> None:
+        """Ask the engine to charge what a zygote's /tmp holds: at most once per
+        ``every_s`` per version (its sandboxes share one /tmp), and once more when
+        the window ends (what the last call of a burst wrote is charged too)."""
+        now = time.monotonic()
+        wait = self._tmp_sent.get(key, 0.0) + every_s - now
+        if wait > 0:
+            if key not in self._tmp_pending:
+                self._tmp_pending.add(key)
+                asyncio.get_running_loop().call_later(wait, self._tmp_due, key)
+            return
+        self._tmp_sent[key] = now
+        if len(self._tmp_sent) > 4 * _CHUNK * 16:
+            self._tmp_sent.clear()  # bounded: forgetting only allows one early measure
+        self.link.send(Tmp(key))
+
+    def _tmp_due(self, key: str) -> None:
+        self._tmp_pending.discard(key)
+        self.measure_tmp(key, 0.0)
+
     def send_hits(self, hits: dict[str, int]) -> None:
         for msg in hits_packets(hits):
             self.link.send(msg)
@@ -629,7 +643,7 @@ class BrokerClient:
             cgroup = SandboxCgroup(
                 reply.cgroup_version, {k: Path(v) for k, v in reply.cgroup_dirs.items()}
             )
-        zygote = _RemoteZygote(self, reply.sid)
+        zygote = _RemoteZygote(self, reply.sid, spec.key)
         sock = socket.socket(fileno=chan_fd)
         try:
             channel = await open_channel(sock)
