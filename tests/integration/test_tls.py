@@ -181,11 +181,11 @@ def test_a_pop_that_trusts_another_ca_cannot_reach_its_region(
 def test_the_forwarder_verifies_with_the_context_it_is_given(
     cluster: LocalCluster, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Forwards go through aiohttp, not the node's httpx client, and a POP that
+    """Forwards go through node/upstream.py, not the node's httpx client, and a POP that
     cannot verify a region never forwards to it (its health checks fail first),
     so the end-to-end test above cannot tell whether the forwarder checks too.
     Here it is driven directly against the running region. (That the node gives
-    it its ``ca`` is shown by forwarding through pop-1 working at all: aiohttp's
+    it its ``ca`` is shown by forwarding through pop-1 working at all: the
     default, the system's roots, would refuse the test CA.)"""
 
     async def forward(ca: str) -> int | None:

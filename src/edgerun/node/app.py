@@ -100,7 +100,9 @@ class NodeApp:
             on_start=self._started,
             budget=budget,
         )
-        self.regions = Regions(cfg.regions, self.client, verify=verify)
+        self.regions = Regions(
+            cfg.regions, self.client, verify=verify, max_body=cfg.max_payload_bytes + (64 << 10)
+        )
         profile_path = data / "profile.bin"
         profile = load_profile(cfg, profile_path) if cfg.role == "pop" else None
         self.placer = Placer(

@@ -19,15 +19,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 import httpx
 
 from edgerun.config import RegionRef
+from edgerun.node.upstream import Broken, NotSent, Upstream
 
 log = logging.getLogger("edgerun.node.regions")
 
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-_MAYBE_RAN = (aiohttp.ClientError, TimeoutError)
+_NOT_SENT = (NotSent,)
+_MAYBE_RAN = (Broken, TimeoutError)
 
 
 _SLOW_CHECKS_TO_DOWN = 3
@@ -77,14 +77,15 @@ class Regions:
         refs: Sequence[RegionRef],
         client: httpx.AsyncClient,
         *,
-        verify: ssl.SSLContext | bool = True,
+        verify: ssl.SSLContext | None = None,
+        max_body: int = 64 * 1024 * 1024,
     ) -> None:
-        """``verify``: what the forwarding session trusts; the node passes the same
-        context its ``client`` (health checks) was built with, so both agree."""
+        """``verify``: what forwards trust; the node passes the same context its
+        ``client`` (health checks) was built with, so both agree. ``max_body``:
+        the largest answer a region may send back."""
         self.regions = [Region(r.name, r.url.rstrip("/")) for r in refs]
         self._client = client
-        self._verify = verify
-        self._forwarder: aiohttp.ClientSession | None = None
+        self._upstream = Upstream(ssl_context=verify, max_body=max_body)
 
     def by_name(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -117,21 +118,8 @@ class Regions:
             await asyncio.gather(*(self.check(r) for r in self.regions))
             await asyncio.sleep(interval)
 
-    def _session(self) -> aiohttp.ClientSession:
-        """The forwarding client: aiohttp measured several times faster than httpx
-        here under concurrent load (bench/RESULTS.md), so the hot path uses it."""
-        if self._forwarder is None or self._forwarder.closed:
-            self._forwarder = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=256, limit_per_host=128, keepalive_timeout=30, ssl=self._verify
-                ),
-                auto_decompress=False,
-            )
-        return self._forwarder
-
     async def close(self) -> None:
-        if self._forwarder is not None:
-            await self._forwarder.close()
+        await self._upstream.close()
 
     async def forward(
         self,
@@ -146,23 +134,14 @@ class Regions:
     ) -> tuple[Region, RegionReply]:
         """Send the request to the regions in ``order`` (the policy's ranking),
         failing over to the next only when it cannot have run."""
-        timeout = aiohttp.ClientTimeout(total=timeout_s + 5.0, connect=1.0)
-        session = self._session()
         for name in order:
             region = self.by_name(name)
             started = time.perf_counter()
             try:
-                async with session.request(
-                    method, f"{region.url}{path}", headers=headers, data=body, timeout=timeout
-                ) as resp:
-                    reply = RegionReply(
-                        resp.status,
-                        [
-                            (k.decode("latin-1").lower(), v.decode("latin-1"))
-                            for k, v in resp.raw_headers
-                        ],
-                        await resp.read(),
-                    )
+                resp = await self._upstream.request(
+                    method, f"{region.url}{path}", headers, body, timeout_s=timeout_s + 5.0
+                )
+                reply = RegionReply(resp.status, resp.headers, resp.body)
             except _NOT_SENT as exc:
                 log.warning("region %s unreachable (%s); failing over", region.name, exc)
                 region.healthy = False
