@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -87,7 +88,7 @@ class _Entry:
     last_used: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Version:
     """Bookkeeping for one sandbox key (a function version and its settings)."""
 
@@ -100,6 +101,8 @@ class _Version:
     """Reserved slots: charged, sandbox not started yet."""
     uses: float = 0.0
     uses_at: float = 0.0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """Requests queued for this version, first come first served (see Pool._wait)."""
 
     @property
     def count(self) -> int:
@@ -181,7 +184,9 @@ class Pool:
         self._waiting = 0
         self.evictions = 0
         self.starts = 0
-        self._freed = asyncio.Event()
+        self._queued: dict[_Version, None] = {}
+        """Versions with requests waiting in their queue, in the order they queued
+        (a dict, not a set: waking must not depend on where objects live)."""
         self._generation = 0
         self._zygotes_pending_mb = 0
         """Memory held for zygotes that starts under way will load (not yet in held_mb)."""
@@ -320,13 +325,28 @@ class Pool:
         self._per_function[v.function] = self._per_function.get(v.function, 0) + 1
 
     def _wake(self) -> None:
-        """Memory or a slot may have come free: wake every waiter (synchronous: a
-        new event for the next round). The generation tells a request that failed
-        to find room before it got to wait (see :meth:`_wait`)."""
+        """Memory or a slot may have come free: wake every waiter (synchronous). The
+        generation tells a request that failed to find room before it got to wait
+        (see :meth:`_wait`)."""
         self._generation += 1
         if self._waiting:
-            self._freed.set()
-            self._freed = asyncio.Event()
+            for v in self._queued:
+                while v.waiters:
+                    waiter = v.waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(None)
+            self._queued.clear()
+
+    def _wake_one(self, v: _Version) -> None:
+        """An idle sandbox of ``v`` is back: it serves exactly one waiter of ``v``,
+        the first. Without one, everyone looks (they may evict it)."""
+        self._generation += 1
+        while v.waiters:
+            waiter = v.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._wake()
 
     def wake(self) -> None:
         """Memory the engine held was freed outside the pool (its zygotes reaped)."""
@@ -449,11 +469,12 @@ class Pool:
     def _release(self, v: _Version, sandbox: Sandbox, epoch: int) -> bool:
         """Release step: back to idle, or detached and uncharged; True to close it."""
         v.busy -= 1
-        self._wake()
         if sandbox.alive and epoch == self._epochs.get(v.function, 0):
             v.idle.append(_Entry(sandbox, time.monotonic()))
+            self._wake_one(v)
             return False
         self._uncharge(v)
+        self._wake()
         return True
 
     # --- acquire / release ----------------------------------------------
@@ -568,7 +589,7 @@ class Pool:
                     shed_failed = True  # it fell short: wait, do not shed or evict again
                 if short > 0:
                     self.budget.ask_room(short, evict_below)
-                await self._wait(deadline, seen, limit_s)
+                await self._wait(v, deadline, seen, limit_s)
                 continue
             return await self._start(spec, r, victims), True, r.epoch
 
@@ -653,8 +674,9 @@ class Pool:
         self.starts += 1
         return sandbox
 
-    async def _wait(self, deadline: float, seen: int, limit_s: float) -> None:
-        """Wait until something is freed, unless it was since generation ``seen``."""
+    async def _wait(self, v: _Version, deadline: float, seen: int, limit_s: float) -> None:
+        """Wait in ``v``'s queue until something is freed, unless it was since
+        generation ``seen``. A future and a timer, no task per wait."""
         if self._generation != seen:
             return
         if self._waiting >= self.max_queue:
@@ -662,17 +684,29 @@ class Pool:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise PoolFull(f"no sandbox became free within {limit_s:g} s")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        v.waiters.append(waiter)
+        self._queued[v] = None
+        # Another worker frees memory without waking this one: look again soon.
+        timer = loop.call_later(
+            min(remaining, _SHARED_POLL_S) if self._shared else remaining, _expire, waiter
+        )
         self._waiting += 1
         try:
-            # Another worker frees memory without waking this one: look again soon.
-            await asyncio.wait_for(
-                self._freed.wait(), min(remaining, _SHARED_POLL_S) if self._shared else remaining
-            )
+            await waiter
         except TimeoutError:
             if time.monotonic() >= deadline:
                 raise PoolFull(f"no sandbox became free within {limit_s:g} s") from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake_one(v)  # woken, then cancelled: the wake goes to the next
+            raise
         finally:
+            timer.cancel()
             self._waiting -= 1
+            with contextlib.suppress(ValueError):
+                v.waiters.remove(waiter)
 
     async def prewarm(self, spec: SandboxSpec, count: int, evict_below: float | None = None) -> int:
         """Start up to ``count`` idle sandboxes in free memory, evicting only
@@ -803,6 +837,11 @@ class Pool:
         while self._closing:  # closes started meanwhile are waited for too
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self._factory.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 async def _close_all(sandboxes: Iterable[Sandbox]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -86,6 +88,12 @@ async def use(pool: Pool, s: SandboxSpec) -> tuple[FakeSandbox, bool]:
     """Lease and release at once."""
     async with pool.lease(s) as (sandbox, cold):
         return sandbox, cold  # type: ignore[return-value]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.001)
 
 
 # --- reuse --------------------------------------------------------------------------
@@ -721,13 +729,39 @@ async def test_waiters_wake_when_the_engine_frees_memory_outside_the_pool():
     assert cold
 
 
-async def test_a_release_with_nobody_waiting_does_not_wake_anyone():
+async def test_queued_requests_get_a_freed_sandbox_first_come_first_served():
     pool = make_pool(FakeFactory(), slots=1)
-    event = pool._freed
+    order: list[int] = []
 
-    await use(pool, spec())
+    async def queued(n: int) -> None:
+        async with pool.lease(spec()):
+            order.append(n)
+            await anyio.sleep(0.01)
 
-    assert pool._freed is event
+    async with anyio.create_task_group() as tg, pool.lease(spec()):
+        for n in range(4):
+            tg.start_soon(queued, n)
+            await wait_until(lambda n=n: pool.snapshot()["waiting"] == n + 1)
+    assert order == [0, 1, 2, 3]
+
+
+async def test_a_woken_request_that_is_cancelled_passes_its_turn_on():
+    pool = make_pool(FakeFactory(), slots=1)
+    got: list[str] = []
+
+    async def queued(name: str) -> None:
+        async with pool.lease(spec()):
+            got.append(name)
+
+    async with pool.lease(spec()):
+        first = asyncio.ensure_future(queued("first"))
+        await wait_until(lambda: pool.snapshot()["waiting"] == 1)
+        second = asyncio.ensure_future(queued("second"))
+        await wait_until(lambda: pool.snapshot()["waiting"] == 2)
+    first.cancel()  # released: the first waiter was woken, and is cancelled before it runs
+    await asyncio.wait_for(second, 2)
+    assert got == ["second"]
+    assert first.cancelled()
 
 
 async def test_view_skips_the_eviction_scan_when_the_function_fits_in_free_memory():
