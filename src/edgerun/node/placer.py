@@ -240,7 +240,10 @@ class Placer:
         regions = self.region_views(spec.version, run_there)
         if self.mode != "edgerun":
             return decide_baseline(self.mode, fn, limits=self.limits, regions=regions)
-        view = self.pool.view(spec)
+        # A fixed placement reads only idle sandboxes and region costs (see decide):
+        # the eviction scan and the rate are not gathered for it.
+        fixed = fn.placement != "auto"
+        view = self.pool.view(spec, scan=not fixed)
         return decide(
             fn,
             pool=PoolState(
@@ -253,7 +256,7 @@ class Placer:
                 at_function_max=view.at_function_max,
             ),
             costs=costs,
-            rate=self.rate(spec.function),
+            rate=0.0 if fixed else self.rate(spec.function),
             limits=self.limits,
             regions=regions,
             tuning=self.tuning,

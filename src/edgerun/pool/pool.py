@@ -228,14 +228,15 @@ class Pool:
     def _at_max(self, function: str) -> bool:
         return self._per_function.get(function, 0) >= self.max_per_function
 
-    def view(self, spec: SandboxSpec) -> PoolView:
-        """What a request for ``spec`` would find here. With an idle sandbox the
-        eviction candidates are not computed (nothing need go)."""
+    def view(self, spec: SandboxSpec, *, scan: bool = True) -> PoolView:
+        """What a request for ``spec`` would find here. With an idle sandbox, or
+        without ``scan``, the eviction candidates are not computed (nothing need go,
+        or the caller's decision does not read them)."""
         v = self._versions.get(spec.key)
         idle = len(v.idle) if v else 0
         need = spec.memory_mb + self._zygote_room(spec)
         victims: tuple[float, ...] | None = ()
-        if not idle:
+        if not idle and scan:
             try:
                 value = self._valuer()
                 chosen = self._victims(spec.key, need, None, value)

@@ -346,3 +346,29 @@ def test_a_healthy_region_means_no_request_is_refused(
     d = decide(fn, pool=pool, costs=costs, rate=rate, limits=LIMITS, regions=regions)
     if any(r.healthy for r in regions):
         assert d.action is not Action.REJECT
+
+
+@given(
+    st.sampled_from(("edge", "region")),
+    pools,
+    pools,
+    costs_st,
+    rates,
+    rates,
+    regions_st,
+)
+def test_a_fixed_placement_reads_only_idle_sandboxes_and_region_costs(
+    placement: str,
+    pool: PoolState,
+    other: PoolState,
+    costs: Costs,
+    rate: float,
+    other_rate: float,
+    regions: list[RegionView],
+) -> None:
+    """What lets the node skip the eviction scan and the rate for these functions."""
+    fn = FunctionView(128, 3.0, placement)  # type: ignore[arg-type]
+    same_idle = dataclasses.replace(other, idle=pool.idle)
+    a = decide(fn, pool=pool, costs=costs, rate=rate, limits=LIMITS, regions=regions)
+    b = decide(fn, pool=same_idle, costs=costs, rate=other_rate, limits=LIMITS, regions=regions)
+    assert a == b
