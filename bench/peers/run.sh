@@ -2,6 +2,10 @@
 # Data-plane speed of edgerun against its peers (issue 5).
 #
 #   bash scripts/bench peers [--duration 5] [--profile /tmp/pop] [--help]
+#   bash scripts/bench peers --pinned [--duration 8] [--rounds 2] [--help]
+#
+# --pinned runs pinned.py instead (issue 11 part 5): each server's whole process tree
+# on CPU 0, wrk -t1 -c32 on CPU 1, rounds interleaved; it needs neither hey nor py-spy.
 #
 # Installs what the benchmark needs, idempotently, from this folder's files:
 #   - wrk and hey (Debian packages; hey is optional, its columns are null without it),
@@ -16,6 +20,11 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
 say() { echo "bench/peers: $*" >&2; }
+
+pinned=0
+for arg in "$@"; do
+    if [ "$arg" = "--pinned" ]; then pinned=1; fi
+done
 
 if [ ! -x .venv/bin/python ]; then
     ./scripts/install
@@ -40,7 +49,12 @@ apt_install() {
 }
 apt_install wrk || { say "wrk is required"; exit 1; }
 # hey is packaged in Debian (bookworm: 0.1.4); without it the hey columns are null.
-apt_install hey || say "hey is not available; only wrk figures are reported"
+if [ "$pinned" -eq 0 ]; then
+    apt_install hey || say "hey is not available; only wrk figures are reported"
+elif ! command -v taskset >/dev/null 2>&1; then
+    say "--pinned needs taskset (util-linux)"
+    exit 1
+fi
 
 # --- workerd (npm) -------------------------------------------------------------------
 if ! "$here/node_modules/.bin/workerd" --version >/dev/null 2>&1; then
@@ -71,4 +85,7 @@ for arg in "$@"; do
     fi
 done
 
+if [ "$pinned" -eq 1 ]; then
+    exec .venv/bin/python "$here/pinned.py" "$@"
+fi
 exec .venv/bin/python "$here/peers_bench.py" "$@"
