@@ -235,15 +235,28 @@ class Placer:
                 self.profile.hit(spec.function, self._wall_clock())
             if self.outbox is not None:
                 self.outbox[spec.function] = self.outbox.get(spec.function, 0) + 1
+        # A fixed placement reads only idle sandboxes and what ranks the regions
+        # (see decide): the pool view, start costs and the rate are not gathered.
+        if fn.placement != "auto" and self.mode == "edgerun":
+            m = self.measured
+            costs = Costs(run_ms=m.run_ms(spec.function), start_ms=0.0, fetch_ms=0.0,
+                          run_there_ms=m.run_there.get(spec.function))  # fmt: skip
+            run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
+            return decide(
+                fn,
+                pool=PoolState(idle=self.pool.idle_count(spec)),
+                costs=costs,
+                rate=0.0,
+                limits=self.limits,
+                regions=self.region_views(spec.version, run_there),
+                tuning=self.tuning,
+            )
         costs = self.costs(spec)
         run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
         regions = self.region_views(spec.version, run_there)
         if self.mode != "edgerun":
             return decide_baseline(self.mode, fn, limits=self.limits, regions=regions)
-        # A fixed placement reads only idle sandboxes and region costs (see decide):
-        # the eviction scan and the rate are not gathered for it.
-        fixed = fn.placement != "auto"
-        view = self.pool.view(spec, scan=not fixed)
+        view = self.pool.view(spec)
         return decide(
             fn,
             pool=PoolState(
@@ -256,7 +269,7 @@ class Placer:
                 at_function_max=view.at_function_max,
             ),
             costs=costs,
-            rate=0.0 if fixed else self.rate(spec.function),
+            rate=self.rate(spec.function),
             limits=self.limits,
             regions=regions,
             tuning=self.tuning,

@@ -292,7 +292,7 @@ def decide(
     here (requests/s: its decayed rate, or its time-of-day profile if higher).
 
     For a function with a fixed placement (``edge`` or ``region``) only
-    ``pool.idle`` and the regions' costs are read, so a caller may skip
+    ``pool.idle``, the run times and the regions are read, so a caller may skip
     gathering the rest (the node's hot path does)."""
     run_there = costs.run_ms if costs.run_there_ms is None else costs.run_there_ms
     ranked = rank_regions(regions, run_there, tuning)

@@ -228,15 +228,19 @@ class Pool:
     def _at_max(self, function: str) -> bool:
         return self._per_function.get(function, 0) >= self.max_per_function
 
-    def view(self, spec: SandboxSpec, *, scan: bool = True) -> PoolView:
-        """What a request for ``spec`` would find here. With an idle sandbox, or
-        without ``scan``, the eviction candidates are not computed (nothing need go,
-        or the caller's decision does not read them)."""
+    def idle_count(self, spec: SandboxSpec) -> int:
+        """Idle sandboxes of ``spec`` here."""
+        v = self._versions.get(spec.key)
+        return len(v.idle) if v else 0
+
+    def view(self, spec: SandboxSpec) -> PoolView:
+        """What a request for ``spec`` would find here. With an idle sandbox the
+        eviction candidates are not computed (nothing need go)."""
         v = self._versions.get(spec.key)
         idle = len(v.idle) if v else 0
         need = spec.memory_mb + self._zygote_room(spec)
         victims: tuple[float, ...] | None = ()
-        if not idle and scan:
+        if not idle:
             try:
                 value = self._valuer()
                 chosen = self._victims(spec.key, need, None, value)

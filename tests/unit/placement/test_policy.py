@@ -366,9 +366,10 @@ def test_a_fixed_placement_reads_only_idle_sandboxes_and_region_costs(
     other_rate: float,
     regions: list[RegionView],
 ) -> None:
-    """What lets the node skip the eviction scan and the rate for these functions."""
+    """What lets the node skip the pool view, start costs and rate for these functions."""
     fn = FunctionView(128, 3.0, placement)  # type: ignore[arg-type]
     same_idle = dataclasses.replace(other, idle=pool.idle)
+    bare = Costs(run_ms=costs.run_ms, start_ms=0.0, fetch_ms=0.0, run_there_ms=costs.run_there_ms)
     a = decide(fn, pool=pool, costs=costs, rate=rate, limits=LIMITS, regions=regions)
-    b = decide(fn, pool=same_idle, costs=costs, rate=other_rate, limits=LIMITS, regions=regions)
+    b = decide(fn, pool=same_idle, costs=bare, rate=other_rate, limits=LIMITS, regions=regions)
     assert a == b
