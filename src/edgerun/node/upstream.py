@@ -45,6 +45,10 @@ class Response:
 
 
 _BAD_HEADER_CHARS = ("\r", "\n", "\0")
+_MAX_HEADER_BYTES = 64 * 1024
+_NOT_PASSED = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
+"""Set here (framing) or meaningless for a body sent whole (``expect``: a 100
+Continue would come back as an answer of its own)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -61,11 +65,12 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self._waiter: asyncio.Future[Response] | None = None
         self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
         self._body: list[bytes] = []
         self._size = 0
         self._status = 0
         self._head_only = False
-        self._got_bytes = False
+        self._answered = False
 
     # --- asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,7 +80,6 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
-        self._got_bytes = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -88,13 +92,26 @@ class _Connection(asyncio.Protocol):
         self._fail(Broken("the region closed the connection before answering"))
 
     # --- httptools callbacks --------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._answered:  # bytes after the answer: never reuse this connection
+            self._fail(Broken("the region sent more than one answer"))
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > _MAX_HEADER_BYTES:
+            self._fail(Broken(f"the region's answer has over {_MAX_HEADER_BYTES} header bytes"))
+            return
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
-        if self._head_only:
+        if self._head_only and not self._interim:
             self._complete(keep_alive=False)  # a HEAD answer has no body, whatever it says
+
+    @property
+    def _interim(self) -> bool:
+        """A 1xx answer (100 Continue...): the final one follows on the same connection."""
+        return 100 <= self._status < 200
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -104,6 +121,10 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._headers, self._header_bytes, self._body, self._size = [], 0, [], 0
+            self._status = 0
+            return
         self._complete(keep_alive=self._parser.should_keep_alive())
 
     # --- requests ---------------------------------------------------------------------
@@ -111,7 +132,8 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        waiter.set_result(Response(self._status, self._headers, b"".join(self._body)))
+        self._answered = True
+        waiter.set_result(Response(self._status, list(self._headers), b"".join(self._body)))
         if not keep_alive:
             self.close()
 
@@ -156,8 +178,13 @@ class Upstream:
         max_body: int = 64 * 1024 * 1024,
         max_idle: int = 64,
         max_idle_s: float = 4.0,
+        max_per_origin: int = 128,
     ) -> None:
+        """``max_per_origin``: connections open to one region at most (more requests
+        wait for one, within their deadline)."""
         self._ssl = ssl_context
+        self._max_per_origin = max_per_origin
+        self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         self._max_body = max_body
         self._max_idle = max_idle
         self._max_idle_s = max_idle_s
@@ -184,10 +211,37 @@ class Upstream:
             target += "?" + parts.query
         request = _serialise(method, target, parts.netloc, headers, body)
         origin = (scheme, host, port)
-        conn = self._pooled(origin)
-        if conn is None:
-            conn = await self._connect(origin, connect_timeout_s)
-        response = await conn.send(request, head=method == "HEAD", timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        slots = self._slots.get(origin)
+        if slots is None:
+            slots = self._slots[origin] = asyncio.Semaphore(self._max_per_origin)
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout_s)
+        except TimeoutError:
+            raise NotSent(f"no free connection to {host}:{port} within {timeout_s:g} s") from None
+        try:
+            # Never sent twice, not even after a reused connection failed: the region
+            # may have read it before closing (idle ones are dropped before it would).
+            conn = self._pooled(origin) or await self._connect(origin, connect_timeout_s)
+            return await self._exchange(origin, conn, request, method, deadline)
+        finally:
+            slots.release()
+
+    async def _exchange(
+        self,
+        origin: tuple[str, str, int],
+        conn: _Connection,
+        request: bytes,
+        method: str,
+        deadline: float,
+    ) -> Response:
+        try:
+            response = await conn.send(
+                request, head=method == "HEAD", timeout_s=max(0.001, deadline - time.monotonic())
+            )
+        except BaseException:
+            conn.close()  # cancelled or failed mid-exchange: its state is unknown
+            raise
         if not conn.closed:
             self._park(origin, conn)
         return response
@@ -197,7 +251,9 @@ class Upstream:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self._max_idle_s:
+            transport = conn.transport
+            fresh = now - conn.idle_since < self._max_idle_s
+            if not conn.closed and fresh and transport is not None and not transport.is_closing():
                 return conn
             conn.close()
         return None
@@ -250,8 +306,7 @@ def _serialise(
     for name, value in headers:
         if any(c in name or c in value for c in _BAD_HEADER_CHARS) or ":" in name:
             raise ValueError(f"header {name!r} holds a character HTTP/1.1 forbids")
-        lower = name.lower()
-        if lower in ("host", "content-length", "transfer-encoding", "connection"):
+        if name.lower() in _NOT_PASSED:
             continue
         lines.append(f"{name}: {value}")
     lines.append("")

@@ -201,3 +201,122 @@ async def test_a_header_that_could_split_the_request_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="forbids"):
         await upstream.request("GET", "http://127.0.0.1:9/", [header], b"", timeout_s=5)
+
+
+async def test_an_interim_answer_is_skipped_and_never_taken_for_the_next_request(
+    upstream: Upstream,
+) -> None:
+    async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while True:
+            await read_request(reader)
+            n += 1
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            body = f"answer-{n}".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+
+    async with Server(continues) as server:
+        first = await upstream.request("POST", server.url(), [], b"a", timeout_s=5)
+        second = await upstream.request("POST", server.url(), [], b"b", timeout_s=5)
+    assert (first.status, first.body) == (200, b"answer-1")
+    assert (second.status, second.body) == (200, b"answer-2")
+
+
+async def test_expect_is_not_passed_on() -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+
+    async with Server(record) as server:
+        u = Upstream()
+        await u.request("POST", server.url(), [("Expect", "100-continue")], b"x", timeout_s=5)
+        await u.close()
+    assert b"expect" not in seen[0].lower()
+
+
+async def test_a_connection_with_bytes_after_the_answer_is_not_reused(upstream: Upstream) -> None:
+    async def two_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nA"
+                b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret"
+            )
+            await writer.drain()
+
+    async with Server(two_answers) as server:
+        first = await upstream.request("GET", server.url(), [], b"", timeout_s=5)
+        second = await upstream.request("GET", server.url(), [], b"", timeout_s=5)
+    assert first.body == b"A"
+    assert second.body == b"A"  # from a new connection, never the smuggled "secret"
+    assert server.connections == 2
+
+
+async def test_headers_over_the_limit_are_broken(upstream: Upstream) -> None:
+    async def big_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\ncontent-length: 0\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    async with Server(big_headers) as server:
+        with pytest.raises(Broken, match="header bytes"):
+            await upstream.request("GET", server.url(), [], b"", timeout_s=5)
+
+
+async def test_connections_to_one_region_are_capped() -> None:
+    open_now = 0
+    most = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.02)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        finally:
+            open_now -= 1
+
+    async with Server(slow) as server:
+        u = Upstream(max_per_origin=3)
+        await asyncio.gather(
+            *(u.request("GET", server.url(), [], b"", timeout_s=5) for _ in range(12))
+        )
+        await u.close()
+    assert most <= 3
+    assert server.connections == 3
+
+
+async def test_a_cancelled_request_does_not_leave_its_connection_for_the_next(
+    upstream: Upstream,
+) -> None:
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while True:
+            await read_request(reader)
+            n += 1
+            await asyncio.sleep(0.2 if n == 1 else 0)
+            body = f"for-{n}".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+
+    async with Server(late) as server:
+        task = asyncio.ensure_future(upstream.request("GET", server.url(), [], b"", timeout_s=5))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        resp = await upstream.request("GET", server.url(), [], b"", timeout_s=5)
+    assert resp.body == b"for-1"  # a new connection's first request, not the old answer
