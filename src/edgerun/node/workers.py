@@ -195,15 +195,21 @@ class Supervisor:
         """Start worker ``w`` and start it again whenever it exits, backing off
         while it keeps dying young."""
         while not self._stopping.is_set():
-            await self._spawn(w)
-            assert w.process is not None
-            status = await w.process.wait()
-            if self._stopping.is_set():
-                return
-            lived = time.monotonic() - w.started
-            log.warning("worker %d (pid %d) exited with %s", w.index, w.process.pid, status)
+            try:
+                await self._spawn(w)
+            except OSError as exc:  # no fds, no memory: try again after the backoff
+                log.error("could not start worker %d: %s", w.index, exc)
+                lived = 0.0
+            else:
+                assert w.process is not None
+                status = await w.process.wait()
+                if self._stopping.is_set():
+                    return
+                lived = time.monotonic() - w.started
+                log.warning("worker %d (pid %d) exited with %s", w.index, w.process.pid, status)
             if w.link is not None:
                 w.link.close()  # the broker ends the sandboxes it had lent it
+                w.link = None
             SharedBudget.clear_slot(budget_path(self.cfg), w.index)
             if lived > 60:
                 w.backoff_s = 0.1
@@ -224,6 +230,9 @@ class Supervisor:
                 pass_fds=(theirs.fileno(),),
                 env={**os.environ, **self._env},
             )
+        except BaseException:
+            mine.close()
+            raise
         finally:
             theirs.close()
         w.started, w.hits = time.monotonic(), {}

@@ -11,9 +11,11 @@ its holder dies).
 
 A worker can evict only its own idle sandboxes. When it finds no room it posts
 *pressure* (how many MB it misses and below which eviction value others may
-evict for it); the other workers' reliever ticks evict their least valuable
-idle sandboxes to match. That is the one cross-worker step, and it happens on
-a 50 ms tick, never inside a request.
+evict for it); the first other worker whose reliever tick takes it evicts its
+least valuable idle sandboxes to match, and posts again what it could not
+free. That is the one cross-worker step, and it happens on a 50 ms tick, never
+inside a request. The lock is only tried for LOCK_WAIT_S: a stalled holder
+means "no room now" for the others, never a frozen event loop.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ _HEADER = struct.Struct("<IIqdd")  # magic, slots, pressure_mb, pressure_below, 
 _SLOT = struct.Struct("<qq")  # pid, charged_mb
 PRESSURE_TTL_S = 1.0
 """Pressure nobody renews is forgotten (its asker got room, gave up or died)."""
+LOCK_WAIT_S = 0.02
+
+
+class BudgetBusy(LookupError):
+    """Another worker held the budget's lock too long: no room, for now (look again)."""
 
 
 class Budget:
@@ -64,8 +71,10 @@ class Budget:
         """What another worker asked to be freed, and below which value (None: any)."""
         return None
 
-    def relieved(self, freed_mb: int) -> None:
-        """This worker freed ``freed_mb`` for the pressure it saw."""
+    def take_pressure(self) -> tuple[int, float | None] | None:
+        """Take what another worker asked to be freed, so that no other worker frees
+        it too (whatever this one cannot free, it asks for again)."""
+        return None
 
     def slots(self) -> list[tuple[int, int]]:
         """(pid, charged MB) of each worker."""
@@ -141,7 +150,17 @@ class SharedBudget(Budget):
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        """Held for microseconds; a holder that stalls (stopped, swapping) makes the
+        others give up after LOCK_WAIT_S rather than freeze their event loops."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BudgetBusy(0) from None
+                time.sleep(0.0002)
         try:
             yield
         finally:
@@ -149,7 +168,7 @@ class SharedBudget(Budget):
 
     def ask_room(self, short_mb: int, evict_below: float | None) -> None:
         below = math.inf if evict_below is None else evict_below
-        with self.exclusive():
+        with contextlib.suppress(BudgetBusy), self.exclusive():
             _m, mb, old_below, at = _HEADER.unpack_from(self._map, 0)[1:]
             if time.monotonic() - at > PRESSURE_TTL_S:
                 mb, old_below = 0, -math.inf
@@ -163,11 +182,15 @@ class SharedBudget(Budget):
             return None
         return int(mb), None if math.isinf(below) else below
 
-    def relieved(self, freed_mb: int) -> None:
-        """This worker freed ``freed_mb`` for the pressure it saw."""
-        with self.exclusive():
-            mb = struct.unpack_from("<q", self._map, 8)[0]
-            struct.pack_into("<q", self._map, 8, max(0, mb - freed_mb))
+    def take_pressure(self) -> tuple[int, float | None] | None:
+        try:
+            with self.exclusive():
+                asked = self.pressure()
+                if asked is not None:
+                    struct.pack_into("<q", self._map, 8, 0)
+                return asked
+        except BudgetBusy:
+            return None
 
     def slots(self) -> list[tuple[int, int]]:
         return [_SLOT.unpack_from(self._map, off) for off in self._offsets[:-1]]

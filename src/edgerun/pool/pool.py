@@ -776,8 +776,9 @@ class Pool:
     async def relieve(self) -> int:
         """Free what another worker asked for (see :mod:`edgerun.pool.budget`):
         idle sandboxes valued under its threshold, least valuable first, then
-        unused zygotes; returns the MB freed."""
-        asked = self.budget.pressure()
+        unused zygotes; returns the MB freed. What this worker cannot free is
+        asked for again, for the others."""
+        asked = self.budget.take_pressure()
         if asked is None:
             return 0
         need, below = asked
@@ -802,8 +803,8 @@ class Pool:
         if freed < need:
             freed += await self._factory.shed(need - freed)
         self._publish()
-        if freed:
-            self.budget.relieved(freed)
+        if freed < need:
+            self.budget.ask_room(need - freed, below)
         return freed
 
     async def reap_idle(self, now: float | None = None) -> int:

@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ _START_TIMEOUT_S = 60.0
 """A start may load a zygote (the template's answer plus the handler's import)."""
 _CALL_TIMEOUT_S = 10.0
 _TMP_EVERY_S = 0.1
+_MAX_BACKLOG = 100_000
+_HEAPS_KEPT = 10_000
 
 
 # --- messages ------------------------------------------------------------------
@@ -191,13 +194,15 @@ class Link:
         self._on_message = on_message
         self.closed = False
         self.on_close: Callable[[], None] | None = None
+        self._backlog: deque[bytes] = deque()
+        """Messages that must arrive, waiting for room in a full socket (in order)."""
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self._fd, self._readable)
 
     def send(self, msg: msgspec.Struct, fds: list[int] | tuple[int, ...] = ()) -> bool:
-        """Send one message now; False when the link is closed or full (the
-        messages that may be dropped are hits and /tmp hints)."""
+        """Send one message now; False when the link is closed or full (for the
+        messages that may be dropped: hits and /tmp hints)."""
         if self.closed:
             return False
         try:
@@ -208,6 +213,36 @@ class Link:
             self.close()
             return False
         return True
+
+    def deliver(self, msg: msgspec.Struct) -> None:
+        """Send a message that must arrive (no fds): queued, in order, while the
+        socket is full. A peer that stops reading for good is cut off."""
+        if self.closed:
+            return
+        if not self._backlog and self.send(msg):
+            return
+        if self.closed:
+            return
+        if len(self._backlog) >= _MAX_BACKLOG:
+            log.warning("a worker link stayed full: closing it")
+            self.close()
+            return
+        self._backlog.append(_encode(msg))
+        if len(self._backlog) == 1:
+            asyncio.get_running_loop().add_writer(self._fd, self._flush)
+
+    def _flush(self) -> None:
+        while self._backlog and not self.closed:
+            try:
+                self.sock.send(self._backlog[0])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            self._backlog.popleft()
+        with contextlib.suppress(RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_writer(self._fd)
 
     async def send_wait(
         self, msg: msgspec.Struct, fds: list[int] | tuple[int, ...] = (), timeout_s: float = 5.0
@@ -253,8 +288,11 @@ class Link:
         if self.closed:
             return
         self.closed = True
+        self._backlog.clear()
         with contextlib.suppress(RuntimeError, ValueError):
-            asyncio.get_running_loop().remove_reader(self._fd)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._fd)
+            loop.remove_writer(self._fd)
         self.sock.close()
         if self.on_close is not None:
             self.on_close()
@@ -278,6 +316,7 @@ class _Lent:
     pid: int
     local_pid: int
     cgroup: SandboxCgroup | None
+    reaped: bool = False
 
 
 class ZygoteBroker:
@@ -313,6 +352,15 @@ class ZygoteBroker:
         if lent:
             self._spawn(self._end_all(list(lent.values())))
 
+    async def _end(self, item: _Lent) -> None:
+        """Give back a sandbox its worker let go of (reaped here if it was not)."""
+        if not item.reaped:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(item.pidfd, signal.SIGKILL)
+            await item.zygote.reap(item.local_pid)
+        os.close(item.pidfd)
+        item.zygote.released(item.cgroup)
+
     async def _end_all(self, lent: list[_Lent]) -> None:
         """Kill and give back every sandbox a dead worker held."""
         for item in lent:
@@ -344,8 +392,7 @@ class ZygoteBroker:
         elif isinstance(msg, Released):
             item = lent.pop(msg.sid, None)
             if item is not None:
-                os.close(item.pidfd)
-                item.zygote.released(item.cgroup)
+                self._spawn(self._end(item))
         elif isinstance(msg, Tmp):
             zygote = self.factory.zygotes.get(msg.key)
             if zygote is not None:
@@ -374,11 +421,11 @@ class ZygoteBroker:
             )
             zygote, forked = await self.factory.start_raw(spec)
         except SandboxInitError as exc:
-            link.send(StartFailed(msg.id, "init", exc.info.type, exc.info.message))
+            link.deliver(StartFailed(msg.id, "init", exc.info.type, exc.info.message))
             return
         except Exception as exc:
             message = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
-            link.send(StartFailed(msg.id, "crash", "SandboxCrashed", message))
+            link.deliver(StartFailed(msg.id, "crash", "SandboxCrashed", message))
             return
         self._publish()
         if link.closed:  # the worker died meanwhile
@@ -393,29 +440,36 @@ class ZygoteBroker:
             cgroup.version if cgroup else 0,
             {k: str(v) for k, v in cgroup.dirs.items()} if cgroup else None,
         )
-        self._lent[worker][sid] = _Lent(zygote, forked.pidfd, forked.pid, forked.local_pid, cgroup)
+        item = _Lent(zygote, forked.pidfd, forked.pid, forked.local_pid, cgroup)
+        self._lent[worker][sid] = item
         worker_pidfd = os.dup(forked.pidfd)
         try:
             await link.send_wait(reply, [forked.sock.fileno(), worker_pidfd])
-        except (EOFError, TimeoutError):
+        except TimeoutError:  # the link stayed full: nobody will use this sandbox
+            if self._lent.get(worker, {}).pop(sid, None) is not None:
+                await self._end(item)
+        except EOFError:
             pass  # the link closed: _gone() ends what was lent, this one included
         finally:
             os.close(worker_pidfd)
             forked.sock.close()
 
     async def _reap(self, link: Link, msg: Reap, item: _Lent | None) -> None:
-        status = None if item is None else await item.zygote.reap(item.local_pid)
-        link.send(Reaped(msg.id, status))
+        status = None
+        if item is not None and not item.reaped:
+            item.reaped = True
+            status = await item.zygote.reap(item.local_pid)
+        link.deliver(Reaped(msg.id, status))
 
     async def _shed(self, link: Link, msg: Shed) -> None:
         freed = await self.factory.shed(max(0, msg.need_mb))
         self._publish()
-        link.send(Freed(msg.id, freed))
+        link.deliver(Freed(msg.id, freed))
 
     async def _stop(self, link: Link, msg: StopFunction) -> None:
         await self.factory.stop_function(msg.function)
         self._publish()
-        link.send(Done(msg.id))
+        link.deliver(Done(msg.id))
 
     # --- the engine's state, published -------------------------------------
     def _loaded_now(self) -> dict[str, tuple[str, int]]:
@@ -456,10 +510,7 @@ class ZygoteBroker:
         chunks = max(chunks, -(-len(heap_items) // _CHUNK))
         for i in range(chunks):
             part = slice(i * _CHUNK, (i + 1) * _CHUNK)
-            msg = Engine(dict(items[part]), dropped[part], dict(heap_items[part]), problem)
-            if not link.send(msg):
-                log.warning("a worker link is full: engine state not sent")
-                return
+            link.deliver(Engine(dict(items[part]), dropped[part], dict(heap_items[part]), problem))
 
     async def run(self, reap_every_s: float) -> None:
         last_reap = time.monotonic()
@@ -502,7 +553,7 @@ class _RemoteZygote:
     def released(self, cgroup: SandboxCgroup | None) -> None:
         if cgroup is not None:
             cgroup.forget()
-        self._client.link.send(Released(self._sid))
+        self._client.link.deliver(Released(self._sid))
 
 
 class BrokerClient:
@@ -528,6 +579,7 @@ class BrokerClient:
         self._problem: str | None = None
         self._tmp_sent: dict[str, float] = {}
         self._tmp_pending: set[str] = set()
+        self._closing = False
 
     # --- the link -----------------------------------------------------------------
     def _received(self, msg: Any, fds: list[int]) -> None:
@@ -540,17 +592,23 @@ class BrokerClient:
                 self._loaded.pop(key, None)
             self._loaded.update(msg.loaded)
             self._heaps.update(msg.heaps)
+            while len(self._heaps) > _HEAPS_KEPT:
+                del self._heaps[next(iter(self._heaps))]
             self._problem = msg.problem
         else:
             fut = self._calls.pop(getattr(msg, "id", -1), None)
             if fut is not None and not fut.done():
                 fut.set_result((msg, fds))
                 return
-            if isinstance(msg, Started) and len(fds) == 2:  # its start timed out here
-                with contextlib.suppress(OSError):
-                    signal.pidfd_send_signal(fds[1], signal.SIGKILL)
-                self.link.send(Released(msg.sid))
-            _close_all(fds)
+            self._orphan(msg, fds)  # its call timed out or was cancelled here
+
+    def _orphan(self, msg: Any, fds: list[int]) -> None:
+        """A reply nobody waits for any more; a sandbox it lent is given back."""
+        if isinstance(msg, Started) and len(fds) == 2:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fds[1], signal.SIGKILL)
+            self.link.deliver(Released(msg.sid))
+        _close_all(fds)
 
     def _link_closed(self) -> None:
         self._problem = "this worker lost its node's supervisor"
@@ -558,6 +616,11 @@ class BrokerClient:
             if not fut.done():
                 fut.set_exception(EOFError("the link to the node's supervisor is closed"))
         self._calls.clear()
+        if not self._closing:
+            # Without its supervisor this worker can start nothing: it stops, and the
+            # supervisor (if it lives) starts a new one.
+            log.error("the link to the node's supervisor closed: stopping this worker")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def call(self, msg: Any, timeout_s: float, fds: list[int] | tuple[int, ...] = ()) -> Any:
         """Send a request (its id is set here) and wait for its reply."""
@@ -574,6 +637,10 @@ class BrokerClient:
         try:
             await self.link.send_wait(msg, fds)
             return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._orphan(*fut.result())  # answered, then cancelled before it was read
+            raise
         finally:
             self._calls.pop(msg.id, None)
 
@@ -696,4 +763,5 @@ class BrokerClient:
             await self.call(StopFunction(0, function), _CALL_TIMEOUT_S)
 
     async def close(self) -> None:
+        self._closing = True
         self.link.close()

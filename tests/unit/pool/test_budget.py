@@ -142,3 +142,43 @@ async def test_a_reservation_publishes_the_charge_at_once(budget_file: Path) -> 
     assert watcher.others_mb() == 128
     a.cancel_claim(claim)
     assert watcher.others_mb() == 0
+
+
+async def test_pressure_is_relieved_by_one_worker_not_by_each(tmp_path: Path) -> None:
+    path = tmp_path / "budget.shm"
+    SharedBudget.create(path, capacity_mb=512, workers=3)
+    a, fa = shared_pool(path, 0)
+    b, fb = shared_pool(path, 1)
+    await use(a, spec("f"))
+    await use(b, spec("g"))
+    SharedBudget(path, 2).ask_room(128, evict_below=None)
+
+    freed = await a.relieve() + await b.relieve()
+
+    assert freed == 128
+    assert sum(s.closed for s in fa.started + fb.started) == 1
+
+
+async def test_what_a_worker_cannot_free_is_asked_for_again(budget_file: Path) -> None:
+    a, _ = shared_pool(budget_file, 0)
+    await use(a, spec("f"))
+    SharedBudget(budget_file, 1).ask_room(200, evict_below=None)
+
+    assert await a.relieve() == 128
+
+    assert a.budget.pressure() == (72, None)
+
+
+def test_a_lock_held_too_long_is_no_room_rather_than_a_hang(budget_file: Path) -> None:
+    import fcntl
+    import os
+
+    from edgerun.pool.budget import BudgetBusy
+
+    holder = os.open(budget_file, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(BudgetBusy), SharedBudget(budget_file, 0).exclusive():
+            pass
+    finally:
+        os.close(holder)
