@@ -123,9 +123,11 @@ class LocalCluster:
                     ],
                 )
             )
-        extra = {r.name: r.settings for r in topology.region} | {
-            p.name: p.settings for p in topology.pop
-        }
+        extra = (
+            {"control": topology.control.settings}
+            | {r.name: r.settings for r in topology.region}
+            | {p.name: p.settings for p in topology.pop}
+        )
         if tls:
             nodes = [msgspec.structs.replace(n, tls=tls) for n in nodes]
         nodes = [apply_settings(n, extra.get(n.name, {})) for n in nodes]

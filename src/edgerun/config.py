@@ -202,6 +202,7 @@ def _toml_value(value: object) -> str:
 
 class ControlSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int = 8700
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class RegionSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -28,7 +28,8 @@ def make_topology(pop_capacity_mb: int = 256) -> Topology:
     """One POP with two regions on loopback (round trips well under a cold start,
     so the POP forwards a function's first calls and warms it in the background)."""
     return Topology(
-        control=ControlSpec(port=free_port()),
+        # Versions are collected when a test asks (POST /v1/admin/gc), never in between.
+        control=ControlSpec(port=free_port(), settings={"gc_interval_s": 3600}),
         region=[
             RegionSpec(name="region-1", port=free_port(), capacity_mb=1024),
             RegionSpec(name="region-2", port=free_port(), capacity_mb=1024),
