@@ -120,3 +120,29 @@ async def test_zygotes_nobody_uses_are_reaped(factory, tmp_path) -> None:
     assert await factory.reap_idle(now=time.monotonic() + 3600) == 1
     assert factory.zygotes == {}
     assert zygote.closed
+
+
+async def test_many_live_sandboxes_of_a_small_function_do_not_overflow_its_zygote(
+    factory: ZygoteSandboxFactory, tmp_path: Path
+) -> None:
+    """Each fork leaves its sandbox pages the zygote's cgroup stays charged for; with
+    80 live sandboxes of a 64 MB function they once filled the zygote's 64 MB and the
+    kernel killed the zygote (every later start failed)."""
+    import dataclasses
+
+    s = dataclasses.replace(spec(tmp_path, "small"), memory_mb=64)
+    sandboxes = [await factory.start(s)]
+    await call(sandboxes[0])
+    factory.zygotes[s.key].measure_tmp()
+    held_with_one = factory.held_mb()
+    for _ in range(79):
+        sandbox = await factory.start(s)
+        await call(sandbox)
+        sandboxes.append(sandbox)
+    assert all(sb.alive for sb in sandboxes)
+    zygote = factory.zygotes[s.key]
+    assert not zygote.closed and zygote.live == 80
+    zygote.measure_tmp()
+    assert factory.held_mb() > held_with_one + 20  # what they were left is charged
+    for sandbox in sandboxes:
+        await sandbox.close()

@@ -98,6 +98,12 @@ class Cgroups:
                 (mem / "memory.limit_in_bytes").write_text(limit)
                 with contextlib.suppress(OSError):
                     (mem / "memory.memsw.limit_in_bytes").write_text(limit)
+                # What a new sandbox touched before it was moved here (copies of its
+                # zygote's pages) moves with it: left behind, those charges pile up
+                # in the zygote's cgroup, one live sandbox at a time, until the
+                # zygote is killed for memory it never used itself.
+                with contextlib.suppress(OSError):
+                    (mem / "memory.move_charge_at_immigrate").write_text("3")
         if "pids" in dirs:
             (dirs["pids"] / "pids.max").write_text(str(pids_max))
         if "cpu" in dirs:
@@ -236,6 +242,21 @@ class SandboxCgroup:
         except OSError:
             return False
         return True
+
+    def set_memory_limit(self, memory_mb: int) -> None:
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return
+        limit = str(memory_mb * 1024 * 1024)
+        if self.version == 2:
+            (mem / "memory.max").write_text(limit)
+            return
+        # v1 refuses a memory limit above memory+swap: raise that one first.
+        with contextlib.suppress(OSError):
+            (mem / "memory.memsw.limit_in_bytes").write_text(limit)
+        (mem / "memory.limit_in_bytes").write_text(limit)
+        with contextlib.suppress(OSError):
+            (mem / "memory.memsw.limit_in_bytes").write_text(limit)
 
     def memory_bytes(self) -> int | None:
         """Memory the cgroup's processes hold now (page cache and tmpfs included)."""

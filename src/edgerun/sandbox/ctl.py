@@ -16,6 +16,10 @@ import msgspec
 
 from edgerun.sandbox.protocol import ErrorInfo
 
+GO = b"\x01"
+"""The first byte the node sends a new sandbox on its channel, once the sandbox is
+in its own cgroup: until then it waits, touching nothing charged to its zygote."""
+
 MAX_PACKET = 1 << 16
 """Control messages carry no user data (the environment travels in a memfd)."""
 

@@ -80,6 +80,10 @@ class EngineSettings:
     reap_timeout_s: float = 2.0
     zygote_estimate_mb: int = 8
     """Room held for a version's first zygote, before its heap was ever measured."""
+    zygote_fork_headroom_mb: int = 128
+    """A loaded zygote's cgroup may hold this much over the function's memory: the
+    pages each fork leaves its sandbox stay charged there while that sandbox lives
+    (about 1 MB a sandbox here). What it holds is charged to the node's budget."""
     warm_cgroup_moves: bool = True
     """Keep moves into cgroups fast while sandboxes start (see MigrationWarmer)."""
 
@@ -146,10 +150,11 @@ class _Zygote:
         return status
 
     def measure_tmp(self, *, every_s: float = 0.0) -> None:
-        """Charge what /tmp holds now (a statvfs through the zygote's own root); at most
-        once per ``every_s`` (after calls: back-to-back calls pay for one, and /tmp is
-        capped at ``tmp_mb`` anyway; a closing sandbox always measures)."""
-        if not self.settings.namespaces or self.closed:
+        """Charge what the zygote's cgroup and its /tmp hold now (a statvfs through the
+        zygote's own root); at most once per ``every_s`` (after calls: back-to-back
+        calls pay for one, and /tmp is capped at ``tmp_mb`` anyway; a closing sandbox
+        always measures)."""
+        if self.closed:
             return
         now = time.monotonic()
         wait = self.tmp_measured + every_s - now
@@ -162,6 +167,13 @@ class _Zygote:
             return
         self.tmp_pending = False
         self.tmp_measured = now
+        if self.cgroup is not None:
+            # Everything its cgroup holds, the pages its sandboxes were left included.
+            used = self.cgroup.memory_bytes()
+            if used is not None:
+                self.heap_mb = -(-used // _MB)
+        if not self.settings.namespaces:
+            return
         try:
             st = os.statvfs(f"/proc/{self.pid}/root/tmp")
         except OSError:
@@ -478,6 +490,7 @@ class ZygoteSandboxFactory:
                 cgroup = await asyncio.to_thread(
                     self._cgroup_for, f"sb-{next(self._ids)}", spec.memory_mb, pid
                 )
+            sock.send(ctl.GO)  # in its cgroup: it may start (it waited, touching nothing)
         except BaseException:
             sock.close()
             with contextlib.suppress(OSError):
@@ -630,6 +643,13 @@ class ZygoteSandboxFactory:
         if isinstance(reply, ctl.LoadFailed):
             raise SandboxInitError(reply.error)
         if z.cgroup is not None:
+            # Loaded: from now on the zygote runs no user code but at-fork hooks, and
+            # its cgroup also carries the pages each fork leaves its sandbox (copies
+            # the zygote makes of what it writes after a fork stay charged here while
+            # that sandbox lives): room for them, or a busy version's zygote is
+            # killed for memory its sandboxes use. measure_tmp() charges it all.
+            with contextlib.suppress(OSError):
+                z.cgroup.set_memory_limit(z.spec.memory_mb + self.settings.zygote_fork_headroom_mb)
             used = z.cgroup.memory_bytes()
             if used is not None:
                 # Not a new limit: a fork's child is charged here until it is moved.
