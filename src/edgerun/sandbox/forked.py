@@ -83,7 +83,8 @@ class EngineSettings:
     zygote_fork_headroom_mb: int = 128
     """A loaded zygote's cgroup may hold this much over the function's memory: the
     pages each fork leaves its sandbox stay charged there while that sandbox lives
-    (about 1 MB a sandbox here). What it holds is charged to the node's budget."""
+    (about 1 MB a sandbox here). Not in the node's budget (the zygote is charged
+    its heap as measured when it loaded)."""
     warm_cgroup_moves: bool = True
     """Keep moves into cgroups fast while sandboxes start (see MigrationWarmer)."""
 
@@ -150,11 +151,10 @@ class _Zygote:
         return status
 
     def measure_tmp(self, *, every_s: float = 0.0) -> None:
-        """Charge what the zygote's cgroup and its /tmp hold now (a statvfs through the
-        zygote's own root); at most once per ``every_s`` (after calls: back-to-back
-        calls pay for one, and /tmp is capped at ``tmp_mb`` anyway; a closing sandbox
-        always measures)."""
-        if self.closed:
+        """Charge what /tmp holds now (a statvfs through the zygote's own root); at most
+        once per ``every_s`` (after calls: back-to-back calls pay for one, and /tmp is
+        capped at ``tmp_mb`` anyway; a closing sandbox always measures)."""
+        if not self.settings.namespaces or self.closed:
             return
         now = time.monotonic()
         wait = self.tmp_measured + every_s - now
@@ -167,13 +167,6 @@ class _Zygote:
             return
         self.tmp_pending = False
         self.tmp_measured = now
-        if self.cgroup is not None:
-            # Everything its cgroup holds, the pages its sandboxes were left included.
-            used = self.cgroup.memory_bytes()
-            if used is not None:
-                self.heap_mb = -(-used // _MB)
-        if not self.settings.namespaces:
-            return
         try:
             st = os.statvfs(f"/proc/{self.pid}/root/tmp")
         except OSError:
@@ -647,7 +640,7 @@ class ZygoteSandboxFactory:
             # its cgroup also carries the pages each fork leaves its sandbox (copies
             # the zygote makes of what it writes after a fork stay charged here while
             # that sandbox lives): room for them, or a busy version's zygote is
-            # killed for memory its sandboxes use. measure_tmp() charges it all.
+            # killed for memory its sandboxes use.
             with contextlib.suppress(OSError):
                 z.cgroup.set_memory_limit(z.spec.memory_mb + self.settings.zygote_fork_headroom_mb)
             used = z.cgroup.memory_bytes()

@@ -18,7 +18,6 @@ Z0 stays so that the parent-death signal chains: node -> template -> Z0 -> Z1 ->
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import resource
 import signal
@@ -264,10 +263,6 @@ def _zygote_loop(req: ctl.StartZygote, chan: socket.socket, task_root: str) -> N
             err.traceback = traceback.format_exception_only(exc)
         ctl.send(chan, ctl.LoadFailed(error=err))
         os._exit(0)
-    # Objects loaded so far are never collected again: a sandbox's collector then
-    # leaves their pages alone, so a fork copies (and is charged for) far less.
-    gc.collect()
-    gc.freeze()
     ctl.send(chan, ctl.Loaded(pid=os.getpid()))
     info = WorkerInfo(
         function=req.function, version=req.version, memory_mb=req.memory_mb, code_root=task_root
