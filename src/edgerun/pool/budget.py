@@ -36,6 +36,10 @@ _SLOT = struct.Struct("<qq")  # pid, charged_mb
 PRESSURE_TTL_S = 1.0
 """Pressure nobody renews is forgotten (its asker got room, gave up or died)."""
 LOCK_WAIT_S = 0.02
+OTHERS_TTL_S = 0.001
+"""The other workers' total is re-read at most this often on the warm path (summing
+64 slots per request would cost more than the rest of the decision); always fresh
+under the lock, where a reservation decides."""
 
 
 class BudgetBusy(LookupError):
@@ -108,6 +112,9 @@ class SharedBudget(Budget):
         self._engine = self._offsets[-1] + 8
         """The last slot is the shared engine's (its zygotes), not a worker's."""
         self._workers = [off for i, off in enumerate(self._offsets[:-1]) if i != slot]
+        self._others = 0
+        self._others_at = -math.inf
+        self._locked = False
         _SLOT.pack_into(self._map, self._offsets[slot], os.getpid(), 0)
 
     @staticmethod
@@ -137,8 +144,13 @@ class SharedBudget(Budget):
         return True
 
     def others_mb(self) -> int:
+        now = time.monotonic()
+        if not self._locked and now - self._others_at < OTHERS_TTL_S:
+            return self._others
         m, unpack = self._map, _SLOT.unpack_from
-        return sum(unpack(m, off)[1] for off in self._workers)
+        self._others = sum(unpack(m, off)[1] for off in self._workers)
+        self._others_at = now
+        return self._others
 
     def engine_mb(self) -> int:
         return int(struct.unpack_from("<q", self._map, self._engine)[0])
@@ -161,9 +173,11 @@ class SharedBudget(Budget):
                 if time.monotonic() > deadline:
                     raise BudgetBusy(0) from None
                 time.sleep(0.0002)
+        self._locked = True
         try:
             yield
         finally:
+            self._locked = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def ask_room(self, short_mb: int, evict_below: float | None) -> None:

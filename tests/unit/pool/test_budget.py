@@ -139,9 +139,14 @@ async def test_a_reservation_publishes_the_charge_at_once(budget_file: Path) -> 
     watcher = SharedBudget(budget_file, 1)
     claim = a.claim(spec("f"))
     assert claim is not None
-    assert watcher.others_mb() == 128
+    assert fresh_others(watcher) == 128
     a.cancel_claim(claim)
-    assert watcher.others_mb() == 0
+    assert fresh_others(watcher) == 0
+
+
+def fresh_others(budget: SharedBudget) -> int:
+    with budget.exclusive():  # past the warm path's millisecond cache
+        return budget.others_mb()
 
 
 async def test_pressure_is_relieved_by_one_worker_not_by_each(tmp_path: Path) -> None:
@@ -182,3 +187,20 @@ def test_a_lock_held_too_long_is_no_room_rather_than_a_hang(budget_file: Path) -
             pass
     finally:
         os.close(holder)
+
+
+def test_the_warm_path_reads_the_others_at_most_every_millisecond(
+    budget_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine, other = SharedBudget(budget_file, 0), SharedBudget(budget_file, 1)
+    now = [100.0]
+    monkeypatch.setattr("edgerun.pool.budget.time.monotonic", lambda: now[0])
+    assert mine.others_mb() == 0
+    other.publish(64)
+
+    assert mine.others_mb() == 0  # within the millisecond: the total read before
+    with mine.exclusive():
+        assert mine.others_mb() == 64  # under the lock: always fresh
+    other.publish(128)
+    now[0] += 0.002
+    assert mine.others_mb() == 128
