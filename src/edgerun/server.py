@@ -11,7 +11,9 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -51,7 +53,22 @@ def token_path(cfg: NodeConfig) -> Path:
     return Path(cfg.token_file) if cfg.token_file else Path(cfg.data_dir) / "admin-token"
 
 
-def build_app(cfg: NodeConfig, seat: Seat | None = None) -> Any:
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, telling the app as soon as a stop is asked for: it then waits for
+    requests in flight, and a long-poll must not be one of them."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._on_exit is not None:
+            self._on_exit()
+
+
+def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[[], None] | None]:
+    """The ASGI app of this node, and what to call when its server is told to stop."""
     data = Path(cfg.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     if cfg.role == "control":
@@ -72,7 +89,7 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> Any:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"edgerun: {exc}") from None
         secrets = SecretStore(data / "secrets.db", SecretBox(master_key))
-        return ControlApp(
+        control = ControlApp(
             registry,
             bundles,
             accounts,
@@ -81,7 +98,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> Any:
             retain_versions=cfg.retain_versions,
             gc_interval_s=cfg.gc_interval_s,
             body_timeout_s=cfg.body_timeout_s,
-        ).asgi
+        )
+        return control.asgi, control.stopping
     if not cfg.control_url:
         raise SystemExit("edgerun: a region or POP needs control_url in its config")
     try:
@@ -90,7 +108,7 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> Any:
         raise SystemExit(f"edgerun: {exc}") from None
     if seat is None:
         factory, layers = make_engine(cfg)
-        return NodeApp(cfg, credential, factory, isolation=layers).asgi
+        return NodeApp(cfg, credential, factory, isolation=layers).asgi, None
     budget = SharedBudget(budget_path(cfg), seat.index)
     shared_layers = engine_layers()
     if shared_layers is not None:  # the supervisor holds the node's one zygote engine
@@ -102,7 +120,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> Any:
         layers = shared_layers
     else:
         factory, layers = make_engine(cfg, worker_dir(cfg, seat.index))
-    return NodeApp(cfg, credential, factory, isolation=layers, seat=seat, budget=budget).asgi
+    app = NodeApp(cfg, credential, factory, isolation=layers, seat=seat, budget=budget)
+    return app.asgi, None
 
 
 def make_engine(cfg: NodeConfig, own: Path | None = None) -> tuple[SandboxFactory, list[Layer]]:
@@ -162,8 +181,8 @@ class Server:
                 raise SystemExit(f"edgerun: {exc}") from None
             self._supervisor = Supervisor(cfg, count)
             return
-        self.app = build_app(cfg, seat)
-        self._server = uvicorn.Server(
+        self.app, on_exit = build_app(cfg, seat)
+        self._server = _Uvicorn(
             uvicorn.Config(
                 self.app,
                 host=cfg.host,
@@ -176,7 +195,8 @@ class Server:
                 log_level="warning",
                 timeout_graceful_shutdown=5,
                 **https,  # when [tls] cert and key are set
-            )
+            ),
+            on_exit,
         )
 
     def run(self) -> None:

@@ -130,6 +130,8 @@ class ControlApp:
         self.gc_interval_s = gc_interval_s
         self.body_timeout_s = body_timeout_s
         self._changed = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.routes = self.api_routes()
         routes = [route(api, lambda: accounts.keyring) for api in self.routes]
         self.asgi = Starlette(
@@ -171,8 +173,21 @@ class ControlApp:
             ApiRoute("DELETE", "/v1/nodes/{key_id}", admin, self.revoke_node),
         ]
 
+    def stopping(self) -> None:
+        """The server was told to stop (any thread, a signal handler included): every
+        long-poll answers now instead of holding the shutdown up, and new ones do
+        not wait."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stop_feed)
+
+    def _stop_feed(self) -> None:
+        self._stopping = True
+        self._notify()
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
         task = asyncio.create_task(self._collect_forever())
         try:
             yield
@@ -432,7 +447,7 @@ class ControlApp:
         since = query_int(request.query_params, "since", 0, lo=0, hi=MAX_REVISION)
         wait = min(query_int(request.query_params, "wait", 0, lo=0, hi=3600), MAX_FEED_WAIT_S)
         body = self._changes(since)
-        if not body["functions"] and not body["keys"] and wait > 0:
+        if not body["functions"] and not body["keys"] and wait > 0 and not self._stopping:
             waiter = self._changed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), wait)
