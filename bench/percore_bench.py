@@ -160,7 +160,11 @@ def measure_raw(duration: float) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def edgerun_pop() -> Iterator[tuple[LocalCluster, str]]:
+def edgerun_pop(
+    *, capacity_mb: int = 1024, workers: int = 1, connections: int = CONNECTIONS
+) -> Iterator[tuple[LocalCluster, str]]:
+    """A cluster whose POP serves ``examples/hello`` (public, ``placement = "edge"``);
+    yields it and the hello's URL at the POP."""
     root = Path(tempfile.mkdtemp(prefix="edgerun-percore-"))
     topology = Topology(
         control=ControlSpec(port=free_port()),
@@ -170,7 +174,8 @@ def edgerun_pop() -> Iterator[tuple[LocalCluster, str]]:
                 name="pop-1",
                 port=free_port(),
                 regions=["region-1"],
-                settings={"max_per_function": CONNECTIONS},
+                capacity_mb=capacity_mb,
+                settings={"workers": workers, "max_per_function": connections},
             )
         ],
     )

@@ -20,22 +20,16 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from percore_bench import EXAMPLES, tree, wait_ready, wrk
+from percore_bench import edgerun_pop, tree, wrk
 
-from edgerun.build import build_bundle
-from edgerun.client import Client
-from edgerun.cluster import LocalCluster, free_port
-from edgerun.config import ControlSpec, PopSpec, RegionSpec, Topology
-from edgerun.models import FunctionConfig
+from edgerun.cluster import LocalCluster
 
 CONNECTIONS = 64
 _TICK = os.sysconf("SC_CLK_TCK")
+_WORKER = b"edgerun.node.worker"
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:
@@ -43,58 +37,28 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     processes; the node itself when it has one worker), the supervisor, and the
     sandbox side (template, zygotes, sandboxes)."""
     parts = {"workers": 0.0, "supervisor": 0.0, "sandboxes": 0.0}
+    own: dict[int, tuple[float, bytes]] = {}
     for p in tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+            own[p] = ((int(fields[11]) + int(fields[12])) / _TICK,  # utime + stime
+                      Path(f"/proc/{p}/cmdline").read_bytes())  # fmt: skip
         except OSError:
             continue
-        used = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
-        if b"edgerun.node.worker" in cmdline:
+    supervised = any(_WORKER in cmd for _used, cmd in own.values())
+    for p, (used, cmdline) in own.items():
+        if _WORKER in cmdline:
             parts["workers"] += used
         elif p == pid:
-            parts["supervisor" if b"--role" in cmdline and _has_workers(pid) else "workers"] += used
+            parts["supervisor" if supervised else "workers"] += used
         else:
             parts["sandboxes"] += used
     return parts
 
 
-def _has_workers(pid: int) -> bool:
-    return any(
-        b"edgerun.node.worker" in Path(f"/proc/{c}/cmdline").read_bytes()
-        for c in tree(pid)[1:]
-        if Path(f"/proc/{c}/cmdline").exists()
-    )
-
-
-@contextlib.contextmanager
-def pop(workers: int) -> Iterator[tuple[LocalCluster, str]]:
-    root = Path(tempfile.mkdtemp(prefix="edgerun-workers-"))
-    topology = Topology(
-        control=ControlSpec(port=free_port()),
-        region=[RegionSpec(name="region-1", port=free_port())],
-        pop=[
-            PopSpec(
-                name="pop-1",
-                port=free_port(),
-                regions=["region-1"],
-                capacity_mb=16384,  # room for a sandbox per connection in every worker
-                settings={"workers": workers, "max_per_function": CONNECTIONS},
-            )
-        ],
-    )
-    cluster = LocalCluster(topology, root)
-    try:
-        cluster.start()
-        with Client(cluster.control_url, cluster.token) as client:
-            config = FunctionConfig(handler="handler.handler", auth="public", placement="edge")
-            client.deploy("hello", build_bundle(EXAMPLES / "hello"), config)
-        url = f"{cluster.url('pop-1')}/fn/hello/?name=world"
-        wait_ready(url)
-        yield cluster, url
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+def pop(workers: int) -> contextlib.AbstractContextManager[tuple[LocalCluster, str]]:
+    # Room for a sandbox per connection in every worker: memory never limits here.
+    return edgerun_pop(capacity_mb=16384, workers=workers, connections=CONNECTIONS)
 
 
 def measure(workers: int, duration: float) -> dict[str, float]:

@@ -47,7 +47,7 @@ from edgerun.sandbox.base import (
     SandboxSpec,
 )
 from edgerun.sandbox.cgroups import SandboxCgroup
-from edgerun.sandbox.forked import ForkedSandbox, ZygoteSandboxFactory, _Zygote
+from edgerun.sandbox.forked import HEAPS_KEPT, ForkedSandbox, ZygoteSandboxFactory, _Zygote
 from edgerun.sandbox.protocol import ErrorInfo
 from edgerun.sandbox.transport import open_channel
 
@@ -63,7 +63,6 @@ _START_TIMEOUT_S = 60.0
 _CALL_TIMEOUT_S = 10.0
 _TMP_EVERY_S = 0.1
 _MAX_BACKLOG = 100_000
-_HEAPS_KEPT = 10_000
 
 
 # --- messages ------------------------------------------------------------------
@@ -342,7 +341,7 @@ class ZygoteBroker:
         self._lent.setdefault(worker, {})
         link.start()
         loaded = self._loaded_now()
-        self._send_engine(link, loaded, [], dict(self.factory._heaps), self.factory.problem())
+        self._send_engine(link, loaded, [], self.factory.heap_estimates(), self.factory.problem())
         return link
 
     def _gone(self, worker: int, link: Link) -> None:
@@ -486,7 +485,7 @@ class ZygoteBroker:
         """Publish what the engine holds and tell every worker what changed."""
         self._publish()
         loaded = self._loaded_now()
-        heaps = dict(self.factory._heaps)
+        heaps = self.factory.heap_estimates()
         problem = self.factory.problem()
         changed = {k: v for k, v in loaded.items() if self._sent_loaded.get(k) != v}
         dropped = [k for k in self._sent_loaded if k not in loaded]
@@ -592,7 +591,7 @@ class BrokerClient:
                 self._loaded.pop(key, None)
             self._loaded.update(msg.loaded)
             self._heaps.update(msg.heaps)
-            while len(self._heaps) > _HEAPS_KEPT:
+            while len(self._heaps) > HEAPS_KEPT:
                 del self._heaps[next(iter(self._heaps))]
             self._problem = msg.problem
         else:

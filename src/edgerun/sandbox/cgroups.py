@@ -98,12 +98,6 @@ class Cgroups:
                 (mem / "memory.limit_in_bytes").write_text(limit)
                 with contextlib.suppress(OSError):
                     (mem / "memory.memsw.limit_in_bytes").write_text(limit)
-                # What a new sandbox touched before it was moved here (copies of its
-                # zygote's pages) moves with it: left behind, those charges pile up
-                # in the zygote's cgroup, one live sandbox at a time, until the
-                # zygote is killed for memory it never used itself.
-                with contextlib.suppress(OSError):
-                    (mem / "memory.move_charge_at_immigrate").write_text("3")
         if "pids" in dirs:
             (dirs["pids"] / "pids.max").write_text(str(pids_max))
         if "cpu" in dirs:

@@ -34,7 +34,8 @@ from edgerun.sandbox.uids import UidMap
 log = logging.getLogger("edgerun.sandbox")
 _MB = 1024 * 1024
 _TMP_MEASURE_EVERY_S = 0.1
-_HEAPS_KEPT = 10_000
+HEAPS_KEPT = 10_000
+"""Next-load estimates kept (one per version loaded lately)."""
 
 
 def _pid_of(pidfd: int) -> int:
@@ -648,9 +649,13 @@ class ZygoteSandboxFactory:
                 # Not a new limit: a fork's child is charged here until it is moved.
                 z.heap_mb = -(-used // _MB)
                 self._heaps[z.spec.key] = z.heap_mb
-                if len(self._heaps) > _HEAPS_KEPT:
+                if len(self._heaps) > HEAPS_KEPT:
                     del self._heaps[next(iter(self._heaps))]
             z.settle()
+
+    def heap_estimates(self) -> dict[str, int]:
+        """What loading each version cost last time (spec key -> MB), a copy."""
+        return dict(self._heaps)
 
     def zygote_mb(self, spec: SandboxSpec) -> int:
         if self.is_loaded(spec):
