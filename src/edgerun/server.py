@@ -98,6 +98,7 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
             retain_versions=cfg.retain_versions,
             gc_interval_s=cfg.gc_interval_s,
             body_timeout_s=cfg.body_timeout_s,
+            node_verify=client_verify(cfg.tls),
         )
         return control.asgi, control.stopping
     if not cfg.control_url:

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,6 +31,7 @@ from edgerun.control.fleet import Fleet
 from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry, retention
 from edgerun.control.secrets import SecretCorrupt, SecretStore
+from edgerun.control.ui import Ui
 from edgerun.errors import ApiError, bad_request, forbidden, not_found
 from edgerun.files import write_new
 from edgerun.http import (
@@ -119,6 +122,7 @@ class ControlApp:
         retain_versions: int = 3,
         gc_interval_s: float = 60.0,
         body_timeout_s: float = BODY_TIMEOUT_S,
+        node_verify: ssl.SSLContext | bool = True,
     ) -> None:
         """Each function keeps its newest ``retain_versions`` versions and every
         aliased one; the others are collected every ``gc_interval_s`` (and on
@@ -135,8 +139,12 @@ class ControlApp:
         self._changed = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.node_verify = node_verify
+        """What nodes' certificates must chain to, when the dashboard calls them."""
+        self.ui = Ui(self)
         self.routes = self.api_routes()
         routes = [route(api, lambda: accounts.keyring) for api in self.routes]
+        routes += self.ui.routes()  # cookie sessions of the cluster admin: see control/ui.py
         self.asgi = Starlette(
             routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=self._lifespan
         )
@@ -187,18 +195,21 @@ class ControlApp:
 
     def _stop_feed(self) -> None:
         self._stopping = True
+        self.ui.stop.set()
         self._notify()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
         task = asyncio.create_task(self._collect_forever())
+        self.ui.client = httpx.AsyncClient(verify=self.node_verify)
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await self.ui.client.aclose()
 
     async def _collect_forever(self) -> None:
         while True:
@@ -545,10 +556,14 @@ class ControlApp:
             {"key_id": entry.id, "secret": secret, "hash_key": self.accounts.hash_key.hex()}, 201
         )
 
+    def node_views(self) -> list[dict[str, Any]]:
+        """Every node credential with its liveness and URL."""
+        return [_node_view(k, self.fleet.view(k.id)) for k in self.accounts.keys(nodes=True)]
+
     async def list_nodes(self, request: Request) -> Response:
         """Every node credential with its liveness and URL; a key other than the cluster
         admin's sees the live nodes' names, roles and URLs only (to reach them)."""
-        nodes = [_node_view(k, self.fleet.view(k.id)) for k in self.accounts.keys(nodes=True)]
+        nodes = self.node_views()
         if not principal_of(request).is_cluster_admin:
             nodes = [
                 {"name": n["name"], "role": n["role"], "url": n["url"], "state": n["state"]}
@@ -576,7 +591,7 @@ class ControlApp:
         return json_response(key_view(revoked))
 
 
-def _node_view(entry: KeyEntry, alive: dict[str, object]) -> dict[str, object]:
+def _node_view(entry: KeyEntry, alive: dict[str, object]) -> dict[str, Any]:
     """A node credential (named ``role:name`` when it joined) and its liveness."""
     role, sep, name = entry.name.partition(":")
     view = key_view(entry) | alive

@@ -239,6 +239,8 @@ class Invoker:
             at=at, node=self.cfg.name, request_id=checked.origin.request_id,
             function=checked.name, worker=int(self.worker or 0),
         )  # fmt: skip
+        if checked.origin.from_node:
+            entry.from_node = req.header(FORWARDED_BY_HEADER) or "?"
         headers: list[tuple[str, str]] | dict[str, str] = []
         try:
             reply = await self._invoke(req, body, checked, entry)

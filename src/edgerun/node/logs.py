@@ -50,6 +50,8 @@ class LogEntry(msgspec.Struct, kw_only=True):
     output: str = ""
     """What the function printed (stdout and stderr), capped by the sandbox layer."""
     worker: int = 0
+    from_node: str = ""
+    """The POP that forwarded it here (empty when a caller called this node)."""
 
 
 _encode = msgspec.json.Encoder().encode
