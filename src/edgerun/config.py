@@ -131,6 +131,11 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POP: functions whose popularity is tracked (memory stays bounded)."""
     placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
     """POP: the placement policy; the other two are baselines for benchmarks."""
+    metrics: bool = True
+    """Count for ``GET /metrics`` (Prometheus); off, nothing is counted at all."""
+    metrics_max_functions: int = 200
+    """Functions with a ``function`` label of their own in /metrics; the rest are
+    counted as ``(other)``."""
 
 
 IDENTITY_FIELDS = frozenset(
