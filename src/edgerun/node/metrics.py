@@ -23,10 +23,11 @@ node counts get a ``function`` label of their own; every function after them
 is counted as ``(other)`` (the tail is aggregated, not dropped, as in
 :class:`~edgerun.node.state.Counters`). A function keeps its label for the
 node's life, deleted or not, so no counter ever goes backwards. ``status`` is
-an HTTP status (at most 500 values), ``placement`` one of ``local-warm``,
-``local-cold``, ``forwarded:<region>`` (the POP's configured regions),
-``rejected`` or ``none`` (refused before a placement was decided, e.g. a 429
-at the function's rate limit), ``reason`` a placement reason. Histograms
+an HTTP status (at most 500 values); ``placement`` and ``reason`` are what the
+answer's ``x-edgerun-placement`` and ``x-edgerun-reason`` said (``local-warm``,
+``local-cold`` or ``forwarded:<region>`` of the POP's configured regions; a
+placement reason), or ``none`` when it said nothing (refused before a
+placement was decided, e.g. a 429 at the function's rate limit). Histograms
 have no function label at all.
 
 **Workers.** A node running several worker processes on one port
@@ -539,14 +540,19 @@ class Peers:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by the worker this one replaces
-        where, fd = _short(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(where)
-        finally:
-            if fd is not None:
-                os.close(fd)
-        os.chmod(path, 0o600)
+            where, fd = _short(path)
+            try:
+                sock.bind(where)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            sock.close()
+            log.error("metrics: the other workers cannot reach this one at %s: %s", path, exc)
+            return
         server = await asyncio.start_unix_server(self._answer, sock=sock)
         try:
             await asyncio.Future()
