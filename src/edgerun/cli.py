@@ -31,6 +31,7 @@ from edgerun.client import Client, EdgerunError, invoke
 from edgerun.config import default_topology, load_node_config, load_topology
 from edgerun.errors import ApiError
 from edgerun.files import write_atomic
+from edgerun.logconfig import configure as configure_logging
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="edgerun: run functions at the edge."
@@ -169,6 +170,7 @@ def node(
         cfg = load_node_config(config)
         if cfg.role != role:
             _fail(f"--role {role} does not match role = {cfg.role!r} in {config}")
+        configure_logging(cfg.name, cfg.log_format, cfg.log_level)
         Server(cfg).run()
 
 
@@ -511,6 +513,7 @@ def _print_logs(node_url: str, request_id: str, token: str) -> None:
         timeout=5,
     )
     entries = resp.json().get("logs", []) if resp.status_code == 200 else []
+    entries = [e for e in entries if e.get("output")]
     if not entries:
         err.print(f"[dim]no output captured for request {request_id}[/dim]")
     for entry in entries:
@@ -644,7 +647,7 @@ def status(token: TokenOpt = "") -> None:
 
 tenants_app = typer.Typer(no_args_is_help=True, help="Tenants (the cluster admin's).")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
-nodes_app = typer.Typer(no_args_is_help=True, help="Node credentials: join tokens, revoke.")
+nodes_app = typer.Typer(help="The nodes: list them, join tokens, revoke credentials.")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(nodes_app, name="nodes")
@@ -819,18 +822,89 @@ def nodes_join_token(
     sys.stdout.write(result["token"] + "\n")
 
 
+@nodes_app.callback(invoke_without_command=True)
+def _nodes_default(ctx: typer.Context, control: ControlOpt = "", token: TokenOpt = "") -> None:
+    """`edgerun nodes` alone lists them."""
+    if ctx.invoked_subcommand is None:
+        nodes_ls(control, token)
+
+
+_STATE_STYLE = {"up": "[green]up[/green]", "down": "[red]down[/red]", "unknown": "unknown"}
+
+
 @nodes_app.command("ls")
 def nodes_ls(control: ControlOpt = "", token: TokenOpt = "") -> None:
-    """List node credentials."""
+    """List the nodes: where they are, whether they beat, their credentials."""
     with _errors(), _client(control, token) as client:
-        table = Table()
-        for col in ("id", "node", "created", "state"):
-            table.add_column(col)
-        for n in client.nodes():
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n["created_at"]))
-            state = "[red]revoked[/red]" if n["revoked"] else "live"
-            table.add_row(n["id"], n["name"], created, state)
-        out.print(table)
+        nodes = client.nodes()
+    table = Table()
+    for col in ("node", "role", "url", "state", "last seen", "revision", "id", "credential"):
+        table.add_column(col)
+    for n in nodes:
+        seen = "-" if n.get("last_seen_s") is None else f"{n['last_seen_s']:.1f}s ago"
+        state = _STATE_STYLE.get(n["state"], n["state"])
+        credential = "[red]revoked[/red]" if n.get("revoked") else "live"
+        table.add_row(
+            n["name"], n.get("role") or "-", n.get("url") or "-", state, seen,
+            str(n.get("revision", "-")), n.get("id", "-"), credential,
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command(name="logs")
+def logs_cmd(
+    name: Annotated[str, typer.Argument(help="Only this function.")] = "",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    since: Annotated[
+        str, typer.Option(help="From this long ago (10m, 2h) or a Unix time.")
+    ] = "10m",
+    status: Annotated[str, typer.Option(help="all, or error for failures only.")] = "all",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with -f.")] = 1.0,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Invocation records and function output from every node, merged by time."""
+    import httpx
+
+    from edgerun.tail import Tail, http_fetch, line, parse_since
+
+    if status not in ("all", "error"):
+        _fail("--status must be all or error")
+    with _errors():
+        tail = Tail(parse_since(since, time.time()), name or None, status == "error")
+    with _errors(), _client(control, token) as client:
+        nodes = client.nodes()
+    urls = [n["url"] for n in nodes if n.get("url") and not n.get("revoked")]
+    if not urls:
+        urls = [n["url"] for n in _state().get("nodes", []) if n.get("role") != "control"]
+    if not urls:
+        _fail("no node has told the control plane its URL yet")
+    auth = {"authorization": f"Bearer {_token(token)}"}
+    warned: set[str] = set()
+    with httpx.Client(headers=auth, timeout=5.0) as http:
+        fetch = http_fetch(http)
+        while True:
+            entries, more = tail.poll(urls, fetch)
+            for url, problem in tail.problems.items():
+                if url not in warned:
+                    err.print(f"[yellow]{url}: {problem}[/yellow]")
+                    warned.add(url)
+            warned &= set(tail.problems)
+            for entry in entries:
+                if as_json:
+                    sys.stdout.write(json.dumps(entry) + "\n")
+                    continue
+                out.print(line(entry), highlight=False, markup=False)
+                if entry.get("output"):
+                    sys.stdout.write(
+                        "".join(f"    {text}\n" for text in entry["output"].splitlines())
+                    )
+            sys.stdout.flush()
+            if not follow:
+                return
+            if not more:
+                time.sleep(interval)
 
 
 @nodes_app.command("revoke")

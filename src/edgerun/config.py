@@ -131,6 +131,17 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POP: functions whose popularity is tracked (memory stays bounded)."""
     placement_mode: Literal["edgerun", "always-here", "always-forward"] = "edgerun"
     """POP: the placement policy; the other two are baselines for benchmarks."""
+    log_format: Literal["json", "text"] = "json"
+    """The node's own log lines (stderr): JSON lines for collectors, or text for people."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_retention_mb: int = 64
+    """Region or POP: disk kept for invocation records and function output (oldest go
+    first); they survive a restart."""
+    advertise_url: str = ""
+    """Region or POP: the URL other nodes and the CLI reach this node at (told to the
+    control plane in heartbeats); by default http(s)://host:port."""
+    heartbeat_s: float = 5.0
+    """Region or POP: how often it tells the control plane it is alive."""
     metrics: bool = True
     """Count for ``GET /metrics`` (Prometheus); off, nothing is counted at all."""
     metrics_max_functions: int = 200

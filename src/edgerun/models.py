@@ -178,3 +178,16 @@ def validate_config(cfg: FunctionConfig) -> FunctionConfig:
     if cfg.max_concurrency is not None and not 1 <= cfg.max_concurrency <= 100_000:
         raise bad_request("max_concurrency must be between 1 and 100000")
     return cfg
+
+
+class Heartbeat(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a node says of itself (``POST /v1/nodes/heartbeat``)."""
+
+    url: str
+    role: str
+    revision: int = 0
+    synced: bool = False
+    workers: int = 1
+    load: float = 0.0
+    started_at: float = 0.0
+    interval_s: float = 5.0

@@ -193,6 +193,7 @@ class Server:
                 lifespan="on",
                 access_log=False,
                 log_level="warning",
+                log_config=None,  # the node's own format (edgerun.logconfig), not uvicorn's
                 timeout_graceful_shutdown=5,
                 **https,  # when [tls] cert and key are set
             ),

@@ -40,7 +40,12 @@ INVOCATIONS = [
 ]
 TENANT_FREE = {("POST", "/v1/bundles")}
 """Routes any deploy-capable key may use whoever else exists (bundles are content-addressed)."""
-LISTINGS = {("GET", "/v1/functions"), ("GET", "/v1/keys"), ("GET", "/v1/status")}
+LISTINGS = {
+    ("GET", "/v1/functions"),
+    ("GET", "/v1/keys"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/nodes"),  # names, roles and URLs of live nodes only
+}
 """Routes that answer any key with what it may see (filtered), not a refusal."""
 
 

@@ -25,6 +25,7 @@ from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, tenant_of
 from edgerun.auth.guard import ApiRoute, Need, principal_of, route
 from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
+from edgerun.control.fleet import Fleet
 from edgerun.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgerun.control.metrics import ControlMetrics
 from edgerun.control.openapi import openapi_document
@@ -45,6 +46,7 @@ from edgerun.models import (
     AliasRequest,
     DeployRequest,
     FunctionRecord,
+    Heartbeat,
     UnknownQualifier,
     resolve_qualifier,
     validate_config,
@@ -131,6 +133,7 @@ class ControlApp:
         self.retain_versions = retain_versions
         self.gc_interval_s = gc_interval_s
         self.body_timeout_s = body_timeout_s
+        self.fleet = Fleet()
         self._changed = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,7 +175,8 @@ class ControlApp:
             ApiRoute("DELETE", "/v1/keys/{key_id}", key, self.revoke_key),
             ApiRoute("POST", "/v1/join-tokens", admin, self.create_join_token),
             ApiRoute("POST", "/v1/nodes/join", public, self.join),
-            ApiRoute("GET", "/v1/nodes", admin, self.list_nodes),
+            ApiRoute("GET", "/v1/nodes", key, self.list_nodes),
+            ApiRoute("POST", "/v1/nodes/heartbeat", node, self.heartbeat),
             ApiRoute("DELETE", "/v1/nodes/{key_id}", admin, self.revoke_node),
             ApiRoute("GET", "/metrics", admin, self.scrape),
         ]
@@ -229,6 +233,7 @@ class ControlApp:
     def _notify(self) -> None:
         """Wake every long-poll waiting on the change feed."""
         self._changed.set()
+        self.fleet = Fleet()
         self._changed = asyncio.Event()
 
     async def health(self, request: Request) -> Response:
@@ -534,6 +539,7 @@ class ControlApp:
             raise not_found(f"key {key_id[:40]!r} does not exist")
         principal.check_tenant(entry.tenant)
         revoked = self.accounts.revoke(key_id)
+        self.fleet.forget(key_id)
         self._notify()
         return json_response(key_view(revoked))
 
@@ -557,7 +563,24 @@ class ControlApp:
         )
 
     async def list_nodes(self, request: Request) -> Response:
-        return json_response({"nodes": [key_view(k) for k in self.accounts.keys(nodes=True)]})
+        """Every node credential with its liveness and URL; a key other than the cluster
+        admin's sees the live nodes' names, roles and URLs only (to reach them)."""
+        nodes = [_node_view(k, self.fleet.view(k.id)) for k in self.accounts.keys(nodes=True)]
+        if not principal_of(request).is_cluster_admin:
+            nodes = [
+                {"name": n["name"], "role": n["role"], "url": n["url"], "state": n["state"]}
+                for n in nodes
+                if not n["revoked"] and n["url"]
+            ]
+        return json_response({"nodes": nodes})
+
+    async def heartbeat(self, request: Request) -> Response:
+        principal = principal_of(request)
+        if not principal.is_node:
+            raise forbidden("only a node credential beats for a node")
+        hb: Heartbeat = decode_json(await read_body(request, 8192, self.body_timeout_s), Heartbeat)
+        self.fleet.beat(principal.key_id, hb)
+        return Response(status_code=204)
 
     async def revoke_node(self, request: Request) -> Response:
         key_id = request.path_params["key_id"]
@@ -565,8 +588,19 @@ class ControlApp:
         if entry is None or not entry.is_node:
             raise not_found(f"node credential {key_id[:40]!r} does not exist")
         revoked = self.accounts.revoke(key_id)
+        self.fleet.forget(key_id)
         self._notify()
         return json_response(key_view(revoked))
+
+
+def _node_view(entry: KeyEntry, alive: dict[str, object]) -> dict[str, object]:
+    """A node credential (named ``role:name`` when it joined) and its liveness."""
+    role, sep, name = entry.name.partition(":")
+    view = key_view(entry) | alive
+    view["name"] = name if sep else entry.name
+    if view.get("role") is None and sep:
+        view["role"] = role
+    return view
 
 
 def _tenant_prefix(tenant: str) -> str:

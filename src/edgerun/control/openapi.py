@@ -32,6 +32,7 @@ from edgerun.models import (
     AliasRequest,
     DeployRequest,
     FunctionRecord,
+    Heartbeat,
 )
 from edgerun.openapi import (
     Paths,
@@ -155,8 +156,32 @@ class Keys(_Closed):
     keys: list[KeyView]
 
 
+class NodeView(_Closed):
+    """A node credential and its liveness; a key other than the cluster admin's sees
+    only name, role, url and state (of live credentials with a known URL)."""
+
+    name: str
+    role: str | None
+    url: str | None
+    state: Literal["up", "down", "unknown"]
+    id: str = ""
+    tenant: str = ""
+    scopes: list[str] = msgspec.field(default_factory=list)
+    created_at: float = 0.0
+    revoked: bool = False
+    rate_per_s: float | None = None
+    max_concurrency: int | None = None
+    last_seen: float | None = None
+    last_seen_s: float = 0.0
+    revision: int = 0
+    synced: bool = False
+    workers: int = 1
+    load: float = 0.0
+    started_at: float = 0.0
+
+
 class Nodes(_Closed):
-    nodes: list[KeyView]
+    nodes: list[NodeView]
 
 
 class JoinToken(_Closed):
@@ -247,6 +272,7 @@ def openapi_document() -> dict[str, Any]:
         JoinRequest,
         SecretRequest,
         SecretsRequest,
+        Heartbeat,
         # answers
         Health,
         BundleStored,
@@ -278,6 +304,7 @@ def openapi_document() -> dict[str, Any]:
         join_req,
         secret_req,
         secrets_req,
+        heartbeat,
         health,
         stored,
         page,
@@ -529,9 +556,16 @@ def openapi_document() -> dict[str, Any]:
     p.add(
         "GET",
         "/v1/nodes",
-        "The nodes' credentials (cluster admin)",
-        {"200": json_content(nodes, "The credentials")},
+        "The nodes, live or not, and where they are (details for the cluster admin)",
+        {"200": json_content(nodes, "The nodes")},
+    )
+    p.add(
+        "POST",
+        "/v1/nodes/heartbeat",
+        "A node says where it is and that it is alive (node credentials)",
+        {"204": {"description": "Recorded"}},
         errors=[403],
+        body=body(heartbeat),
     )
     p.add(
         "DELETE",

@@ -10,6 +10,7 @@ only on them (prewarm, explain).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -21,7 +22,7 @@ from starlette.routing import Route
 from edgerun.auth import Kind
 from edgerun.auth.guard import ApiRoute, Need, optional_principal, principal_of, route
 from edgerun.errors import ApiError, bad_request, not_found
-from edgerun.http import decode_json, json_response, read_body
+from edgerun.http import decode_json, json_response, query_int, read_body
 from edgerun.models import SHA256_RE
 from edgerun.node.code_cache import BundleUnavailable
 from edgerun.node.invoke import function_view, init_error
@@ -34,6 +35,22 @@ from edgerun.sandbox.isolation import as_dicts
 
 if TYPE_CHECKING:
     from edgerun.node.app import NodeApp
+
+
+class _Logs(msgspec.Struct):
+    logs: list[LogEntry]
+
+
+def _since(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        since = float(value)
+    except ValueError:
+        raise bad_request("since must be a time in Unix seconds") from None
+    if not 0 <= since < 1e11:
+        raise bad_request("since must be a time in Unix seconds")
+    return since
 
 
 class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -181,22 +198,40 @@ class _Admin:
         )
 
     async def logs_query(self, request: Request) -> Response:
-        """Captured output by request id (asking the regions too) or by function:
-        only of functions the key may read (a node may read all, for its POPs)."""
+        """Invocation records and output, oldest first: one request's (a POP asks its
+        regions for what it forwarded), one function's, or everything the key may read;
+        ``since`` (Unix seconds) follows, ``status=error`` keeps failures only."""
         node = self.node
         principal = principal_of(request)
-        request_id = request.query_params.get("request_id")
-        function = request.query_params.get("function")
-        if not request_id and not function:
-            raise bad_request("pass request_id or function")
+        params = request.query_params
+        request_id = params.get("request_id") or None
+        function = params.get("function") or None
+        since = _since(params.get("since"))
+        status = params.get("status", "all")
+        if status not in ("all", "error"):
+            raise bad_request("status must be 'all' or 'error'")
+        limit = query_int(params, "limit", 100, lo=1, hi=1000)
         if function and not principal.is_node:
             principal.check(Kind.READ, function)
-        found = node.logs.find(request_id=request_id, function=function)
-        if request_id and not found and node.cfg.role == "pop":
-            found = await self._region_logs(request_id)
-        if not principal.is_node:
-            found = [e for e in found if principal.may(Kind.READ, e.function)]
-        return json_response({"logs": found})
+        readable = None if principal.is_node else functools.partial(principal.may, Kind.READ)
+        found = node.journal.find(
+            request_id=request_id,
+            function=function,
+            since=since,
+            errors=status == "error",
+            readable=readable,
+            limit=limit,
+        )
+        if (
+            request_id
+            and node.cfg.role == "pop"
+            and not any(not e.placement.startswith("forwarded") for e in found)
+        ):
+            there = await self._region_logs(request_id)
+            if readable is not None:
+                there = [e for e in there if readable(e.function)]
+            found = sorted(found + there, key=lambda e: e.at)
+        return json_response({"node": node.cfg.name, "logs": found})
 
     async def _region_logs(self, request_id: str) -> list[LogEntry]:
         for region in self.node.regions.regions:
@@ -204,11 +239,11 @@ class _Admin:
                 resp = await self.node.client.get(
                     f"{region.url}/v1/logs", params={"request_id": request_id}, timeout=2.0
                 )
-                entries = msgspec.json.decode(resp.content, type=dict[str, list[LogEntry]])
+                answer = msgspec.json.decode(resp.content, type=_Logs)
             except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError):
                 continue
-            if entries.get("logs"):
-                return entries["logs"]
+            if answer.logs:
+                return answer.logs
         return []
 
     async def prewarm(self, request: Request) -> Response:

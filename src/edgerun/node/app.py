@@ -29,8 +29,9 @@ from edgerun.node import admin
 from edgerun.node.catalog import Catalog, follow
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
 from edgerun.node.front import Front
+from edgerun.node.heartbeat import heartbeat_forever
 from edgerun.node.invoke import Invoker
-from edgerun.node.logs import LogRing
+from edgerun.node.logs import Journal
 from edgerun.node.metrics import NodeMetrics, Peers
 from edgerun.node.placer import Measurements, Placer
 from edgerun.node.regions import Regions
@@ -47,6 +48,8 @@ from edgerun.tls import client_verify
 log = logging.getLogger("edgerun.node")
 
 RELIEVE_EVERY_S = 0.05
+LOG_FLUSH_S = 0.2
+"""Invocation records reach the disk (and the other workers' queries) this often."""
 
 
 class NodeApp:
@@ -117,7 +120,12 @@ class NodeApp:
         )
         if seat is not None:
             self.placer.outbox = {}
-        self.logs = LogRing()
+        workers = seat.count if seat else 1
+        self.journal = Journal(
+            data / "invocations",
+            writer=f"w{seat.index}" if seat else "node",
+            max_bytes=(cfg.log_retention_mb << 20) // workers,
+        )
         self.init_errors = InitErrors()
         self.counters = Counters()
         self._tasks: list[asyncio.Task[None]] = []
@@ -135,7 +143,7 @@ class NodeApp:
             secret_cache=self.secrets,
             counters=self.counters,
             init_errors=self.init_errors,
-            logs=self.logs,
+            journal=self.journal,
             spawn=self._spawn,
             stop_function=self._stop_function,
         )
@@ -195,7 +203,10 @@ class NodeApp:
                 )
             ),
             asyncio.create_task(self._reap_forever()),
+            asyncio.create_task(self._flush_logs_forever()),
         ]
+        if self.seat is None or self.seat.index == 0:  # one heartbeat per node
+            self._tasks.append(asyncio.create_task(heartbeat_forever(self)))
         if self.cfg.role == "pop" and self.regions.regions:
             self._tasks.append(asyncio.create_task(self.regions.monitor()))
         if self.warmer is not None:
@@ -215,6 +226,7 @@ class NodeApp:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.warmer is not None:
                 self.warmer.save()
+            self.journal.flush()
             await self.pool.close()
             await self.regions.close()
             await self.client.aclose()
@@ -297,6 +309,11 @@ class NodeApp:
             if await self.factory.reap_idle():
                 self.pool.wake()  # zygote memory came free: waiters may fit now
             self.collect_code()
+
+    async def _flush_logs_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_S)
+            self.journal.flush()
 
     def _hits_link(self) -> HitsLink:
         """Popularity to and from the node's other workers: over the engine's link

@@ -34,10 +34,11 @@ from edgerun.errors import ApiError, bad_request, not_found, unauthorized
 from edgerun.http import check_json_depth, too_deep
 from edgerun.lambda_http import build_event
 from edgerun.limits import Limit, Limiter, Ticket
+from edgerun.logconfig import invocation as current_invocation
 from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_function_name
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
-from edgerun.node.logs import LogRing
+from edgerun.node.logs import Journal, LogEntry
 from edgerun.node.metrics import NodeMetrics
 from edgerun.node.placer import Placer
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
@@ -156,6 +157,10 @@ class _Call:
     origin: Origin
     payload: Any = None
     """The decoded JSON of a direct invoke."""
+    output: str = ""
+    """What the function printed, for the invocation's log entry."""
+    error: str = ""
+    """The type of the exception the handler raised, if it did."""
 
     @property
     def request_id(self) -> str:
@@ -185,7 +190,7 @@ class Invoker:
         secret_cache: SecretCache,
         counters: Counters,
         init_errors: InitErrors,
-        logs: LogRing,
+        journal: Journal,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         stop_function: Callable[[str], Coroutine[Any, Any, None]],
     ) -> None:
@@ -206,7 +211,7 @@ class Invoker:
         self.metrics: NodeMetrics | None = None
         """Set by the node when ``metrics`` is on (see :mod:`edgerun.node.metrics`)."""
         self.init_errors = init_errors
-        self.logs = logs
+        self.journal = journal
         self._spawn = spawn
         self._stop_function = stop_function
         self._trusted_proxies = frozenset(cfg.trusted_proxies)
@@ -229,16 +234,47 @@ class Invoker:
         return Checked(name, qualifier, origin, principal)
 
     async def __call__(self, req: Incoming, body: bytes, checked: Checked | None = None) -> Reply:
-        name, qualifier, origin, principal = checked or self.check(req)
+        """Run or forward one invocation, and log it (record and output) whatever the outcome."""
+        checked = checked or self.check(req)
+        at, started = time.time(), time.perf_counter()
+        token = current_invocation.set((checked.origin.request_id, checked.name))
+        entry = LogEntry(
+            at=at, node=self.cfg.name, request_id=checked.origin.request_id,
+            function=checked.name, worker=int(self.worker or 0),
+        )  # fmt: skip
+        headers: list[tuple[str, str]] | dict[str, str] = []
+        try:
+            reply = await self._invoke(req, body, checked, entry)
+            entry.status, headers = reply.status, reply.headers
+            return reply
+        except ApiError as exc:
+            entry.status, entry.error, headers = exc.status, exc.type, exc.headers
+            raise
+        except BaseException:
+            entry.status, entry.error = 500, "InternalError"
+            raise
+        finally:
+            entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            for k, v in headers.items() if isinstance(headers, dict) else headers:
+                if k == "x-edgerun-placement":
+                    entry.placement = v
+                elif k == "x-edgerun-reason":
+                    entry.reason = v
+            self.journal.add(entry)
+            current_invocation.reset(token)
+
+    async def _invoke(self, req: Incoming, body: bytes, checked: Checked, entry: LogEntry) -> Reply:
+        name, qualifier, origin, principal = checked
         payload: Any = None
         if req.trigger == "direct":
             payload = _decode_payload(body)
         fn, version = self.resolve(name, qualifier, origin.pinned)
+        entry.version = version.sha256
         metrics, t0 = self.metrics, time.perf_counter()
+        call = _Call(fn, version, req, body, origin, payload)
         ticket = None
         try:
             ticket = None if origin.from_node else self._admit(principal, fn)
-            call = _Call(fn, version, req, body, origin, payload)
             await self.secrets.ensure(fn)
             spec = self.specs.get(fn, version)
             if self.cfg.role == "pop":
@@ -255,6 +291,7 @@ class Invoker:
                 metrics.refused(fn.name, 500, {})  # the frontend answers 500 InternalError
             raise
         finally:
+            entry.output, entry.error = call.output, call.error
             if ticket is not None:
                 ticket.release()
         if metrics is not None:
@@ -514,8 +551,7 @@ class Invoker:
         if self.catalog.get(fn_name) is None:
             # Deleted while this call started its sandbox: do not keep it warm.
             self._spawn(self._stop_function(fn_name))
-        if reply.logs:
-            self.logs.add(call.request_id, fn_name, sha, self.cfg.name, reply.logs)
+        call.output = reply.logs
         headers = self._headers(decision, call, cold=cold)
         headers["x-edgerun-duration-ms"] = f"{took_ms:.2f}"
         if cold:
@@ -523,6 +559,10 @@ class Invoker:
         self.placer.measured.run_here.add(fn_name, took_ms)
         self.counters.count(fn_name, headers["x-edgerun-placement"], decision.reason)
         if isinstance(reply, Failure):
+            call.error = reply.error.type
+            call.output += "".join(
+                [*reply.error.traceback, f"{reply.error.type}: {reply.error.message}\n"]
+            )
             err = ApiError(
                 500,
                 reply.error.type,
@@ -544,8 +584,7 @@ class Invoker:
 
     def _log_init_error(self, call: _Call, exc: SandboxInitError) -> None:
         """The detail callers are not shown: in the logs under their request id, for the owner."""
-        detail = "\n".join([f"{exc.info.type}: {exc.info.message}", *exc.info.traceback])
-        self.logs.add(call.request_id, call.fn.name, call.version.sha256, self.cfg.name, detail)
+        call.output = "\n".join([f"{exc.info.type}: {exc.info.message}", *exc.info.traceback])
 
     async def _forward(self, call: _Call, decision: Decision) -> Reply:
         req = call.req

@@ -1,92 +1,206 @@
-"""The last invocations' output on this node, tagged with their request ids.
+"""A node's invocation log: one record per invocation, with the function's output,
+kept on disk so it survives a restart and bounded by size.
 
-A bounded ring: old entries fall out by count and by size, counted per
-function, so a chatty function can neither grow a node's memory nor push
-other functions' output out.
+Each writer (a node, or each worker of a multi-worker node) appends JSON lines to
+its own segment files in one folder; any of them can read the whole folder, so a
+query answers for the whole node. Old segments are removed once a writer's files
+pass its share of ``log_retention_mb``. A function that floods its output only
+loses its own output: past its share of a segment, what it prints is dropped (its
+invocation records are kept), so it cannot push other functions' output out
+faster than their own traffic does.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import time
-from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import msgspec
 
+log = logging.getLogger("edgerun.node")
+
+SEGMENT_MAX_BYTES = 4 << 20
+FUNCTION_SHARE = 0.25
+"""The most of one segment a single function's output may take."""
+DROPPED = "[output dropped: this function printed more than its share of the node's log]\n"
+_SEGMENT_RE = re.compile(r"(?P<writer>[a-z0-9]+)-(?P<seq>\d{10})\.jsonl")
+
 
 class LogEntry(msgspec.Struct, kw_only=True):
+    """One invocation as one node saw it. A POP that forwards records its own entry
+    (``placement`` ``forwarded:<region>``); the region's entry holds the output."""
+
+    at: float
+    """When the invocation arrived (Unix seconds)."""
+    node: str
     request_id: str
     function: str
-    version: str
-    node: str
-    at: float
-    output: str
+    version: str = ""
+    placement: str = ""
+    reason: str = ""
+    status: int = 0
+    duration_ms: float = 0.0
+    error: str = ""
+    """Why it failed: edgerun's error type, or the exception type the handler raised
+    (whose traceback then ends the output)."""
+    output: str = ""
+    """What the function printed (stdout and stderr), capped by the sandbox layer."""
+    worker: int = 0
 
 
-class LogRing:
-    """Entries kept per function, each function held to its own share in bytes.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(LogEntry).decode
 
-    A function that floods its output only pushes out its own older entries;
-    when the whole ring is over budget, the function holding the most bytes
-    gives way first."""
+
+def is_error(entry: LogEntry) -> bool:
+    return entry.status >= 400 or bool(entry.error)
+
+
+class Journal:
+    """Appends entries (buffered; :meth:`flush` writes them) and answers queries
+    over every writer's segments in ``folder``."""
 
     def __init__(
         self,
-        max_entries: int = 2000,
-        max_bytes: int = 32 * 1024 * 1024,
-        max_bytes_per_function: int = 2 * 1024 * 1024,
+        folder: Path,
+        *,
+        writer: str = "node",
+        max_bytes: int = 64 << 20,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.max_entries = max_entries
+        if not re.fullmatch(r"[a-z0-9]+", writer):
+            raise ValueError(f"writer must be lower-case letters and digits, not {writer!r}")
+        self.folder = folder
+        self.writer = writer
         self.max_bytes = max_bytes
-        self.max_bytes_per_function = max_bytes_per_function
-        self._by_function: dict[str, deque[LogEntry]] = {}
-        self._function_bytes: dict[str, int] = {}
-        self._entries = 0
-        self._bytes = 0
+        self.segment_bytes = max(64 << 10, min(SEGMENT_MAX_BYTES, max_bytes // 8))
+        self.clock = clock
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        own = self._own_segments()
+        self._seq = own[-1][0] if own else 0
+        self._size = own[-1][1].stat().st_size if own else 0
+        self._output_bytes: dict[str, int] = {}
+        """Output bytes per function in the current segment (counted from this start)."""
 
-    def add(self, request_id: str, function: str, version: str, node: str, output: str) -> None:
-        entry = LogEntry(
-            request_id=request_id,
-            function=function,
-            version=version,
-            node=node,
-            at=time.time(),
-            output=output,
-        )
-        self._by_function.setdefault(function, deque()).append(entry)
-        self._function_bytes[function] = self._function_bytes.get(function, 0) + len(output)
-        self._entries += 1
-        self._bytes += len(output)
-        while self._function_bytes[function] > self.max_bytes_per_function:
-            self._pop_oldest(function)
-        while self._entries > self.max_entries or self._bytes > self.max_bytes:
-            self._pop_oldest(max(self._function_bytes, key=self._function_bytes.__getitem__))
+    # --- writing -----------------------------------------------------------
+    def add(self, entry: LogEntry) -> None:
+        if entry.output:
+            used = self._output_bytes.get(entry.function, 0) + len(entry.output)
+            if used > self.segment_bytes * FUNCTION_SHARE:
+                entry.output = DROPPED
+            else:
+                self._output_bytes[entry.function] = used
+        line = _encode(entry) + b"\n"
+        self._buffer.append(line)
+        self._buffered += len(line)
+        if self._buffered >= 256 << 10:
+            self.flush()
 
-    def _pop_oldest(self, function: str) -> None:
-        entries = self._by_function[function]
-        gone = entries.popleft()
-        self._entries -= 1
-        self._bytes -= len(gone.output)
-        self._function_bytes[function] -= len(gone.output)
-        if not entries:
-            del self._by_function[function]
-            del self._function_bytes[function]
+    def flush(self) -> None:
+        """Write what is buffered. A failed write (a full disk) drops it with a warning:
+        the log must not stop the node serving, nor grow its memory."""
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        try:
+            if self._seq == 0 or self._size + len(data) > self.segment_bytes:
+                self._rotate()
+            fd = os.open(self._path(self._seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("dropped %d bytes of invocation log: %s", len(data), exc)
+            return
+        self._size += len(data)
 
-    def bytes_of(self, function: str) -> int:
-        return self._function_bytes.get(function, 0)
+    def _rotate(self) -> None:
+        self._seq += 1
+        self._size = 0
+        self._output_bytes.clear()
+        own = self._own_segments()
+        total = sum(size for _, _, size in self._sized(own))
+        # Keep the newest segments within the budget, counting the one about to start.
+        for _, path, size in self._sized(own):
+            if total + self.segment_bytes <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
+    def _path(self, seq: int) -> Path:
+        return self.folder / f"{self.writer}-{seq:010d}.jsonl"
+
+    def _own_segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.folder.glob(f"{self.writer}-*.jsonl"):
+            m = _SEGMENT_RE.fullmatch(path.name)
+            if m and m["writer"] == self.writer:
+                found.append((int(m["seq"]), path))
+        return sorted(found)
+
+    @staticmethod
+    def _sized(segments: list[tuple[int, Path]]) -> Iterator[tuple[int, Path, int]]:
+        for seq, path in segments:
+            try:
+                yield seq, path, path.stat().st_size
+            except FileNotFoundError:
+                continue
+
+    # --- reading -----------------------------------------------------------
     def find(
-        self, *, request_id: str | None = None, function: str | None = None, limit: int = 50
+        self,
+        *,
+        request_id: str | None = None,
+        function: str | None = None,
+        since: float | None = None,
+        errors: bool = False,
+        readable: Callable[[str], bool] | None = None,
+        limit: int = 100,
     ) -> list[LogEntry]:
-        """Newest first."""
-        if function:
-            newest_first = reversed(self._by_function.get(function, deque()))
-            found = [e for e in newest_first if not request_id or e.request_id == request_id]
-        else:
-            found = [
-                e
-                for pool in self._by_function.values()
-                for e in pool
-                if not request_id or e.request_id == request_id
-            ]
-            found.sort(key=lambda e: e.at, reverse=True)
-        return found[:limit]
+        """Entries of every writer matching all filters, oldest first; with
+        ``since``, the first ``limit`` after it (to follow), else the newest ``limit``."""
+        self.flush()
+        needle = None
+        if request_id is not None:
+            needle = _encode(request_id)
+        elif function is not None:
+            needle = _encode(function)
+        found: list[LogEntry] = []
+        for path in self.folder.glob("*.jsonl"):
+            if not _SEGMENT_RE.fullmatch(path.name):
+                continue
+            try:
+                if since is not None and path.stat().st_mtime < since:
+                    continue  # last written before `since`: nothing in it is newer
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # removed by its writer's retention meanwhile
+            if needle is not None and needle not in data:
+                continue
+            for line in data.splitlines():
+                if needle is not None and needle not in line:
+                    continue
+                try:
+                    entry = _decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # a torn last line after a crash
+                if (
+                    (request_id is not None and entry.request_id != request_id)
+                    or (function is not None and entry.function != function)
+                    or (since is not None and entry.at <= since)
+                    or (errors and not is_error(entry))
+                    or (readable is not None and not readable(entry.function))
+                ):
+                    continue
+                found.append(entry)
+        found.sort(key=lambda e: (e.at, e.node, e.request_id))
+        return found[:limit] if since is not None else found[-limit:]

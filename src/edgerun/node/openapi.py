@@ -26,6 +26,7 @@ from edgerun.openapi import (
     Paths,
     document,
     ecma,
+    int_param,
     json_content,
     string_param,
     struct_schemas,
@@ -185,6 +186,7 @@ class PoolState(PoolSnapshot):
 
 
 class Logs(_Closed):
+    node: str
     logs: list[LogEntry]
 
 
@@ -315,12 +317,25 @@ def openapi_document() -> dict[str, Any]:
     p.add(
         "GET",
         "/v1/logs",
-        "Captured output by request id (a POP asks its regions too) or by function",
+        "Invocation records and output, oldest first: by request id (a POP asks its "
+        "regions too), by function, or all the key may read; `since` follows",
         {"200": json_content(logs, "The entries the key may read")},
         errors=[400, 403, 404],
         params=[
-            string_param("request_id", "query", description="one request's output"),
+            string_param("request_id", "query", description="one request's entries"),
             function_q,
+            {
+                "name": "since",
+                "in": "query",
+                "description": "only entries after this time (Unix seconds)",
+                "schema": {"type": "number", "minimum": 0, "maximum": 1e11},
+            },
+            {
+                "name": "status",
+                "in": "query",
+                "schema": {"type": "string", "enum": ["all", "error"]},
+            },
+            int_param("limit", 1, 1000, "at most this many entries"),
         ],
     )
     p.add(

@@ -16,9 +16,12 @@ def main(argv: list[str]) -> None:
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:
         raise SystemExit("edgerun: the node's supervisor is gone")
+    from edgerun.logconfig import configure
     from edgerun.server import Server
 
-    Server(config_from_env(), seat=Seat(index, count, fd)).run()
+    cfg = config_from_env()
+    configure(f"{cfg.name}/{index}", cfg.log_format, cfg.log_level)
+    Server(cfg, seat=Seat(index, count, fd)).run()
 
 
 if __name__ == "__main__":

@@ -1,57 +1,120 @@
-"""The per-node ring of captured output."""
+"""The node's invocation log on disk: records, output, retention, queries."""
 
-from edgerun.node.logs import LogRing
+from __future__ import annotations
 
+from pathlib import Path
 
-def test_find_by_request_id_returns_that_invocation() -> None:
-    ring = LogRing()
-    ring.add("r1", "f", "v", "pop-1", "one")
-    ring.add("r2", "f", "v", "pop-1", "two")
-
-    assert [e.output for e in ring.find(request_id="r2")] == ["two"]
+from edgerun.node.logs import DROPPED, Journal, LogEntry
 
 
-def test_find_by_function_is_newest_first() -> None:
-    ring = LogRing()
-    for i in range(3):
-        ring.add(f"r{i}", "f", "v", "pop-1", str(i))
-
-    assert [e.output for e in ring.find(function="f")] == ["2", "1", "0"]
+def entry(request_id: str, function: str = "f", at: float = 1.0, **kw: object) -> LogEntry:
+    return LogEntry(at=at, node="pop-1", request_id=request_id, function=function, **kw)  # type: ignore[arg-type]
 
 
-def test_oldest_entries_fall_out_past_the_count_limit() -> None:
-    ring = LogRing(max_entries=2)
-    for i in range(3):
-        ring.add(f"r{i}", "f", "v", "pop-1", str(i))
+def test_find_by_request_id_returns_that_invocation(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.add(entry("r1", output="one"))
+    journal.add(entry("r2", output="two"))
 
-    assert ring.find(request_id="r0") == []
-    assert len(ring.find(function="f")) == 2
-
-
-def test_oldest_entries_fall_out_past_the_byte_limit() -> None:
-    ring = LogRing(max_bytes=10)
-    ring.add("a", "f", "v", "n", "x" * 8)
-    ring.add("b", "f", "v", "n", "y" * 8)
-
-    assert [e.request_id for e in ring.find(function="f")] == ["b"]
+    assert [e.output for e in journal.find(request_id="r2")] == ["two"]
 
 
-def test_a_flooding_function_does_not_push_out_another_functions_output() -> None:
-    ring = LogRing(max_bytes=1000, max_bytes_per_function=100)
-    ring.add("quiet", "quiet", "v", "n", "kept")
+def test_entries_survive_a_new_journal_on_the_same_folder(tmp_path: Path) -> None:
+    first = Journal(tmp_path)
+    first.add(entry("r1", status=200, placement="local-warm"))
+    first.flush()
+
+    [found] = Journal(tmp_path).find(request_id="r1")
+    assert (found.status, found.placement) == (200, "local-warm")
+
+
+def test_a_restarted_writer_appends_after_its_own_segments(tmp_path: Path) -> None:
+    first = Journal(tmp_path)
+    first.add(entry("r1"))
+    first.flush()
+    second = Journal(tmp_path)
+    second.add(entry("r2", at=2.0))
+    second.flush()
+
+    assert [e.request_id for e in second.find()] == ["r1", "r2"]
+
+
+def test_each_worker_reads_what_the_others_wrote(tmp_path: Path) -> None:
+    w0, w1 = Journal(tmp_path, writer="w0"), Journal(tmp_path, writer="w1")
+    w0.add(entry("a", at=1.0))
+    w1.add(entry("b", at=2.0))
+    w1.flush()
+
+    assert [e.request_id for e in w0.find()] == ["a", "b"]
+
+
+def test_since_returns_only_later_entries_oldest_first(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for i in range(5):
+        journal.add(entry(f"r{i}", at=float(i)))
+
+    assert [e.request_id for e in journal.find(since=2.0)] == ["r3", "r4"]
+    assert [e.request_id for e in journal.find(since=0.0, limit=2)] == ["r1", "r2"]
+
+
+def test_without_since_the_newest_entries_are_kept(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for i in range(5):
+        journal.add(entry(f"r{i}", at=float(i)))
+
+    assert [e.request_id for e in journal.find(limit=2)] == ["r3", "r4"]
+
+
+def test_errors_only_keeps_failed_statuses_and_handler_errors(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.add(entry("ok", status=200))
+    journal.add(entry("bad", status=503, error="Unavailable"))
+    journal.add(entry("raised", status=500, error="Unhandled"))
+
+    assert [e.request_id for e in journal.find(errors=True)] == ["bad", "raised"]
+
+
+def test_readable_hides_other_functions(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.add(entry("mine", function="acme.f"))
+    journal.add(entry("theirs", function="other.f"))
+
+    found = journal.find(readable=lambda fn: fn.startswith("acme."))
+    assert [e.request_id for e in found] == ["mine"]
+
+
+def test_oldest_segments_go_past_the_size_limit(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=512 << 10)
+    for i in range(4000):
+        journal.add(entry(f"r{i}", at=float(i), output="x" * 100))
+        journal.flush()
+
+    size = sum(p.stat().st_size for p in tmp_path.glob("*.jsonl"))
+    assert size <= 512 << 10
+    assert journal.find(request_id="r0") == []
+    assert journal.find(request_id="r3999") != []
+
+
+def test_a_flooding_function_loses_its_own_output_not_others(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=512 << 10)  # 64 KiB segments
+    journal.add(entry("quiet-1", function="quiet", output="hello"))
     for i in range(50):
-        ring.add(f"flood-{i}", "flood", "v", "n", "x" * 60)
+        journal.add(entry(f"loud-{i}", function="loud", at=2.0 + i, output="y" * 4096))
+    journal.add(entry("quiet-2", function="quiet", at=100.0, output="hello again"))
 
-    assert [e.output for e in ring.find(request_id="quiet")] == ["kept"]
-    assert ring.bytes_of("flood") <= 100
+    assert [e.output for e in journal.find(function="quiet")] == ["hello", "hello again"]
+    loud = journal.find(function="loud")
+    assert len(loud) == 50  # every record kept
+    assert loud[-1].output == DROPPED
+    assert loud[0].output == "y" * 4096
 
 
-def test_over_the_whole_budget_the_biggest_function_gives_way_first() -> None:
-    ring = LogRing(max_bytes=100, max_bytes_per_function=80)
-    ring.add("small", "small", "v", "n", "s" * 10)
-    ring.add("big-1", "big", "v", "n", "b" * 50)
-    ring.add("big-2", "big", "v", "n", "b" * 30)
-    ring.add("small-2", "small", "v", "n", "s" * 20)
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.add(entry("r1"))
+    journal.flush()
+    [segment] = tmp_path.glob("*.jsonl")
+    with segment.open("ab") as f:
+        f.write(b'{"at": 2.0, "node": "pop-1", "requ')
 
-    assert ring.find(request_id="big-1") == []
-    assert [e.request_id for e in ring.find(function="small")] == ["small-2", "small"]
+    assert [e.request_id for e in Journal(tmp_path).find()] == ["r1"]
