@@ -161,10 +161,14 @@ def measure_raw(duration: float) -> dict[str, float]:
 
 @contextlib.contextmanager
 def edgerun_pop(
-    *, capacity_mb: int = 1024, workers: int = 1, connections: int = CONNECTIONS
+    *,
+    capacity_mb: int = 1024,
+    workers: int = 1,
+    connections: int = CONNECTIONS,
+    settings: dict[str, object] | None = None,
 ) -> Iterator[tuple[LocalCluster, str]]:
     """A cluster whose POP serves ``examples/hello`` (public, ``placement = "edge"``);
-    yields it and the hello's URL at the POP."""
+    yields it and the hello's URL at the POP. ``settings``: more of the POP's."""
     root = Path(tempfile.mkdtemp(prefix="edgerun-percore-"))
     topology = Topology(
         control=ControlSpec(port=free_port()),
@@ -175,7 +179,7 @@ def edgerun_pop(
                 port=free_port(),
                 regions=["region-1"],
                 capacity_mb=capacity_mb,
-                settings={"workers": workers, "max_per_function": connections},
+                settings={"workers": workers, "max_per_function": connections, **(settings or {})},
             )
         ],
     )

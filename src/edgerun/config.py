@@ -142,6 +142,11 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     control plane in heartbeats); by default http(s)://host:port."""
     heartbeat_s: float = 5.0
     """Region or POP: how often it tells the control plane it is alive."""
+    metrics: bool = True
+    """Count for ``GET /metrics`` (Prometheus); off, nothing is counted at all."""
+    metrics_max_functions: int = 200
+    """Functions with a ``function`` label of their own in /metrics; the rest are
+    counted as ``(other)``."""
 
 
 IDENTITY_FIELDS = frozenset(

@@ -28,6 +28,8 @@ from edgerun.auth.guard import ApiRoute, Need, principal_of, route
 from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
 from edgerun.control.fleet import Fleet
+from edgerun.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edgerun.control.metrics import ControlMetrics
 from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry, retention
 from edgerun.control.secrets import SecretCorrupt, SecretStore
@@ -142,6 +144,7 @@ class ControlApp:
         self.node_verify = node_verify
         """What nodes' certificates must chain to, when the dashboard calls them."""
         self.ui = Ui(self)
+        self.metrics = ControlMetrics(registry.revision)
         self.routes = self.api_routes()
         routes = [route(api, lambda: accounts.keyring) for api in self.routes]
         routes += self.ui.routes()  # cookie sessions of the cluster admin: see control/ui.py
@@ -183,6 +186,7 @@ class ControlApp:
             ApiRoute("GET", "/v1/nodes", key, self.list_nodes),
             ApiRoute("POST", "/v1/nodes/heartbeat", node, self.heartbeat),
             ApiRoute("DELETE", "/v1/nodes/{key_id}", admin, self.revoke_node),
+            ApiRoute("GET", "/metrics", admin, self.scrape),
         ]
 
     def stopping(self) -> None:
@@ -250,6 +254,10 @@ class ControlApp:
 
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
+
+    async def scrape(self, request: Request) -> Response:
+        """Prometheus metrics (see :mod:`edgerun.control.metrics`)."""
+        return Response(self.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def upload_bundle(self, request: Request) -> Response:
         if not principal_of(request).may_any(Kind.DEPLOY):
@@ -328,6 +336,7 @@ class ControlApp:
             )
         size = self.bundles.path(sha).stat().st_size
         record, created = self.registry.deploy(name, body.config, sha, size)
+        self.metrics.changed("deploy")
         self._notify()
         return json_response(record, 201 if created else 200)
 
@@ -337,6 +346,7 @@ class ControlApp:
         before = self.registry.get(name)
         record = self.registry.delete(name)
         self.secrets.remove_function(name)
+        self.metrics.changed("delete")
         self._notify()
         # A deleted function's code goes at once (unless another function shares it).
         bundles = {v.bundle_sha256 for v in before.versions.values()} if before else set()
@@ -373,6 +383,7 @@ class ControlApp:
         except UnknownQualifier as exc:
             raise not_found(str(exc)) from None
         updated = self.registry.set_alias(name, alias, sha)
+        self.metrics.changed("alias")
         self._notify()
         return json_response(updated)
 
@@ -381,6 +392,7 @@ class ControlApp:
         updated = self.registry.delete_alias(
             request.path_params["name"], request.path_params["alias"]
         )
+        self.metrics.changed("alias")
         self._notify()
         return json_response(updated)
 
@@ -465,9 +477,14 @@ class ControlApp:
         body = self._changes(since)
         if not body["functions"] and not body["keys"] and wait > 0 and not self._stopping:
             waiter = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), wait)
+            self.metrics.feed_waiters += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), wait)
+            finally:
+                self.metrics.feed_waiters -= 1
             body = self._changes(since)
+        self.metrics.feed_answers += 1
         return json_response(body)
 
     def _changes(self, since: int, limit: int = 1000) -> dict[str, Any]:

@@ -575,4 +575,17 @@ def openapi_document() -> dict[str, Any]:
         errors=[403, 404],
         params=[key_id],
     )
+    p.add(
+        "GET",
+        "/metrics",
+        "Prometheus metrics: revision, registry changes, change-feed waiters (cluster "
+        "admin; send the key as a bearer token)",
+        {
+            "200": {
+                "description": "The Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+        errors=[403],
+    )
     return document("edgerun control plane", p, components)

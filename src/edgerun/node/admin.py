@@ -27,6 +27,7 @@ from edgerun.models import SHA256_RE
 from edgerun.node.code_cache import BundleUnavailable
 from edgerun.node.invoke import function_view, init_error
 from edgerun.node.logs import LogEntry
+from edgerun.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgerun.node.openapi import openapi_document
 from edgerun.node.placer import WARM_PREFIX
 from edgerun.sandbox.base import SandboxInitError
@@ -71,6 +72,7 @@ ROUTES: tuple[tuple[str, str, Need, str], ...] = (
     ("GET", "/v1/logs", Need.KEY, "logs_query"),
     ("POST", "/v1/admin/prewarm", Need.KEY, "prewarm"),
     ("GET", "/v1/placement/explain", Need.KEY, "explain"),
+    ("GET", "/metrics", Need.CLUSTER_ADMIN, "metrics"),
 )
 """Every route beside invocations and what it needs; the guard test walks this table."""
 
@@ -180,6 +182,13 @@ class _Admin:
                 "workers": _workers(node),
             }
         )
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus metrics of the whole node (every worker). The cluster admin's
+        only: function names are tenant data (Prometheus sends the key as a bearer token)."""
+        if self.node.metrics is None:
+            raise not_found(f"metrics are off on node {self.node.cfg.name} (metrics = false)")
+        return Response(await self.node.scrape(), media_type=METRICS_CONTENT_TYPE)
 
     async def pool_state(self, request: Request) -> Response:
         """Read-only: what this node holds warm, for placement and `edgerun status`."""

@@ -32,6 +32,7 @@ from edgerun.node.front import Front
 from edgerun.node.heartbeat import heartbeat_forever
 from edgerun.node.invoke import Invoker
 from edgerun.node.logs import Journal
+from edgerun.node.metrics import NodeMetrics, Peers
 from edgerun.node.placer import Measurements, Placer
 from edgerun.node.regions import Regions
 from edgerun.node.secrets import SecretCache
@@ -148,6 +149,17 @@ class NodeApp:
         )
         if seat is not None:
             self.invoker.worker = str(seat.index)
+        self.metrics: NodeMetrics | None = None
+        self.metric_peers: Peers | None = None
+        if cfg.metrics:
+            self.metrics = NodeMetrics(cfg.name, cfg.role, max_functions=cfg.metrics_max_functions)
+            self.metrics.watch(
+                pool=self.pool, regions=self.regions, catalog=self.catalog, code=self.code
+            )
+            self.invoker.metrics = self.metrics
+            if seat is not None:  # a scrape must show the whole node: see node/metrics.py
+                dirs = [worker_dir(cfg, i) for i in range(seat.count)]
+                self.metric_peers = Peers(dirs, seat.index, self.metrics.snapshot)
         self.warmer = (
             Warmer(
                 cfg,
@@ -204,6 +216,8 @@ class NodeApp:
                 asyncio.create_task(self._hits_link().run()),
                 asyncio.create_task(self._relieve_forever()),
             ]
+        if self.metric_peers is not None:
+            self._tasks.append(asyncio.create_task(self.metric_peers.serve()))
         try:
             yield
         finally:
@@ -329,3 +343,13 @@ class NodeApp:
 
     def _started(self, spec: SandboxSpec, ms: float, loaded_before: bool) -> None:
         self.measured.start_observed(spec.version, ms, loaded_before=loaded_before)
+        if self.metrics is not None:
+            self.metrics.started(ms, loaded_before)
+
+    async def scrape(self) -> bytes:
+        """The ``/metrics`` answer, for the whole node (every worker of it)."""
+        assert self.metrics is not None
+        if self.metric_peers is None:
+            return self.metrics.exposition()
+        others = await self.metric_peers.gather()
+        return self.metrics.exposition(others, workers=self.metric_peers.count)

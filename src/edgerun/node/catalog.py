@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -48,6 +49,10 @@ class Catalog:
         self.functions: dict[str, FunctionRecord] = {}
         self.synced = False
         """True once the control plane has answered since start-up."""
+        self.control_revision = 0
+        """The control plane's revision at its last answer (for the lag in /metrics)."""
+        self.answered_at = 0.0
+        """``time.monotonic()`` of the feed's last answer (0: none yet)."""
         if path.exists():
             try:
                 snap = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
@@ -106,6 +111,7 @@ async def follow(
             continue
         backoff = 0.2
         catalog.synced = True
+        catalog.control_revision, catalog.answered_at = changes.revision, time.monotonic()
         if changes.functions or changes.keys or changes.revision != catalog.revision:
             catalog.apply(changes.revision, changes.functions, changes.keys)
             await on_change(changes.functions)

@@ -112,6 +112,9 @@ class CodeCache:
         """Bundle -> (expanded bytes, zip bytes), of bundles seen."""
         self._wanted: set[str] = set()
         """Bundles a request (not only a prefetch) waits for: these may evict."""
+        self.fetches: dict[str, int] = {"ok": 0, "failed": 0}
+        """Downloads (cache misses) by result, and their bytes, for /metrics."""
+        self.fetched_bytes = 0
         self._code_root.mkdir(parents=True, exist_ok=True)
         found = set()
         for p in self._code_root.iterdir():
@@ -301,5 +304,8 @@ class CodeCache:
                 errors.append(f"{base}: hash mismatch")
                 log.error("bundle %s from %s failed verification", sha, base)
                 continue
+            self.fetches["ok"] += 1
+            self.fetched_bytes += len(resp.content)
             return resp.content
+        self.fetches["failed"] += 1
         raise BundleUnavailable(f"bundle {sha} could not be fetched: {'; '.join(errors)}")

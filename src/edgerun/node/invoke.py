@@ -39,6 +39,7 @@ from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_f
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
 from edgerun.node.logs import Journal, LogEntry
+from edgerun.node.metrics import NodeMetrics
 from edgerun.node.placer import Placer
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
 from edgerun.node.secrets import SecretCache
@@ -207,6 +208,8 @@ class Invoker:
         self.specs = specs
         self.secrets = secret_cache
         self.counters = counters
+        self.metrics: NodeMetrics | None = None
+        """Set by the node when ``metrics`` is on (see :mod:`edgerun.node.metrics`)."""
         self.init_errors = init_errors
         self.journal = journal
         self._spawn = spawn
@@ -269,20 +272,33 @@ class Invoker:
             payload = _decode_payload(body)
         fn, version = self.resolve(name, qualifier, origin.pinned)
         entry.version = version.sha256
-        ticket = None if origin.from_node else self._admit(principal, fn)
+        metrics, t0 = self.metrics, time.perf_counter()
         call = _Call(fn, version, req, body, origin, payload)
+        ticket = None
         try:
+            ticket = None if origin.from_node else self._admit(principal, fn)
             await self.secrets.ensure(fn)
             spec = self.specs.get(fn, version)
             if self.cfg.role == "pop":
                 decision = self.placer.decide(spec, function_view(fn))
             else:
                 decision = region_decision()
-            return await self._carry_out(call, spec, decision)
+            reply = await self._carry_out(call, spec, decision)
+        except ApiError as exc:
+            if metrics is not None:
+                metrics.refused(fn.name, exc.status, exc.headers)
+            raise
+        except Exception:
+            if metrics is not None:
+                metrics.refused(fn.name, 500, {})  # the frontend answers 500 InternalError
+            raise
         finally:
             entry.output, entry.error = call.output, call.error
             if ticket is not None:
                 ticket.release()
+        if metrics is not None:
+            metrics.replied(fn.name, reply.status, reply.headers, t0)
+        return reply
 
     def authorize(self, req: Incoming, name: str) -> Principal | None:
         """Check the caller before anything else is decided: a public function's HTTP

@@ -354,6 +354,19 @@ def openapi_document() -> dict[str, Any]:
         errors=[400, 403, 404, 503],
         params=[function_q, qualifier_q],
     )
+    p.add(
+        "GET",
+        "/metrics",
+        "Prometheus metrics of the whole node, every worker of it (cluster admin; "
+        "send the key as a bearer token). 404 when the node runs with metrics = false",
+        {
+            "200": {
+                "description": "The Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+        errors=[403, 404],
+    )
     answer = {
         "description": "The function's answer, with where and why it ran",
         "headers": {

@@ -66,6 +66,8 @@ class Region:
     fork_ms: float = 5.0
     load_ms: float = 50.0
     """What the region reports a cold start costs there (fork / new zygote)."""
+    failovers: int = 0
+    """Forwards that could not reach it and went on to the next region (for /metrics)."""
 
     def observe_rtt(self, ms: float) -> None:
         self.latency_ms = ms if not self.latency_ms else 0.8 * self.latency_ms + 0.2 * ms
@@ -145,6 +147,7 @@ class Regions:
             except _NOT_SENT as exc:
                 log.warning("region %s unreachable (%s); failing over", region.name, exc)
                 region.healthy = False
+                region.failovers += 1
                 continue
             except _MAYBE_RAN as exc:
                 region.failures += 1
@@ -152,6 +155,7 @@ class Regions:
                     region.healthy = False  # the breaker opens; health checks close it
                 if idempotent:
                     region.healthy = False
+                    region.failovers += 1
                     continue
                 raise ForwardFailed(
                     f"region {region.name} did not answer ({type(exc).__name__}); the request "
