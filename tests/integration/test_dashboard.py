@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import httpx
 import pytest
 
 from edgerun.client import Client
-from edgerun.cluster import LocalCluster
+from edgerun.cluster import LocalCluster, free_port
+from edgerun.config import ControlSpec, Topology
 from tests.conftest import FUNCTIONS
 from tests.integration.conftest import deploy_everywhere, wait_for
 
@@ -211,3 +214,22 @@ def test_the_dashboard_shows_live_numbers_while_traffic_flows(
     wait_for(lambda: "ValueError: bad value" in _text(driver, "#entries"), timeout=20,
              what="the failed request's traceback")  # fmt: skip
     _shot(driver, "request.png", tmp_path)
+
+
+def test_an_open_event_stream_does_not_hold_the_control_planes_stop_up(
+    tmp_path: Path,
+) -> None:
+    topology = Topology(control=ControlSpec(port=free_port()), region=[], pop=[])
+    cluster = LocalCluster(topology, tmp_path)
+    try:
+        cluster.start()
+        http = login(cluster, cluster.token)
+        with http.stream("GET", "/ui/events", timeout=30) as stream:
+            assert stream.status_code == 200
+            next(stream.iter_lines())  # the first snapshot: the stream is open
+            began = time.monotonic()
+            cluster.kill("control", signal.SIGTERM)
+            took = time.monotonic() - began
+        assert took < 3.0, f"the control plane took {took:.1f} s to stop"
+    finally:
+        cluster.stop()
