@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ class NodeProcess:
     config: NodeConfig
     config_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.monotonic() when proc was started
 
     @property
     def url(self) -> str:
@@ -132,6 +134,13 @@ class LocalCluster:
             nodes = [msgspec.structs.replace(n, tls=tls) for n in nodes]
         nodes = [apply_settings(n, extra.get(n.name, {})) for n in nodes]
         self.nodes = {n.name: NodeProcess(n, Path(n.data_dir) / "node.toml") for n in nodes}
+        self.up_socket: Path | None = None
+        """Where ``edgerun up`` takes ``edgerun stop/start NODE`` (edgerun.watcher)."""
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client of these nodes checks their certificates against."""
+        return self._verify
 
     @property
     def token(self) -> str:
@@ -192,6 +201,7 @@ class LocalCluster:
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        node.started_at = time.monotonic()
         log.close()
 
     def wait_healthy(self, names: list[str], timeout: float = 30.0) -> None:
@@ -237,7 +247,7 @@ class LocalCluster:
 
     def describe(self) -> dict[str, object]:
         """What the CLI needs to find this cluster (written to cluster.json)."""
-        return {
+        state: dict[str, object] = {
             "control_url": self.control_url,
             "token_file": str(self.token_file),
             "nodes": [
@@ -245,6 +255,9 @@ class LocalCluster:
                 for n in self.nodes.values()
             ],
         }
+        if self.up_socket is not None:
+            state["up_socket"] = str(self.up_socket)
+        return state
 
     def write_state(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
