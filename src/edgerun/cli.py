@@ -191,11 +191,15 @@ def up(
     keep serving; `edgerun stop NODE` / `edgerun start NODE` from another shell
     stop and start one by hand."""
     from edgerun.cluster import LocalCluster
-    from edgerun.watcher import Watcher
+    from edgerun.watcher import SHUTDOWN_GRACE_S, Watcher
 
     with _errors():
         topology = load_topology(config) if config else default_topology()
-        cluster = LocalCluster(topology, data_dir or _home() / "cluster")
+        cluster = LocalCluster(
+            topology,
+            data_dir or _home() / "cluster",
+            node_settings={"shutdown_grace_s": SHUTDOWN_GRACE_S},
+        )
         stop = False
 
         def _stop(*_: object) -> None:

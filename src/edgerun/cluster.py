@@ -61,12 +61,15 @@ class LocalCluster:
         *,
         region_url: Callable[[str, str], str] | None = None,
         tls: TlsConfig | None = None,
+        node_settings: dict[str, object] | None = None,
     ) -> None:
         """``region_url(pop, region)`` overrides how a POP reaches a region
         (the lab routes it through an emulated link). ``tls``: every node serves
         HTTPS with it and trusts its ``ca``, and the cluster's URLs and readiness
         probe follow; a node's ``settings`` may give it a ``tls`` of its own (e.g.
-        another ``ca``). ``edgerun up`` passes none and stays plain HTTP."""
+        another ``ca``). ``edgerun up`` passes none and stays plain HTTP.
+        ``node_settings``: NodeConfig fields for every node, under the topology's own
+        ``settings``."""
         self.topology = topology
         scheme = "https" if tls and tls.cert else "http"
         self._verify = client_verify(tls) if tls else True
@@ -130,6 +133,7 @@ class LocalCluster:
             | {r.name: r.settings for r in topology.region}
             | {p.name: p.settings for p in topology.pop}
         )
+        extra = {n.name: {**(node_settings or {}), **extra.get(n.name, {})} for n in nodes}
         if tls:
             nodes = [msgspec.structs.replace(n, tls=tls) for n in nodes]
         nodes = [apply_settings(n, extra.get(n.name, {})) for n in nodes]

@@ -193,7 +193,7 @@ class Server:
                 lifespan="on",
                 access_log=False,
                 log_level="warning",
-                timeout_graceful_shutdown=5,
+                timeout_graceful_shutdown=cfg.shutdown_grace_s,  # type: ignore[arg-type]  # a wait_for timeout: float is fine
                 **https,  # when [tls] cert and key are set
             ),
             on_exit,

@@ -36,6 +36,9 @@ from rich.markup import escape
 from edgerun.cluster import LocalCluster
 from edgerun.keeper import Backoff, NodeState, RestartPolicy
 
+SHUTDOWN_GRACE_S = 0.25
+"""What ``edgerun up``'s nodes give requests in flight when they are told to stop
+(NodeConfig.shutdown_grace_s; 5 s elsewhere): a Ctrl-C there means now."""
 SOCKET_NAME = "up.sock"
 MAX_REQUEST_BYTES = 4096
 READ_DEADLINE_S = 2.0
