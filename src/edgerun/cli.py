@@ -199,6 +199,7 @@ def up(
             topology,
             data_dir or _home() / "cluster",
             node_settings={"shutdown_grace_s": SHUTDOWN_GRACE_S},
+            own_process_groups=True,  # a Ctrl-C reaches up, which stops every node at once
         )
         stop = False
 
@@ -207,6 +208,7 @@ def up(
             stop = True
 
         signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGHUP, _stop)  # its terminal closed: the nodes do not hear it
         watcher: Watcher | None = None
         try:
             with out.status("starting nodes..."):

@@ -62,6 +62,7 @@ class LocalCluster:
         region_url: Callable[[str, str], str] | None = None,
         tls: TlsConfig | None = None,
         node_settings: dict[str, object] | None = None,
+        own_process_groups: bool = False,
     ) -> None:
         """``region_url(pop, region)`` overrides how a POP reaches a region
         (the lab routes it through an emulated link). ``tls``: every node serves
@@ -69,7 +70,10 @@ class LocalCluster:
         probe follow; a node's ``settings`` may give it a ``tls`` of its own (e.g.
         another ``ca``). ``edgerun up`` passes none and stays plain HTTP.
         ``node_settings``: NodeConfig fields for every node, under the topology's own
-        ``settings``."""
+        ``settings``. ``own_process_groups``: each node (with its sandboxes) in a
+        process group of its own, so a terminal's Ctrl-C reaches only the caller,
+        which stops them (``edgerun up``)."""
+        self.own_process_groups = own_process_groups
         self.topology = topology
         scheme = "https" if tls and tls.cert else "http"
         self._verify = client_verify(tls) if tls else True
@@ -204,6 +208,7 @@ class LocalCluster:
             stderr=log,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0 if self.own_process_groups else None,
         )
         node.started_at = time.monotonic()
         log.close()

@@ -108,7 +108,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
         raise SystemExit(f"edgerun: {exc}") from None
     if seat is None:
         factory, layers = make_engine(cfg)
-        return NodeApp(cfg, credential, factory, isolation=layers).asgi, None
+        node = NodeApp(cfg, credential, factory, isolation=layers)
+        return node.asgi, node.stopping
     budget = SharedBudget(budget_path(cfg), seat.index)
     shared_layers = engine_layers()
     if shared_layers is not None:  # the supervisor holds the node's one zygote engine
@@ -121,7 +122,7 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
     else:
         factory, layers = make_engine(cfg, worker_dir(cfg, seat.index))
     app = NodeApp(cfg, credential, factory, isolation=layers, seat=seat, budget=budget)
-    return app.asgi, None
+    return app.asgi, app.stopping
 
 
 def make_engine(cfg: NodeConfig, own: Path | None = None) -> tuple[SandboxFactory, list[Layer]]:

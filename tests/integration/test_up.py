@@ -301,6 +301,12 @@ def test_ctrl_c_ends_every_node_quickly(up_no_restart: Up) -> None:
     up = up_no_restart
     tree = _descendants(up.proc.pid)
     assert len(tree) >= 4  # the nodes (and their zygotes)
+    # Each node has a process group of its own: a terminal's Ctrl-C reaches only up
+    # (not the nodes' zygotes, which died of it), and up stops them.
+    nodes = [n["pid"] for n in up.status().values() if n["pid"]]
+    assert all(os.getpgid(pid) == pid for pid in nodes)
+    logs = sorted((up.home.parent / "data").glob("*/node.log"))
+    sizes = {log: log.stat().st_size for log in logs}
     began = time.monotonic()
     up.proc.send_signal(signal.SIGINT)
     up.proc.wait(30)
@@ -311,3 +317,8 @@ def test_ctrl_c_ends_every_node_quickly(up_no_restart: Up) -> None:
     assert "stopped." in up.output
     assert took < 3.0, f"stopping took {took:.1f} s"
     assert not up.socket.exists()
+    for log in logs:  # nodes stop following the feed and checking regions at once
+        with open(log) as f:
+            f.seek(sizes[log])
+            said = f.read()
+        assert "unreachable" not in said and "is down" not in said, (log, said)
