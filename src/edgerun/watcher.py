@@ -294,7 +294,12 @@ class Watcher:
             answer.set_result({"ok": False, "error": f"{name} is still stopping; try again"})
             return
         if self.policy.start(name):
-            proc = self._spawn(name)
+            try:
+                proc = self._spawn(name)
+            except OSError as exc:
+                self.policy.stop(name)
+                answer.set_result({"ok": False, "error": f"cannot start {name}: {exc}"})
+                return
             self.say(f"started [bold]{name}[/bold] (edgerun start, pid {proc.pid})")
         assert proc is not None
         answer.set_result({"ok": True, "_started": _Started(proc, self.cluster.url(name))})
@@ -320,7 +325,13 @@ class Watcher:
             self._exited(name, proc, code, now)
         for name in self.policy.due(now):
             self.policy.restarting(name, now)
-            proc = self._spawn(name)
+            try:
+                proc = self._spawn(name)
+            except OSError as exc:  # e.g. out of processes: try again after the backoff
+                at = self.policy.exited(name, now)
+                again = f"trying again in {at - now:.1f} s" if at is not None else "left down"
+                self.say(f"cannot restart {name}: {escape(str(exc))}; {again}")
+                continue
             restarts = self.policy.nodes[name].restarts
             self.say(f"restarted [bold]{name}[/bold] (pid {proc.pid}, restart {restarts})")
             threading.Thread(target=self._notify_healthy, args=(name, proc), daemon=True).start()
