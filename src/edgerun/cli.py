@@ -179,13 +179,30 @@ def up(
     config: Annotated[Path | None, typer.Option(help="Topology TOML (default: built in).")] = None,
     demo: Annotated[bool, typer.Option(help="Deploy the examples once the cluster is up.")] = False,
     data_dir: Annotated[Path | None, typer.Option(help="Where nodes keep their data.")] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart/--no-restart",
+            help="Restart a node that exits, with backoff (--no-restart: keep it down).",
+        ),
+    ] = True,
 ) -> None:
-    """Start a local topology (control plane, regions, POPs) until Ctrl-C."""
+    """Start a local topology (control plane, regions, POPs) until Ctrl-C.
+
+    A node that exits is reported and restarted with backoff while the others
+    keep serving; `edgerun stop NODE` / `edgerun start NODE` from another shell
+    stop and start one by hand."""
     from edgerun.cluster import LocalCluster
+    from edgerun.watcher import SHUTDOWN_GRACE_S, Watcher
 
     with _errors():
         topology = load_topology(config) if config else default_topology()
-        cluster = LocalCluster(topology, data_dir or _home() / "cluster")
+        cluster = LocalCluster(
+            topology,
+            data_dir or _home() / "cluster",
+            node_settings={"shutdown_grace_s": SHUTDOWN_GRACE_S},
+            own_process_groups=True,  # a Ctrl-C reaches up, which stops every node at once
+        )
         stop = False
 
         def _stop(*_: object) -> None:
@@ -193,9 +210,16 @@ def up(
             stop = True
 
         signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGHUP, _stop)  # its terminal closed: the nodes do not hear it
+        watcher: Watcher | None = None
         try:
             with out.status("starting nodes..."):
                 cluster.start()
+            watcher = Watcher(cluster, out.print, restart=restart)
+            try:
+                cluster.up_socket = watcher.serve()
+            except RuntimeError as exc:
+                _fail(str(exc))
             cluster.write_state(_home() / "cluster.json")
             table = Table(title="edgerun is up")
             for col in ("node", "role", "url"):
@@ -210,17 +234,50 @@ def up(
                         record = _deploy(client, folder, {})
                         out.print(f"deployed [bold]{record[0]}[/bold] {record[1][:12]}")
             out.print("Ctrl-C to stop.")
-            while not stop:
-                time.sleep(0.5)
-                for n in cluster.nodes.values():
-                    if n.proc is not None and n.proc.poll() is not None:
-                        _fail(f"node {n.config.name} exited; see {n.log_path}")
+            # From here a Ctrl-C only says "stop": the watcher must not be cut off
+            # halfway through starting a node (it would be left running).
+            signal.signal(signal.SIGINT, _stop)
+            watcher.run(lambda: stop)
         except KeyboardInterrupt:
             pass
         finally:
+            if watcher is not None:
+                watcher.close()
             with out.status("stopping..."):
                 cluster.stop()
         out.print("stopped.")
+
+
+def _up_request(op: str, node: str) -> str:
+    """Ask the running `edgerun up` (its socket is in cluster.json) to stop or start a node."""
+    from edgerun.watcher import request
+
+    path = _state().get("up_socket")
+    if not path:
+        _fail(f"no `edgerun up` is running here (no up_socket in {_home() / 'cluster.json'})")
+    try:
+        answer = request(Path(path), op, node)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot reach `edgerun up` at {path}: {exc}")
+    if not answer.get("ok"):
+        _fail(str(answer.get("error", "refused")))
+    return str(answer.get("message", "done"))
+
+
+@app.command("stop")
+def stop_node(
+    node: Annotated[str, typer.Argument(help="Node name (as `edgerun up` lists it).")],
+) -> None:
+    """Stop one node of the running `edgerun up`; it stays down until `edgerun start`."""
+    out.print(_up_request("stop", node))
+
+
+@app.command("start")
+def start_node(
+    node: Annotated[str, typer.Argument(help="Node name (as `edgerun up` lists it).")],
+) -> None:
+    """Start a node of the running `edgerun up` again and wait until it is healthy."""
+    out.print(_up_request("start", node))
 
 
 lab_app = typer.Typer(help="A multi-region test bed with emulated distance.")

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ class NodeProcess:
     config: NodeConfig
     config_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.monotonic() when proc was started
 
     @property
     def url(self) -> str:
@@ -59,12 +61,19 @@ class LocalCluster:
         *,
         region_url: Callable[[str, str], str] | None = None,
         tls: TlsConfig | None = None,
+        node_settings: dict[str, object] | None = None,
+        own_process_groups: bool = False,
     ) -> None:
         """``region_url(pop, region)`` overrides how a POP reaches a region
         (the lab routes it through an emulated link). ``tls``: every node serves
         HTTPS with it and trusts its ``ca``, and the cluster's URLs and readiness
         probe follow; a node's ``settings`` may give it a ``tls`` of its own (e.g.
-        another ``ca``). ``edgerun up`` passes none and stays plain HTTP."""
+        another ``ca``). ``edgerun up`` passes none and stays plain HTTP.
+        ``node_settings``: NodeConfig fields for every node, under the topology's own
+        ``settings``. ``own_process_groups``: each node (with its sandboxes) in a
+        process group of its own, so a terminal's Ctrl-C reaches only the caller,
+        which stops them (``edgerun up``)."""
+        self.own_process_groups = own_process_groups
         self.topology = topology
         scheme = "https" if tls and tls.cert else "http"
         self._verify = client_verify(tls) if tls else True
@@ -128,10 +137,18 @@ class LocalCluster:
             | {r.name: r.settings for r in topology.region}
             | {p.name: p.settings for p in topology.pop}
         )
+        extra = {n.name: {**(node_settings or {}), **extra.get(n.name, {})} for n in nodes}
         if tls:
             nodes = [msgspec.structs.replace(n, tls=tls) for n in nodes]
         nodes = [apply_settings(n, extra.get(n.name, {})) for n in nodes]
         self.nodes = {n.name: NodeProcess(n, Path(n.data_dir) / "node.toml") for n in nodes}
+        self.up_socket: Path | None = None
+        """Where ``edgerun up`` takes ``edgerun stop/start NODE`` (edgerun.watcher)."""
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client of these nodes checks their certificates against."""
+        return self._verify
 
     @property
     def token(self) -> str:
@@ -191,7 +208,9 @@ class LocalCluster:
             stderr=log,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0 if self.own_process_groups else None,
         )
+        node.started_at = time.monotonic()
         log.close()
 
     def wait_healthy(self, names: list[str], timeout: float = 30.0) -> None:
@@ -237,7 +256,7 @@ class LocalCluster:
 
     def describe(self) -> dict[str, object]:
         """What the CLI needs to find this cluster (written to cluster.json)."""
-        return {
+        state: dict[str, object] = {
             "control_url": self.control_url,
             "token_file": str(self.token_file),
             "nodes": [
@@ -245,6 +264,9 @@ class LocalCluster:
                 for n in self.nodes.values()
             ],
         }
+        if self.up_socket is not None:
+            state["up_socket"] = str(self.up_socket)
+        return state
 
     def write_state(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

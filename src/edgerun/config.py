@@ -84,6 +84,9 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """From connection (or the first byte of a request) to its last header."""
     body_timeout_s: float = 60.0
     """From the last header to the last byte of the body."""
+    shutdown_grace_s: float = 5.0
+    """How long a stopping node lets requests in flight finish before it cancels them
+    (``edgerun up`` gives its nodes 0.25 s: a Ctrl-C there means now)."""
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     """Peer addresses whose X-Forwarded-For and x-edgerun-request-id are believed
     (POPs are trusted through their node credentials instead)."""

@@ -109,7 +109,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
         raise SystemExit(f"edgerun: {exc}") from None
     if seat is None:
         factory, layers = make_engine(cfg)
-        return NodeApp(cfg, credential, factory, isolation=layers).asgi, None
+        node = NodeApp(cfg, credential, factory, isolation=layers)
+        return node.asgi, node.stopping
     budget = SharedBudget(budget_path(cfg), seat.index)
     shared_layers = engine_layers()
     if shared_layers is not None:  # the supervisor holds the node's one zygote engine
@@ -122,7 +123,7 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
     else:
         factory, layers = make_engine(cfg, worker_dir(cfg, seat.index))
     app = NodeApp(cfg, credential, factory, isolation=layers, seat=seat, budget=budget)
-    return app.asgi, None
+    return app.asgi, app.stopping
 
 
 def make_engine(cfg: NodeConfig, own: Path | None = None) -> tuple[SandboxFactory, list[Layer]]:
@@ -195,7 +196,7 @@ class Server:
                 access_log=False,
                 log_level="warning",
                 log_config=None,  # the node's own format (edgerun.logconfig), not uvicorn's
-                timeout_graceful_shutdown=5,
+                timeout_graceful_shutdown=cfg.shutdown_grace_s,  # type: ignore[arg-type]  # a wait_for timeout: float is fine
                 **https,  # when [tls] cert and key are set
             ),
             on_exit,

@@ -129,6 +129,8 @@ class NodeApp:
         self.init_errors = InitErrors()
         self.counters = Counters()
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._first_to_stop: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.invoker = Invoker(
             cfg,
@@ -191,6 +193,7 @@ class NodeApp:
     # --- lifecycle ---------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
         await self.factory.open()
         self._tasks = [
             asyncio.create_task(
@@ -205,10 +208,13 @@ class NodeApp:
             asyncio.create_task(self._reap_forever()),
             asyncio.create_task(self._flush_logs_forever()),
         ]
+        self._first_to_stop = [self._tasks[0]]  # follow()
         if self.seat is None or self.seat.index == 0:  # one heartbeat per node
             self._tasks.append(asyncio.create_task(heartbeat_forever(self)))
+            self._first_to_stop.append(self._tasks[-1])
         if self.cfg.role == "pop" and self.regions.regions:
             self._tasks.append(asyncio.create_task(self.regions.monitor()))
+            self._first_to_stop.append(self._tasks[-1])
         if self.warmer is not None:
             self._tasks.append(asyncio.create_task(self.warmer.run_forever()))
         if self.seat is not None:
@@ -230,6 +236,15 @@ class NodeApp:
             await self.pool.close()
             await self.regions.close()
             await self.client.aclose()
+
+    def stopping(self) -> None:
+        """The server was told to stop (any thread, a signal handler included): stop
+        following the change feed and checking regions now, not after the calls in
+        flight (a control plane or region stopping too would only be found gone)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            for task in self._first_to_stop:
+                loop.call_soon_threadsafe(task.cancel)
 
     async def _on_change(self, records: list[FunctionRecord]) -> None:
         """Stop what deleted functions still run, then prefetch what aliases point at."""
