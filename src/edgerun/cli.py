@@ -186,6 +186,9 @@ def up(
             help="Restart a node that exits, with backoff (--no-restart: keep it down).",
         ),
     ] = True,
+    log_format: Annotated[
+        str, typer.Option(help="Node logs (NODE/node.log): json lines, or text for people.")
+    ] = "text",
 ) -> None:
     """Start a local topology (control plane, regions, POPs) until Ctrl-C.
 
@@ -195,12 +198,14 @@ def up(
     from edgerun.cluster import LocalCluster
     from edgerun.watcher import SHUTDOWN_GRACE_S, Watcher
 
+    if log_format not in ("json", "text"):
+        _fail("--log-format must be json or text")
     with _errors():
         topology = load_topology(config) if config else default_topology()
         cluster = LocalCluster(
             topology,
             data_dir or _home() / "cluster",
-            node_settings={"shutdown_grace_s": SHUTDOWN_GRACE_S},
+            node_settings={"shutdown_grace_s": SHUTDOWN_GRACE_S, "log_format": log_format},
             own_process_groups=True,  # a Ctrl-C reaches up, which stops every node at once
         )
         stop = False
