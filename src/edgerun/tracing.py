@@ -32,6 +32,7 @@ import contextlib
 import contextvars
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -57,6 +58,8 @@ TRACESTATE_MAX_CHARS = 512
 """W3C: a tracestate may be cut to 512 characters (entries over 128 go first)."""
 TRACESTATE_MAX_MEMBERS = 32
 _ENTRY_CUT_FIRST = 128
+SHUTDOWN_WAIT_S = 3.0
+"""How long a stopping node waits for its last spans to be exported."""
 
 _TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 """Version 00 exactly: lowercase hex, nothing before or after (no future versions)."""
@@ -217,11 +220,21 @@ class Tracer:
         return InvokeTrace(self, ctx, function, request_id)
 
     def shutdown(self) -> None:
-        """Export what is still queued and stop the exporter's thread (blocking)."""
-        try:
-            self.provider.shutdown()
-        except Exception:
-            log.exception("flushing traces failed")
+        """Export what is still queued and stop the exporter's thread, blocking at
+        most ``SHUTDOWN_WAIT_S``: a collector that is down must not hold up a node's
+        stop (the SDK alone may wait 30 s)."""
+
+        def flush() -> None:
+            try:
+                self.provider.shutdown()
+            except Exception:
+                log.exception("flushing traces failed")
+
+        thread = threading.Thread(target=flush, name="edgerun-trace-flush", daemon=True)
+        thread.start()
+        thread.join(SHUTDOWN_WAIT_S)
+        if thread.is_alive():
+            log.warning("traces not flushed within %g s; left unsent", SHUTDOWN_WAIT_S)
 
 
 def make_tracer(cfg: NodeConfig, worker: str | None = None) -> Tracer | None:
@@ -379,11 +392,7 @@ class InvokeTrace:
     # --- the end ---
     def finish(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         """End the invoke span with what the reply says (and any phase left open)."""
-        attrs: dict[str, Any] = {"http.response.status_code": status}
-        for k, v in headers:
-            if k in _REPLY_ATTRIBUTES:
-                attrs[_REPLY_ATTRIBUTES[k]] = v
-        self.span.set_attributes(attrs)
+        self.span.set_attributes(reply_attributes(status, headers))
         if status >= 500:
             self.span.set_status(otel.Status(otel.StatusCode.ERROR, f"HTTP {status}"))
         self._close(None)
@@ -396,10 +405,7 @@ class InvokeTrace:
             if exc.status < 500:
                 self.finish(exc.status, exc.headers.items())
                 return
-            self.span.set_attributes({"http.response.status_code": exc.status})
-            self.span.set_attributes(
-                {_REPLY_ATTRIBUTES[k]: v for k, v in exc.headers.items() if k in _REPLY_ATTRIBUTES}
-            )
+            self.span.set_attributes(reply_attributes(exc.status, exc.headers.items()))
         _failed(self.span, exc)
         self._close(exc)
 
@@ -421,11 +427,7 @@ class Forwarding(NamedTuple):
 
     def answered(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         """What the region answered (its status; where it ran, with any failover)."""
-        attrs: dict[str, Any] = {"http.response.status_code": status}
-        for k, v in headers:
-            if k in _REPLY_ATTRIBUTES:
-                attrs[_REPLY_ATTRIBUTES[k]] = v
-        self.span.set_attributes(attrs)
+        self.span.set_attributes(reply_attributes(status, headers))
 
 
 _REPLY_ATTRIBUTES = {
@@ -435,6 +437,15 @@ _REPLY_ATTRIBUTES = {
     "x-edgerun-region-placement": "edgerun.region_placement",
     "x-edgerun-failover": "edgerun.failover",
 }
+
+
+def reply_attributes(status: int, headers: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Span attributes from a reply: its status, where it ran and why."""
+    attrs: dict[str, Any] = {"http.response.status_code": status}
+    for k, v in headers:
+        if k in _REPLY_ATTRIBUTES:
+            attrs[_REPLY_ATTRIBUTES[k]] = v
+    return attrs
 
 
 def cold_started(ms: float, zygote_loaded: bool) -> None:

@@ -43,6 +43,7 @@ from edgerun.sandbox.base import SandboxFactory, SandboxSpec
 from edgerun.sandbox.broker import BrokerClient, Link
 from edgerun.sandbox.isolation import Layer
 from edgerun.tls import client_verify
+from edgerun.tracing import cold_started, make_tracer
 
 log = logging.getLogger("edgerun.node")
 
@@ -148,6 +149,9 @@ class NodeApp:
         )
         if seat is not None:
             self.invoker.worker = str(seat.index)
+        # Each worker process exports its own spans; None (no SDK loaded) without an endpoint.
+        self.tracer = make_tracer(cfg, None if seat is None else str(seat.index))
+        self.invoker.tracer = self.tracer
         self.warmer = (
             Warmer(
                 cfg,
@@ -216,6 +220,8 @@ class NodeApp:
             await self.pool.close()
             await self.regions.close()
             await self.client.aclose()
+            if self.tracer is not None:
+                await asyncio.to_thread(self.tracer.shutdown)  # flush what is queued
 
     async def _on_change(self, records: list[FunctionRecord]) -> None:
         """Stop what deleted functions still run, then prefetch what aliases point at."""
@@ -329,3 +335,4 @@ class NodeApp:
 
     def _started(self, spec: SandboxSpec, ms: float, loaded_before: bool) -> None:
         self.measured.start_observed(spec.version, ms, loaded_before=loaded_before)
+        cold_started(ms, loaded_before)  # a "cold start" span when a traced call waited for it
