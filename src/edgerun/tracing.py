@@ -209,7 +209,11 @@ class Tracer:
         )
         exporter = OTLPSpanExporter(endpoint=otel_cfg.endpoint, timeout=otel_cfg.timeout_s)
         self.provider.add_span_processor(
-            BatchSpanProcessor(exporter, schedule_delay_millis=otel_cfg.export_interval_s * 1000)
+            BatchSpanProcessor(
+                exporter,
+                schedule_delay_millis=otel_cfg.export_interval_s * 1000,
+                export_timeout_millis=otel_cfg.timeout_s * 1000,
+            )
         )
         self.tracer = self.provider.get_tracer("edgerun")
         self.node = cfg.name

@@ -2,8 +2,9 @@
 the POP and the region into the sandbox, and the spans each node exports over
 OTLP/HTTP to a collector run here (a thread decoding ExportTraceServiceRequest).
 
-One topology for the module: pop-1 and region-1 export traces, pop-2 and
-region-2 have no ``[otel]`` endpoint (so they only pass trace context on).
+One topology for the module: pop-1 and region-1 export traces (region-1 with
+two worker processes, each with its own tracer), pop-2 and region-2 have no
+``[otel]`` endpoint (so they only pass trace context on).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Span:
     parent_id: str
     kind: int
     attributes: dict[str, Any] = field(hash=False)
+    resource: dict[str, Any] = field(hash=False)
 
 
 def _value(v: Any) -> Any:
@@ -97,6 +99,7 @@ class Collector:
                         parent_id=s.parent_span_id.hex(),
                         kind=s.kind,
                         attributes={a.key: _value(a.value) for a in s.attributes},
+                        resource=resource,
                     )
                     with self.lock:
                         self.spans.append(span)
@@ -125,7 +128,7 @@ def traced(
     topo = Topology(
         control=ControlSpec(port=free_port(), settings={"gc_interval_s": 3600}),
         region=[
-            RegionSpec(name="region-1", port=free_port(), settings=otel),
+            RegionSpec(name="region-1", port=free_port(), settings={**otel, "workers": 2}),
             RegionSpec(name="region-2", port=free_port()),
         ],
         pop=[
@@ -141,6 +144,8 @@ def traced(
         nodes = ("pop-1", "pop-2", "region-1", "region-2")
         tracer = FUNCTIONS / "tracer"
         deploy_everywhere(cluster, client, "far", tracer, nodes, placement="region")
+        # Called by one test only, so its first call is a cold start in region-1.
+        deploy_everywhere(cluster, client, "once", tracer, nodes, placement="region")
         deploy_everywhere(cluster, client, "near", tracer, nodes, placement="edge")
         yield cluster, client
         client.close()
@@ -162,12 +167,12 @@ def call(cluster: LocalCluster, pop: str, name: str, headers: dict[str, str]) ->
 def test_one_trace_across_pop_region_and_sandbox(traced, collector: Collector) -> None:
     cluster, _ = traced
     caller, trace_id, caller_span = new_traceparent()
-    seen = call(cluster, "pop-1", "far", {"traceparent": caller, "tracestate": "vendor=abc,x=1"})
+    seen = call(cluster, "pop-1", "once", {"traceparent": caller, "tracestate": "vendor=abc,x=1"})
     expected = {
-        ("pop-1", "invoke far"),
+        ("pop-1", "invoke once"),
         ("pop-1", "decide"),
         ("pop-1", "forward"),
-        ("region-1", "invoke far"),
+        ("region-1", "invoke once"),
         ("region-1", "queue"),
         ("region-1", "cold start"),
         ("region-1", "run"),
@@ -179,7 +184,7 @@ def test_one_trace_across_pop_region_and_sandbox(traced, collector: Collector) -
     )
     spans = {(s.node, s.name): s for s in collector.trace(trace_id)}
     assert set(spans) == expected  # and nothing else was made of this request
-    pop_invoke, region_invoke = spans["pop-1", "invoke far"], spans["region-1", "invoke far"]
+    pop_invoke, region_invoke = spans["pop-1", "invoke once"], spans["region-1", "invoke once"]
     forward, run = spans["pop-1", "forward"], spans["region-1", "run"]
 
     # The POP's span continues the caller's; the region's continues the POP's forward.
@@ -207,6 +212,9 @@ def test_one_trace_across_pop_region_and_sandbox(traced, collector: Collector) -
     assert spans["pop-1", "decide"].attributes["edgerun.action"] == "forward"
     assert region_invoke.attributes["edgerun.placement"] == "local-cold"
     assert region_invoke.attributes["edgerun.node"] == "region-1"
+    assert region_invoke.resource["service.name"] == "edgerun-region"
+    assert region_invoke.resource["service.instance.id"] in ("region-1/0", "region-1/1")
+    assert pop_invoke.resource["service.instance.id"] == "pop-1"  # one process
     request_ids = {s.attributes["edgerun.request_id"] for s in (pop_invoke, region_invoke)}
     assert len(request_ids) == 1  # the POP's request id travels with the forward
     assert pop_invoke.attributes["edgerun.version"] == region_invoke.attributes["edgerun.version"]

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from edgerun.config import NodeConfig, OtelConfig, apply_settings, dump_toml, load_node_config
+from edgerun.errors import ApiError
 from edgerun.sandbox.protocol import Invoke, encode_frame
 from edgerun.tracing import (
     NO_CONTEXT,
     TRACESTATE_MAX_CHARS,
     TraceParent,
+    Tracer,
     clean_tracestate,
+    cold_started,
     make_tracer,
     parse_traceparent,
     trace_context,
@@ -170,3 +179,99 @@ def test_no_endpoint_no_tracer_and_no_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- spans, in process ----------------------------------------------------
+
+
+class _Msg:
+    """Stands in for an Invoke message (its mode, event and trace fields)."""
+
+    def __init__(self) -> None:
+        self.mode = "http"
+        self.event: dict[str, object] = {"headers": {"host": "x"}}
+        self.traceparent: str | None = None
+        self.tracestate: str | None = None
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[Tracer, InMemorySpanExporter]]:
+    cfg = apply_settings(
+        base(),
+        # Nothing listens there, and nothing is sent before the test ends.
+        {
+            "otel": {
+                "endpoint": "http://127.0.0.1:9/v1/traces",
+                "export_interval_s": 3600,
+                "timeout_s": 0.2,
+            }
+        },
+    )
+    tracer = make_tracer(cfg)
+    assert tracer is not None
+    memory = InMemorySpanExporter()
+    tracer.provider.add_span_processor(SimpleSpanProcessor(memory))
+    yield tracer, memory
+    memory.clear()
+    tracer.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def _lease(cold: bool, fail: BaseException | None = None) -> AsyncIterator[tuple[str, bool]]:
+    if fail is not None:
+        raise fail
+    cold_started(5.0, zygote_loaded=True)  # as the pool's start callback reports it
+    yield "sandbox", cold
+
+
+def _by_name(memory: InMemorySpanExporter) -> dict[str, Any]:
+    return {s.name: s for s in memory.get_finished_spans()}
+
+
+@pytest.mark.anyio
+async def test_queue_cold_start_and_run_under_the_invoke_span(spans) -> None:
+    tracer, memory = spans
+    trace = tracer.begin(trace_context([("traceparent", VALID)]), "fn", "r1")
+    msg = _Msg()
+    async with trace.lease(_lease(cold=True), msg) as (sandbox, cold):  # type: ignore[arg-type]
+        assert (sandbox, cold) == ("sandbox", True)
+    trace.finish(200, [("x-edgerun-placement", "local-cold")])
+    got = _by_name(memory)
+    invoke, queue, start, run = (got[n] for n in ("invoke fn", "queue", "cold start", "run"))
+    assert invoke.parent.span_id == int(SPAN_ID, 16)
+    assert invoke.context.trace_id == int(TRACE_ID, 16)
+    assert queue.parent.span_id == run.parent.span_id == invoke.context.span_id
+    assert start.parent.span_id == queue.context.span_id
+    assert start.end_time - start.start_time == 5_000_000
+    handed = f"00-{TRACE_ID}-{run.context.span_id:016x}-01"
+    assert msg.traceparent == handed and msg.event["headers"]["traceparent"] == handed  # type: ignore[index]
+    assert invoke.attributes["edgerun.placement"] == "local-cold"
+
+
+@pytest.mark.anyio
+async def test_a_failed_wait_ends_the_queue_span_as_an_error(spans) -> None:
+    tracer, memory = spans
+    trace = tracer.begin(NO_CONTEXT, "fn", "r2")
+    with pytest.raises(ApiError):
+        async with trace.lease(_lease(True, ApiError(429, "TooManyRequests", "full")), _Msg()):  # type: ignore[arg-type]
+            pass
+    trace.finish(200, [])  # e.g. forwarded after the wait ran out
+    got = _by_name(memory)
+    assert not got["queue"].status.is_ok and got["queue"].end_time < got["invoke fn"].end_time
+    assert "run" not in got and got["invoke fn"].parent is None  # no caller: a new trace
+
+
+@pytest.mark.anyio
+async def test_a_start_in_another_task_is_not_this_calls_cold_start(spans) -> None:
+    tracer, memory = spans
+    trace = tracer.begin(NO_CONTEXT, "fn", "r3")
+
+    async def background() -> None:  # inherits the context, as a background warm-up does
+        cold_started(5.0, zygote_loaded=False)
+
+    trace._queue = trace.start("queue")
+    await asyncio.create_task(background())
+    trace.fail(RuntimeError("boom"))
+    got = _by_name(memory)
+    assert "cold start" not in got
+    assert not got["invoke fn"].status.is_ok and not got["queue"].status.is_ok
