@@ -42,6 +42,31 @@ class TlsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("tls: cert and key must be set together (or neither)")
 
 
+class OtelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A node's ``[otel]`` table: OpenTelemetry traces, exported over OTLP/HTTP
+    (see :mod:`edgerun.tracing`). Without an endpoint no span is made and the
+    SDK is not even imported; W3C trace context still passes through."""
+
+    endpoint: str = ""
+    """OTLP/HTTP traces URL, e.g. ``http://127.0.0.1:4318/v1/traces``; empty: no traces."""
+    service_name: str = ""
+    """The ``service.name`` resource attribute; empty: ``edgerun-<role>``."""
+    sample_ratio: float = 1.0
+    """Share of new traces recorded; a caller's sampled flag is followed as it is."""
+    export_interval_s: float = 1.0
+    """How long finished spans wait to be exported together."""
+    timeout_s: float = 10.0
+    """Timeout of one export request."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError("otel: endpoint must be an http:// or https:// URL")
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ValueError("otel: sample_ratio must be between 0 and 1")
+        if self.export_interval_s <= 0 or self.timeout_s <= 0:
+            raise ValueError("otel: export_interval_s and timeout_s must be positive")
+
+
 class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     role: Role
     name: str
@@ -63,6 +88,8 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Parent regions of a POP, in order of preference."""
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     """HTTPS: serve it (cert, key) and verify the nodes this one calls (ca)."""
+    otel: OtelConfig = msgspec.field(default_factory=OtelConfig)
+    """Traces: exported over OTLP/HTTP when ``endpoint`` is set."""
     capacity_mb: int = 1024
     """Memory budget for sandboxes; each charges its function's memory_mb."""
     workers: int = 0
@@ -190,15 +217,18 @@ def load_node_config(path: Path) -> NodeConfig:
 
 def dump_toml(cfg: NodeConfig) -> str:
     """Serialise a node config as TOML (flat keys, then the tables: ``[tls]``
-    when set, and the array of regions)."""
+    and ``[otel]`` when set, and the array of regions)."""
     lines: list[str] = []
     for key, value in msgspec.structs.asdict(cfg).items():
-        if key in ("regions", "tls"):
+        if key in ("regions", "tls", "otel"):
             continue
         lines.append(f"{key} = {_toml_value(value)}")
     tls = {k: v for k, v in msgspec.structs.asdict(cfg.tls).items() if v}
     if tls:
         lines += ["", "[tls]", *(f"{k} = {_toml_value(v)}" for k, v in tls.items())]
+    if cfg.otel != OtelConfig():
+        otel = msgspec.structs.asdict(cfg.otel)
+        lines += ["", "[otel]", *(f"{k} = {_toml_value(v)}" for k, v in otel.items())]
     for region in cfg.regions:
         lines += [
             "",

@@ -44,6 +44,7 @@ from edgerun.sandbox.base import SandboxFactory, SandboxSpec
 from edgerun.sandbox.broker import BrokerClient, Link
 from edgerun.sandbox.isolation import Layer
 from edgerun.tls import client_verify
+from edgerun.tracing import cold_started, make_tracer
 
 log = logging.getLogger("edgerun.node")
 
@@ -162,6 +163,9 @@ class NodeApp:
             if seat is not None:  # a scrape must show the whole node: see node/metrics.py
                 dirs = [worker_dir(cfg, i) for i in range(seat.count)]
                 self.metric_peers = Peers(dirs, seat.index, self.metrics.snapshot)
+        # Each worker process exports its own spans; None (no SDK loaded) without an endpoint.
+        self.tracer = make_tracer(cfg, None if seat is None else str(seat.index))
+        self.invoker.tracer = self.tracer
         self.warmer = (
             Warmer(
                 cfg,
@@ -236,6 +240,8 @@ class NodeApp:
             await self.pool.close()
             await self.regions.close()
             await self.client.aclose()
+            if self.tracer is not None:
+                await asyncio.to_thread(self.tracer.shutdown)  # flush what is queued
 
     def stopping(self) -> None:
         """The server was told to stop (any thread, a signal handler included): stop
@@ -360,6 +366,7 @@ class NodeApp:
         self.measured.start_observed(spec.version, ms, loaded_before=loaded_before)
         if self.metrics is not None:
             self.metrics.started(ms, loaded_before)
+        cold_started(ms, loaded_before)  # a "cold start" span when a traced call waited for it
 
     async def scrape(self) -> bytes:
         """The ``/metrics`` answer, for the whole node (every worker of it)."""

@@ -48,6 +48,15 @@ from edgerun.placement import Action, Decision, FunctionView, region_decision
 from edgerun.pool import Claim, Pool, PoolFull
 from edgerun.sandbox.base import SandboxError, SandboxInitError, SandboxSpec
 from edgerun.sandbox.protocol import Failure, Invoke
+from edgerun.tracing import HEADERS as TRACE_HEADERS
+from edgerun.tracing import (
+    NO_CONTEXT,
+    InvokeTrace,
+    TraceContext,
+    Tracer,
+    decision_attributes,
+    trace_context,
+)
 
 log = logging.getLogger("edgerun.node")
 
@@ -75,10 +84,12 @@ _HOP_BY_HOP = frozenset(
 _FORWARD_OWNED = frozenset(
     {NODE_TOKEN_HEADER, FORWARDED_BY_HEADER, "x-edgerun-request-id", "x-edgerun-version"}
     | {"x-forwarded-for", "x-forwarded-host"}
+    | TRACE_HEADERS
 )
-"""Headers a POP sets itself when forwarding; whatever a caller sent is dropped."""
+"""Headers a POP sets itself when forwarding; whatever a caller sent is dropped
+(the trace context goes on checked, see :mod:`edgerun.tracing`)."""
 _NOT_FORWARDED = _HOP_BY_HOP | _FORWARD_OWNED
-_NOT_FOR_FUNCTIONS = frozenset({"x-edgerun-version", NODE_TOKEN_HEADER})
+_NOT_FOR_FUNCTIONS = frozenset({"x-edgerun-version", NODE_TOKEN_HEADER}) | TRACE_HEADERS
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _JSON = [("content-type", "application/json")]
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
@@ -161,6 +172,10 @@ class _Call:
     """What the function printed, for the invocation's log entry."""
     error: str = ""
     """The type of the exception the handler raised, if it did."""
+    trace_ctx: TraceContext = NO_CONTEXT
+    """The caller's traceparent and tracestate, checked (empty when malformed)."""
+    trace: InvokeTrace | None = None
+    """This node's spans of the call, when it exports traces."""
 
     @property
     def request_id(self) -> str:
@@ -197,6 +212,8 @@ class Invoker:
         self.cfg = cfg
         self.worker: str | None = None
         """Which worker of a multi-worker node this is (told in x-edgerun-worker)."""
+        self.tracer: Tracer | None = None
+        """Set when the node exports traces (``[otel] endpoint``); None: no spans at all."""
         self.credential = credential
         self.keyring = keyring
         self.limiter = Limiter()
@@ -245,8 +262,12 @@ class Invoker:
         if checked.origin.from_node:
             entry.from_node = req.header(FORWARDED_BY_HEADER) or "?"
         headers: list[tuple[str, str]] | dict[str, str] = []
+        trace_ctx = trace_context(req.headers)
         try:
-            reply = await self._invoke(req, body, checked, entry)
+            if self.tracer is None:
+                reply = await self._invoke(req, body, checked, entry, trace_ctx, None)
+            else:
+                reply = await self._traced(req, body, checked, entry, trace_ctx, self.tracer)
             entry.status, headers = reply.status, reply.headers
             return reply
         except ApiError as exc:
@@ -265,7 +286,34 @@ class Invoker:
             self.journal.add(entry)
             current_invocation.reset(token)
 
-    async def _invoke(self, req: Incoming, body: bytes, checked: Checked, entry: LogEntry) -> Reply:
+    async def _traced(
+        self,
+        req: Incoming,
+        body: bytes,
+        checked: Checked,
+        entry: LogEntry,
+        trace_ctx: TraceContext,
+        tracer: Tracer,
+    ) -> Reply:
+        """:meth:`_invoke` under this node's spans of the call (edgerun.tracing)."""
+        trace = tracer.begin(trace_ctx, checked.name, checked.origin.request_id)
+        try:
+            reply = await self._invoke(req, body, checked, entry, trace_ctx, trace)
+        except BaseException as exc:
+            trace.fail(exc)
+            raise
+        trace.finish(reply.status, reply.headers)
+        return reply
+
+    async def _invoke(
+        self,
+        req: Incoming,
+        body: bytes,
+        checked: Checked,
+        entry: LogEntry,
+        trace_ctx: TraceContext,
+        trace: InvokeTrace | None,
+    ) -> Reply:
         name, qualifier, origin, principal = checked
         payload: Any = None
         if req.trigger == "direct":
@@ -273,13 +321,17 @@ class Invoker:
         fn, version = self.resolve(name, qualifier, origin.pinned)
         entry.version = version.sha256
         metrics, t0 = self.metrics, time.perf_counter()
-        call = _Call(fn, version, req, body, origin, payload)
+        call = _Call(fn, version, req, body, origin, payload, trace_ctx=trace_ctx, trace=trace)
         ticket = None
         try:
             ticket = None if origin.from_node else self._admit(principal, fn)
             await self.secrets.ensure(fn)
             spec = self.specs.get(fn, version)
-            if self.cfg.role == "pop":
+            if self.cfg.role == "pop" and trace is not None:
+                span = trace.start("decide")
+                decision = self.placer.decide(spec, function_view(fn))
+                trace.end(span, attributes=decision_attributes(decision))
+            elif self.cfg.role == "pop":
                 decision = self.placer.decide(spec, function_view(fn))
             else:
                 decision = region_decision()
@@ -497,7 +549,8 @@ class Invoker:
                 (k, v)
                 for k, v in req.headers
                 if k not in _NOT_FOR_FUNCTIONS and not (req.key_id and k == "authorization")
-            ],
+            ]
+            + call.trace_ctx.headers(),
             body=call.body,
             source_ip=call.origin.source_ip,
             request_id=call.origin.request_id,
@@ -525,16 +578,17 @@ class Invoker:
             raise
         msg = Invoke(
             id=call.request_id, mode=call.req.trigger, event=self._event(call),
-            timeout_s=spec.timeout_s,
+            timeout_s=spec.timeout_s, traceparent=call.trace_ctx.traceparent,
+            tracestate=call.trace_ctx.tracestate,
         )  # fmt: skip
         cold: bool | None = None
         wait_s = None if decision.wait_ms is None else decision.wait_ms / 1000
         acquired = time.perf_counter()
+        lease = self.pool.lease(spec, decision.evict_below, claim=claim, wait_s=wait_s)
+        if call.trace is not None:
+            lease = call.trace.lease(lease, msg)  # spans "queue" and "run"
         try:
-            async with self.pool.lease(spec, decision.evict_below, claim=claim, wait_s=wait_s) as (
-                sandbox,
-                cold,
-            ):
+            async with lease as (sandbox, cold):
                 started = time.perf_counter()
                 reply = await sandbox.invoke(msg)
                 took_ms = (time.perf_counter() - started) * 1000
@@ -589,6 +643,16 @@ class Invoker:
         call.output = "\n".join([f"{exc.info.type}: {exc.info.message}", *exc.info.traceback])
 
     async def _forward(self, call: _Call, decision: Decision) -> Reply:
+        if call.trace is None:
+            return await self._forward_with(call, decision, call.trace_ctx.headers())
+        async with call.trace.forwarding() as span:
+            reply = await self._forward_with(call, decision, span.headers)
+            span.answered(reply.status, reply.headers)
+        return reply
+
+    async def _forward_with(
+        self, call: _Call, decision: Decision, trace_headers: list[tuple[str, str]]
+    ) -> Reply:
         req = call.req
         headers = [
             (k, v)
@@ -602,6 +666,7 @@ class Invoker:
             (NODE_TOKEN_HEADER, self.credential.secret),
             ("x-forwarded-for", call.origin.source_ip),
             ("x-forwarded-host", call.origin.host),
+            *trace_headers,
         ]
         path = req.raw_path + (f"?{req.query}" if req.query else "")
         try:

@@ -26,11 +26,15 @@ class ErrorInfo(msgspec.Struct, kw_only=True):
     traceback: list[str] = msgspec.field(default_factory=list)
 
 
-class Invoke(msgspec.Struct, tag="invoke", kw_only=True):
+class Invoke(msgspec.Struct, tag="invoke", kw_only=True, omit_defaults=True):
     id: str
     mode: Literal["http", "direct"]
     event: Any
     timeout_s: float
+    traceparent: str | None = None
+    """W3C trace context for the handler's context (node to sandbox only; checked
+    on the node, see :mod:`edgerun.tracing`). Left out of the frame when unset."""
+    tracestate: str | None = None
 
 
 class Ready(msgspec.Struct, tag="ready", kw_only=True):

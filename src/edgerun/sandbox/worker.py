@@ -47,7 +47,14 @@ class LambdaContext:
     """The ``context`` argument of a Lambda handler."""
 
     def __init__(
-        self, function: str, version: str, memory_mb: int, request_id: str, timeout_s: float
+        self,
+        function: str,
+        version: str,
+        memory_mb: int,
+        request_id: str,
+        timeout_s: float,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> None:
         self.function_name = function
         self.function_version = version
@@ -56,6 +63,10 @@ class LambdaContext:
         self.invoked_function_arn = f"arn:edgerun:function:{function}:{version[:12]}"
         self.log_group_name = f"/edgerun/{function}"
         self.log_stream_name = version[:12]
+        self.traceparent = traceparent
+        """W3C trace context of this invocation (None when there is none): its parent
+        is the node's ``run`` span when traces are on, else the caller's span."""
+        self.tracestate = tracestate
         self._deadline = time.monotonic() + timeout_s
 
     def get_remaining_time_in_millis(self) -> int:
@@ -118,7 +129,15 @@ def load_handler(code_root: str, handler: str) -> Callable[..., Any]:
 
 
 def _invoke(fn: Callable[..., Any], msg: Invoke, info: WorkerInfo) -> Result | Failure:
-    ctx = LambdaContext(info.function, info.version, info.memory_mb, msg.id, msg.timeout_s)
+    ctx = LambdaContext(
+        info.function,
+        info.version,
+        info.memory_mb,
+        msg.id,
+        msg.timeout_s,
+        msg.traceparent,
+        msg.tracestate,
+    )
     buf = _CappedBuffer()
     real_out, real_err = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = buf
