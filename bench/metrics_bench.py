@@ -30,7 +30,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from percore_bench import CONNECTIONS, edgerun_pop, measure_edgerun
+from percore_bench import CONNECTIONS, edgerun_pop, pin, tree, wrk
 
 from edgerun.cluster import LocalCluster
 
@@ -49,6 +49,37 @@ def served(cluster: LocalCluster) -> float:
         for s in fam.samples
         if s.name == "edgerun_invocations_total" and s.labels.get("function") == "hello"
     )
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User plus system CPU seconds of these processes so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measured(cluster: LocalCluster, url: str, duration: float) -> dict[str, float]:
+    """req/s as measure_edgerun gives it, plus the POP tree's CPU per request (µs)
+    during the timed run: the steadier figure on a shared machine, since waiting for
+    a CPU another tenant holds costs no CPU time."""
+    proc = cluster.nodes["pop-1"].proc
+    assert proc is not None
+    wrk(url, 2.0)  # start its sandboxes (one per connection), then pin them with the POP
+    pin(proc.pid)
+    placement = httpx.get(url).headers.get("x-edgerun-placement")
+    if placement != "local-warm":
+        raise RuntimeError(f"expected a local-warm hello, got {placement}")
+    pids = tree(proc.pid)
+    before = cpu_s(pids)
+    result = wrk(url, duration)
+    used = cpu_s(pids) - before
+    made = result["rps"] * duration
+    result["cpu_us"] = round(used / made * 1e6, 1) if made else 0.0
+    return result
 
 
 def per_call_us(n: int = 200_000) -> float:
@@ -84,6 +115,7 @@ def main() -> None:
         raise SystemExit("needs wrk and taskset (scripts/bench metrics installs wrk)")
     rounds: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     ratios: list[float] = []
+    cpu_ratios: list[float] = []
     with contextlib.ExitStack() as stack:
         pops = {
             "on": stack.enter_context(edgerun_pop(settings={"metrics": True})),
@@ -96,14 +128,18 @@ def main() -> None:
             timeout=10,
         )
         assert resp.status_code == 404, f"metrics = false still serves /metrics: {resp.status_code}"
-        print(f"{'round':<8}{'on req/s':>12}{'off req/s':>12}{'on/off':>9}", flush=True)
+        print(
+            f"{'round':<8}{'on req/s':>12}{'off req/s':>12}{'on/off':>9}"
+            f"{'on cpu µs':>12}{'off cpu µs':>12}{'on/off':>9}",
+            flush=True,
+        )
         for r in range(args.rounds):
             order = ("on", "off") if r % 2 == 0 else ("off", "on")
             got: dict[str, dict[str, float]] = {}
             for which in order:
                 cluster, url = pops[which]
                 before = served(cluster) if which == "on" else 0.0
-                result = measure_edgerun(cluster, url, args.duration)
+                result = measured(cluster, url, args.duration)
                 if which == "on":
                     counted = served(cluster) - before
                     # wrk's own count is not printed; req/s x duration is within a few %
@@ -116,16 +152,21 @@ def main() -> None:
                 rounds[which].append(result)
             ratio = got["on"]["rps"] / got["off"]["rps"]
             ratios.append(ratio)
+            cpu_ratios.append(got["on"]["cpu_us"] / got["off"]["cpu_us"])
             print(
-                f"{r + 1:<8}{got['on']['rps']:>12.0f}{got['off']['rps']:>12.0f}{ratio:>9.3f}",
+                f"{r + 1:<8}{got['on']['rps']:>12.0f}{got['off']['rps']:>12.0f}{ratio:>9.3f}"
+                f"{got['on']['cpu_us']:>12.1f}{got['off']['cpu_us']:>12.1f}"
+                f"{cpu_ratios[-1]:>9.3f}",
                 flush=True,
             )
     median = statistics.median(ratios)
+    cpu_median = statistics.median(cpu_ratios)
     call_us = per_call_us()
     best_on = max(x["rps"] for x in rounds["on"])
     best_off = max(x["rps"] for x in rounds["off"])
     print(
         f"median on/off {median:.3f} (cost {100 * (1 - median):+.1f}%), "
+        f"CPU per request on/off {cpu_median:.3f} ({100 * (cpu_median - 1):+.1f}%), "
         f"best on {best_on:.0f} / best off {best_off:.0f} = {best_on / best_off:.3f}; "
         f"counting one call in-process: {call_us:.2f} us "
         f"({100 * call_us * best_off / 1e6:.2f}% of a request at {best_off:.0f} req/s)"
@@ -136,6 +177,8 @@ def main() -> None:
         "rounds": rounds,
         "ratios": [round(x, 4) for x in ratios],
         "median_ratio": round(median, 4),
+        "cpu_ratios": [round(x, 4) for x in cpu_ratios],
+        "median_cpu_ratio": round(cpu_median, 4),
         "best_ratio": round(best_on / best_off, 4),
         "per_call_us": round(call_us, 3),
         "machine": {
