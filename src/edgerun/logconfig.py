@@ -81,6 +81,8 @@ def configure(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    for name in ("httpx", "httpcore"):  # a line per feed poll, health check and heartbeat
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def _iso(created: float) -> str:
