@@ -929,12 +929,12 @@ def logs_cmd(
     """Invocation records and function output from every node, merged by time."""
     import httpx
 
-    from edgerun.tail import Tail, http_fetch, line, parse_since
+    from edgerun.tail import Tail, http_fetch, line, parse_since, printable
 
     if status not in ("all", "error"):
         _fail("--status must be all or error")
     with _errors():
-        tail = Tail(parse_since(since, time.time()), name or None, status == "error")
+        tail = Tail(parse_since(since, time.time()), name or None, status == "error", follow)
     with _errors(), _client(control, token) as client:
         nodes = client.nodes()
     urls = [n["url"] for n in nodes if n.get("url") and not n.get("revoked")]
@@ -957,16 +957,17 @@ def logs_cmd(
                 if as_json:
                     sys.stdout.write(json.dumps(entry) + "\n")
                     continue
-                out.print(line(entry), highlight=False, markup=False)
+                out.print(printable(line(entry)), highlight=False, markup=False)
                 if entry.get("output"):
                     sys.stdout.write(
-                        "".join(f"    {text}\n" for text in entry["output"].splitlines())
+                        "".join(f"    {printable(text)}\n" for text in entry["output"].splitlines())
                     )
             sys.stdout.flush()
+            if more:
+                continue  # a node had more than a page: read on at once
             if not follow:
                 return
-            if not more:
-                time.sleep(interval)
+            time.sleep(interval)
 
 
 @nodes_app.command("revoke")

@@ -3,6 +3,7 @@ and its login over plain HTTP."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from edgerun.client import Client
 from edgerun.cluster import LocalCluster, free_port
 from edgerun.config import ControlSpec, Topology
+from edgerun.control.ui import UI_ROUTES
 from tests.conftest import FUNCTIONS
 from tests.integration.conftest import deploy_everywhere, wait_for
 
@@ -233,3 +236,65 @@ def test_an_open_event_stream_does_not_hold_the_control_planes_stop_up(
         assert took < 3.0, f"the control plane took {took:.1f} s to stop"
     finally:
         cluster.stop()
+
+
+def test_every_dashboard_route_but_the_login_needs_a_session(cluster: LocalCluster) -> None:
+    for method, path, session, _ in UI_ROUTES:
+        if not session:
+            continue
+        resp = httpx.request(method, cluster.control_url + path)
+        assert resp.status_code in (303, 401), (method, path, resp.status_code)
+
+
+class _SpyNode(http.server.BaseHTTPRequestHandler):
+    """A 'node' that writes down the keys it is called with."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("authorization", ""))
+        body = b'{"node": "spy", "logs": [], "until": 0}' if "logs" in self.path else b"{}"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_dashboard_never_sends_the_admins_key_to_a_node(cluster: LocalCluster) -> None:
+    control = cluster.control_url
+    auth = {"authorization": f"Bearer {cluster.token}"}
+    token = httpx.post(
+        f"{control}/v1/join-tokens", json={"role": "pop", "name": "spy"}, headers=auth
+    ).json()["token"]
+    joined = httpx.post(f"{control}/v1/nodes/join", json={"token": token}).json()
+    spy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SpyNode)
+    threading.Thread(target=spy.serve_forever, daemon=True).start()
+    try:
+        beat = httpx.post(
+            f"{control}/v1/nodes/heartbeat",
+            json={"url": f"http://127.0.0.1:{spy.server_address[1]}", "role": "pop"},
+            headers={"authorization": f"Bearer {joined['secret']}"},
+        )
+        assert beat.status_code == 204, beat.text
+        with login(cluster, cluster.token).stream("GET", "/ui/events", timeout=30) as stream:
+            lines = stream.iter_lines()
+            wait_for(lambda: next(lines) is not None and len(_SpyNode.seen) >= 2, timeout=20,
+                     what="the dashboard to call the spy")  # fmt: skip
+    finally:
+        spy.shutdown()
+        httpx.delete(f"{control}/v1/nodes/{joined['key_id']}", headers=auth)
+    assert f"Bearer {cluster.token}" not in _SpyNode.seen
+    observer = _SpyNode.seen[0].removeprefix("Bearer ")
+    # What it got reads node status and logs, nothing else of the cluster.
+    refused = httpx.get(f"{control}/v1/tenants", headers={"authorization": f"Bearer {observer}"})
+    assert refused.status_code == 403
+    deploy = httpx.put(
+        f"{control}/v1/functions/spied",
+        json={"bundle_sha256": "0" * 64},
+        headers={"authorization": f"Bearer {observer}"},
+    )
+    assert deploy.status_code in (403, 404)  # 404: outside its tenant, as for any other

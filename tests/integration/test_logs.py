@@ -3,6 +3,7 @@ follows invocation records and output from every node, merged by time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,13 @@ from edgerun.client import Client
 from edgerun.cluster import LocalCluster, free_port
 from edgerun.config import ControlSpec, PopSpec, RegionSpec, Topology
 from tests.conftest import FUNCTIONS
-from tests.integration.conftest import admin, deploy_everywhere, remember_admin_key, wait_for
+from tests.integration.conftest import (
+    admin,
+    deploy_everywhere,
+    node_secret,
+    remember_admin_key,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +57,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
             )
             deploy_everywhere(
                 cluster, client, "raiser", FUNCTIONS / "raiser", nodes, placement="edge"
+            )
+            deploy_everywhere(
+                cluster, client, "far", FUNCTIONS / "printer", nodes, placement="region"
             )
         yield cluster
     finally:
@@ -200,3 +210,56 @@ def _logged(cluster: LocalCluster, node: str, request_id: str) -> bool:
         f"{cluster.url(node)}/v1/logs", params={"request_id": request_id}, headers=admin(cluster)
     )
     return bool(resp.json()["logs"])
+
+
+def test_a_forwarded_requests_entries_come_from_the_pop_and_the_region(
+    fleet: LocalCluster,
+) -> None:
+    request_id = call(fleet, "pop-a", "far")
+    resp = httpx.get(
+        f"{fleet.url('pop-a')}/v1/logs", params={"request_id": request_id}, headers=admin(fleet)
+    )
+    entries = {e["node"]: e for e in resp.json()["logs"]}
+    assert set(entries) == {"pop-a", "region-1"}
+    assert entries["pop-a"]["placement"] == "forwarded:region-1"
+    assert entries["region-1"]["from_node"] == "pop-a"
+    assert entries["region-1"]["output"] == "to stdout\nto stderr\n"
+
+
+@pytest.mark.parametrize("mode", ["all", "since", "errors", "request_id", "forwarded"])
+def test_another_tenants_key_sees_no_default_tenant_entries(fleet: LocalCluster, mode: str) -> None:
+    ids = {"request_id": call(fleet, "pop-a", "printer"), "forwarded": call(fleet, "pop-a", "far")}
+    call(fleet, "pop-a", "raiser")
+    with Client(fleet.control_url, fleet.token) as client:
+        with contextlib.suppress(Exception):
+            client.create_tenant("nosy")
+        key = client.create_key(["read"], tenant="nosy")
+    params = {
+        "all": {},
+        "since": {"since": "0"},
+        "errors": {"status": "error"},
+        "request_id": {"request_id": ids["request_id"]},
+        "forwarded": {"request_id": ids["forwarded"]},
+    }[mode]
+    for node in ("pop-a", "region-1"):
+        resp = httpx.get(
+            f"{fleet.url(node)}/v1/logs",
+            params=params,
+            headers={"authorization": f"Bearer {key['secret']}"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["logs"] == []
+    mine = httpx.get(f"{fleet.url('pop-a')}/v1/logs", params=params, headers=admin(fleet))
+    if mode != "since":  # the admin's own view of the same query is not empty
+        assert mine.json()["logs"] != []
+
+
+def test_a_node_may_not_advertise_an_address_other_than_its_own(fleet: LocalCluster) -> None:
+    resp = httpx.post(
+        f"{fleet.control_url}/v1/nodes/heartbeat",
+        json={"url": "http://127.0.0.2:8720", "role": "pop"},
+        headers={"authorization": f"Bearer {node_secret(fleet, 'pop-b')}"},
+    )
+    assert resp.status_code == 400
+    assert "own address" in resp.json()["error"]["message"]
+    assert nodes(fleet)["pop-b"]["url"] == fleet.url("pop-b")

@@ -25,6 +25,7 @@ from edgerun.control.app import ControlApp
 from edgerun.control.bundles import BundleStore
 from edgerun.control.registry import SqliteRegistry
 from edgerun.control.secrets import SecretBox, SecretStore
+from edgerun.control.ui import UI_ROUTES
 from edgerun.node import admin
 from tests.conftest import FUNCTIONS
 from tests.integration.conftest import deploy_folder, node_knows, wait_for
@@ -269,11 +270,24 @@ def test_the_tables_cover_every_route_served(tmp_path: Path) -> None:
         Accounts(registry, b"k" * 32),
         SecretStore(tmp_path / "secrets.db", SecretBox(b"m" * 32)),
     )
-    served = {(m, r.path) for r in app.asgi.routes for m in (r.methods or ()) if m != "HEAD"}  # type: ignore[attr-defined]
+    routes = app.asgi.routes  # type: ignore[attr-defined]
+    served = {(m, r.path) for r in routes for m in (r.methods or ()) if m != "HEAD"}
     (tmp_path / "again").mkdir()
-    assert served == {(m, p) for m, p, _ in control_routes(tmp_path / "again")}
-    guarded = {r.endpoint.__qualname__ for r in app.asgi.routes}  # type: ignore[attr-defined]
-    assert guarded == {"route.<locals>.guarded"}
+    api = {(m, p) for m, p, _ in control_routes(tmp_path / "again")}
+    ui = {(m, p) for m, p, _, _ in UI_ROUTES}
+    assert served == api | ui
+    guards = {(m, r.path): r.endpoint.__qualname__ for r in routes for m in r.methods or ()}
+    assert {guards[route] for route in api} == {"route.<locals>.guarded"}
+    # The dashboard's: a cookie session of the cluster admin (control/ui.py), except
+    # the login itself and the static files every page loads.
+    sessions = {(m, p) for m, p, session, _ in UI_ROUTES if session}
+    assert {guards[route] for route in sessions} == {"Ui._guarded.<locals>.guarded"}
+    assert ui - sessions == {
+        ("GET", "/ui/login"),
+        ("POST", "/ui/login"),
+        ("POST", "/ui/logout"),
+        ("GET", "/ui/static/{name}"),
+    }
 
 
 def test_only_the_known_routes_are_public() -> None:

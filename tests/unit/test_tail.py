@@ -10,24 +10,32 @@ import pytest
 from edgerun.tail import PAGE, Tail, line, parse_since
 
 
-def rec(node: str, at: float, rid: str = "r") -> dict[str, Any]:
-    return {"at": at, "node": node, "function": "f", "request_id": rid, "status": 200}
+def rec(node: str, at: float, rid: str = "r", logged_at: float | None = None) -> dict[str, Any]:
+    return {
+        "at": at, "logged_at": at if logged_at is None else logged_at, "node": node,
+        "function": "f", "request_id": rid, "status": 200,
+    }  # fmt: skip
 
 
 class Nodes:
-    """Fake nodes answering `since` queries from fixed entry lists."""
+    """Fake nodes answering `since` queries from entry lists, settled up to `now`."""
 
-    def __init__(self, entries: dict[str, list[dict[str, Any]]]) -> None:
+    def __init__(self, entries: dict[str, list[dict[str, Any]]], now: float = 1e9) -> None:
         self.entries = entries
+        self.now = now
         self.down: set[str] = set()
         self.asked: list[tuple[str, dict[str, str]]] = []
 
-    def __call__(self, url: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    def __call__(self, url: str, params: dict[str, str]) -> tuple[list[dict[str, Any]], float]:
         self.asked.append((url, params))
         if url in self.down:
             raise httpx.ConnectError("refused")
         since = float(params["since"])
-        return [e for e in self.entries[url] if e["at"] > since][: int(params["limit"])]
+        found = sorted(
+            (e for e in self.entries[url] if since < e["logged_at"] <= self.now),
+            key=lambda e: e["logged_at"],
+        )
+        return found[: int(params["limit"])], self.now
 
 
 def test_entries_of_all_nodes_come_merged_by_time() -> None:
@@ -38,12 +46,24 @@ def test_entries_of_all_nodes_come_merged_by_time() -> None:
 
 
 def test_each_poll_brings_only_what_is_new_per_node() -> None:
-    nodes = Nodes({"a": [rec("a", 1.0)], "b": [rec("b", 5.0)]})
+    nodes = Nodes({"a": [rec("a", 1.0)], "b": [rec("b", 5.0)]}, now=10.0)
     tail = Tail(since=0.0)
     tail.poll(["a", "b"], nodes)
-    nodes.entries["a"].append(rec("a", 2.0))  # older than b's newest: still shown
+    nodes.now = 20.0
+    nodes.entries["a"].append(rec("a", 12.0))
     entries, _ = tail.poll(["a", "b"], nodes)
-    assert [(e["node"], e["at"]) for e in entries] == [("a", 2.0)]
+    assert [(e["node"], e["at"]) for e in entries] == [("a", 12.0)]
+
+
+def test_a_long_call_that_ends_after_a_short_one_is_not_missed() -> None:
+    nodes = Nodes({"a": [rec("a", 101.0, "short", logged_at=101.1)]}, now=102.0)
+    tail = Tail(since=0.0)
+    first, _ = tail.poll(["a"], nodes)
+    # It arrived first (at=100) but was logged when it ended, after the cursor moved.
+    nodes.entries["a"].append(rec("a", 100.0, "long", logged_at=103.0))
+    nodes.now = 104.0
+    second, _ = tail.poll(["a"], nodes)
+    assert [e["request_id"] for e in first + second] == ["short", "long"]
 
 
 def test_a_node_that_is_down_is_reported_and_the_others_still_read() -> None:

@@ -41,6 +41,9 @@ class Kind(StrEnum):
     """Get, list, versions, logs, status."""
     NODE = "node"
     """A node's credential: follow the feed, fetch bundles and secrets, forward calls."""
+    OBSERVE = "observe"
+    """The control plane's own key for its dashboard: read every node's status and logs,
+    nothing else (so the admin's key never leaves the control plane)."""
 
 
 _USER_KINDS = (Kind.ADMIN, Kind.DEPLOY, Kind.INVOKE, Kind.READ)
@@ -65,7 +68,7 @@ class Scope:
 def parse_scope(text: str, *, node: bool = False) -> Scope:
     """``invoke``, ``invoke:api-*``, ``admin``...; a 400 saying what is wrong otherwise."""
     kind_text, sep, pattern = text.partition(":")
-    allowed = (*_USER_KINDS, Kind.NODE) if node else _USER_KINDS
+    allowed = (*_USER_KINDS, Kind.NODE, Kind.OBSERVE) if node else _USER_KINDS
     try:
         kind = Kind(kind_text)
     except ValueError:
@@ -76,7 +79,7 @@ def parse_scope(text: str, *, node: bool = False) -> Scope:
     assert kind is not None
     if not sep:
         return Scope(kind)
-    if kind in (Kind.ADMIN, Kind.NODE):
+    if kind in (Kind.ADMIN, Kind.NODE, Kind.OBSERVE):
         raise bad_request(f"scope {kind.value!r} takes no function pattern")
     if not _PATTERN_RE.match(pattern):
         raise bad_request(
@@ -119,6 +122,8 @@ class Principal:
     max_concurrency: int | None = None
     """The key's own limits, enforced at each node."""
     is_node: bool = field(init=False)
+    is_observer: bool = field(init=False)
+    """Sees every function's status and logs on nodes (the dashboard), acts on none."""
     is_admin: bool = field(init=False)
     """Admin of its tenant."""
     is_cluster_admin: bool = field(init=False)
@@ -127,6 +132,7 @@ class Principal:
     def __post_init__(self) -> None:
         admin = any(s.kind is Kind.ADMIN for s in self.scopes)
         object.__setattr__(self, "is_node", any(s.kind is Kind.NODE for s in self.scopes))
+        object.__setattr__(self, "is_observer", any(s.kind is Kind.OBSERVE for s in self.scopes))
         object.__setattr__(self, "is_admin", admin)
         object.__setattr__(self, "is_cluster_admin", admin and self.tenant == DEFAULT_TENANT)
         object.__setattr__(self, "_decided", {})

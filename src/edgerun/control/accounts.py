@@ -81,6 +81,9 @@ def _entry(row: tuple[object, ...]) -> KeyEntry:
     )
 
 
+OBSERVER_NAME = "dashboard observer"
+
+
 class Accounts:
     """Tenants, keys and join tokens; ``keyring`` is the control plane's live view of the keys."""
 
@@ -231,6 +234,15 @@ class Accounts:
                 secret=secret,
                 key_id="admin",
             )
+
+    def new_observer(self) -> str:
+        """A fresh key for the dashboard to read nodes with (``observe`` scope), revoking
+        the ones earlier starts made; its secret lives only in this process."""
+        for entry in self.keys(SYSTEM_TENANT):
+            if entry.name == OBSERVER_NAME and not entry.revoked:
+                self.revoke(entry.id)
+        _, secret = self.create_key(SYSTEM_TENANT, ["observe"], name=OBSERVER_NAME, node=True)
+        return secret
 
     def keys(self, tenant: str | None = None, *, nodes: bool = False) -> list[KeyEntry]:
         where, args = ("tenant = ?", (tenant,)) if tenant else ("1 = 1", ())

@@ -27,7 +27,7 @@ from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, tenant_of
 from edgerun.auth.guard import ApiRoute, Need, principal_of, route
 from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
-from edgerun.control.fleet import Fleet
+from edgerun.control.fleet import Fleet, check_heartbeat, url_points_at
 from edgerun.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgerun.control.metrics import ControlMetrics
 from edgerun.control.openapi import openapi_document
@@ -143,6 +143,8 @@ class ControlApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.node_verify = node_verify
         """What nodes' certificates must chain to, when the dashboard calls them."""
+        self.observer_secret = accounts.new_observer()
+        """The dashboard reads nodes with this key (observe scope), never the admin's."""
         self.ui = Ui(self)
         self.metrics = ControlMetrics(registry.revision)
         self.routes = self.api_routes()
@@ -244,7 +246,6 @@ class ControlApp:
     def _notify(self) -> None:
         """Wake every long-poll waiting on the change feed."""
         self._changed.set()
-        self.fleet = Fleet()
         self._changed = asyncio.Event()
 
     async def health(self, request: Request) -> Response:
@@ -594,6 +595,13 @@ class ControlApp:
         if not principal.is_node:
             raise forbidden("only a node credential beats for a node")
         hb: Heartbeat = decode_json(await read_body(request, 8192, self.body_timeout_s), Heartbeat)
+        check_heartbeat(hb)
+        peer = request.client.host if request.client else ""
+        if not await url_points_at(hb.url, peer):
+            raise bad_request(
+                f"url {hb.url[:200]!r} does not point at this node's own address {peer}: "
+                "a node advertises itself, nothing else"
+            )
         self.fleet.beat(principal.key_id, hb)
         return Response(status_code=204)
 

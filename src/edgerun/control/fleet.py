@@ -8,6 +8,9 @@ beat is ``unknown``.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -17,6 +20,7 @@ from edgerun.models import Heartbeat
 
 MISSED_BEATS = 3
 MAX_URL = 2048
+RESOLVE_TIMEOUT_S = 2.0
 
 
 class Fleet:
@@ -61,5 +65,27 @@ def check_heartbeat(hb: Heartbeat) -> None:
         raise bad_request("role must be region or pop")
     if not 0 <= hb.revision < 2**63 or not 1 <= hb.workers <= 4096:
         raise bad_request("revision or workers out of range")
-    if not 0.1 <= hb.interval_s <= 3600 or not 0 <= hb.load <= 1e6:
+    if not 0.1 <= hb.interval_s <= 60 or not 0 <= hb.load <= 1e6:
         raise bad_request("interval_s or load out of range")
+
+
+async def url_points_at(url: str, peer: str) -> bool:
+    """Whether ``url``'s host is ``peer`` (the address the heartbeat came from), as an
+    address or a name resolving to it: others call a node at its URL with their keys
+    (``edgerun logs``), so a node credential may not point them anywhere else."""
+    host = urlsplit(url).hostname or ""
+    try:
+        want = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    try:
+        return ipaddress.ip_address(host) == want
+    except ValueError:
+        pass  # a name: resolve it
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            found = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        return False
+    return any(ipaddress.ip_address(str(addr[4][0])) == want for addr in found)

@@ -9,8 +9,10 @@ only on them (prewarm, explain).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,7 +28,7 @@ from edgerun.http import decode_json, json_response, query_int, read_body
 from edgerun.models import SHA256_RE
 from edgerun.node.code_cache import BundleUnavailable
 from edgerun.node.invoke import function_view, init_error
-from edgerun.node.logs import LogEntry
+from edgerun.node.logs import SETTLE_S, LogEntry
 from edgerun.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgerun.node.openapi import openapi_document
 from edgerun.node.placer import WARM_PREFIX
@@ -134,7 +136,7 @@ class _Admin:
         principal = principal_of(request)
         functions = {}
         for name, fn in sorted(node.catalog.functions.items()):
-            if not principal.may(Kind.READ, name):
+            if not (principal.is_observer or principal.may(Kind.READ, name)):
                 continue
             functions[name] = {
                 "aliases": fn.aliases,
@@ -147,7 +149,7 @@ class _Admin:
                 },
             }
         placements = [r for r in node.counters.rows() if r["function"] in functions]
-        if not principal.is_cluster_admin:
+        if not (principal.is_cluster_admin or principal.is_observer):
             return json_response(
                 {
                     "node": node.cfg.name,
@@ -211,17 +213,24 @@ class _Admin:
         if status not in ("all", "error"):
             raise bad_request("status must be 'all' or 'error'")
         limit = query_int(params, "limit", 100, lo=1, hi=1000)
-        if function and not principal.is_node:
+        sees_all = principal.is_node or principal.is_observer
+        if function and not sees_all:
             principal.check(Kind.READ, function)
-        readable = None if principal.is_node else functools.partial(principal.may, Kind.READ)
-        found = node.journal.find(
-            request_id=request_id,
-            function=function,
-            since=since,
-            errors=status == "error",
-            readable=readable,
-            limit=limit,
-        )
+        readable = None if sees_all else functools.partial(principal.may, Kind.READ)
+        settled = params.get("settled", "true") not in ("0", "false")
+        until = None if since is None or not settled else time.time() - SETTLE_S
+        node.journal.flush()  # on the loop: the buffer is the loop's
+        async with node.log_queries:  # reading files off the loop, two at a time
+            found = await asyncio.to_thread(
+                node.journal.search,
+                request_id=request_id,
+                function=function,
+                since=since,
+                until=until,
+                errors=status == "error",
+                readable=readable,
+                limit=limit,
+            )
         if (
             request_id
             and node.cfg.role == "pop"
@@ -231,20 +240,27 @@ class _Admin:
             if readable is not None:
                 there = [e for e in there if readable(e.function)]
             found = sorted(found + there, key=lambda e: e.at)
-        return json_response({"node": node.cfg.name, "logs": found})
+        if params.get("output") in ("0", "false"):  # records only (the dashboard)
+            found = [msgspec.structs.replace(e, output="") for e in found]
+        body: dict[str, object] = {"node": node.cfg.name, "logs": found}
+        if until is not None:
+            body["until"] = until  # where a follower's next `since` starts
+        return json_response(body)
 
     async def _region_logs(self, request_id: str) -> list[LogEntry]:
-        for region in self.node.regions.regions:
+        """What the regions logged for a request this POP forwarded (asked at once)."""
+
+        async def ask(url: str) -> list[LogEntry]:
             try:
                 resp = await self.node.client.get(
-                    f"{region.url}/v1/logs", params={"request_id": request_id}, timeout=2.0
+                    f"{url}/v1/logs", params={"request_id": request_id}, timeout=2.0
                 )
-                answer = msgspec.json.decode(resp.content, type=_Logs)
+                return msgspec.json.decode(resp.content, type=_Logs).logs
             except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            if answer.logs:
-                return answer.logs
-        return []
+                return []
+
+        found = await asyncio.gather(*(ask(r.url) for r in self.node.regions.regions))
+        return [e for entries in found for e in entries]
 
     async def prewarm(self, request: Request) -> Response:
         """Start idle sandboxes for a function version ahead of its traffic."""

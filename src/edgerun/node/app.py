@@ -126,7 +126,10 @@ class NodeApp:
             data / "invocations",
             writer=f"w{seat.index}" if seat else "node",
             max_bytes=(cfg.log_retention_mb << 20) // workers,
+            writers=[f"w{i}" for i in range(seat.count)] if seat else ["node"],
         )
+        self.log_queries = asyncio.Semaphore(2)
+        """Log queries read files in threads: two at a time, whoever asks."""
         self.init_errors = InitErrors()
         self.counters = Counters()
         self._tasks: list[asyncio.Task[None]] = []
@@ -374,4 +377,13 @@ class NodeApp:
         if self.metric_peers is None:
             return self.metrics.exposition()
         others = await self.metric_peers.gather()
+        if len(others) < self.metric_peers.count - 1:
+            # Without a worker's counts the totals would drop, and Prometheus would read
+            # the drop as a counter reset (a spike in rate()): a failed scrape is honest.
+            raise ApiError(
+                503,
+                "Unavailable",
+                f"{self.metric_peers.count - 1 - len(others)} worker(s) of this node did not "
+                "answer in time; try again",
+            )
         return self.metrics.exposition(others, workers=self.metric_peers.count)

@@ -12,11 +12,12 @@ faster than their own traffic does.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,6 +28,10 @@ SEGMENT_MAX_BYTES = 4 << 20
 FUNCTION_SHARE = 0.25
 """The most of one segment a single function's output may take."""
 DROPPED = "[output dropped: this function printed more than its share of the node's log]\n"
+SETTLE_S = 1.0
+"""A follower reads up to this long ago: by then every writer has flushed what it
+logged before (each flushes every 0.2 s), so nothing older can still appear."""
+MAX_FIELD = 128
 _SEGMENT_RE = re.compile(r"(?P<writer>[a-z0-9]+)-(?P<seq>\d{10})\.jsonl")
 
 
@@ -52,6 +57,9 @@ class LogEntry(msgspec.Struct, kw_only=True):
     worker: int = 0
     from_node: str = ""
     """The POP that forwarded it here (empty when a caller called this node)."""
+    logged_at: float = 0.0
+    """When it was logged (the call ended): what a follower's ``since`` counts on, as
+    calls end in another order than they arrive."""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -73,7 +81,10 @@ class Journal:
         writer: str = "node",
         max_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
+        writers: Iterable[str] | None = None,
     ) -> None:
+        """``writers``: every writer of the folder now; the first removes the segments
+        of writers that are gone (a node that ran more workers before)."""
         if not re.fullmatch(r"[a-z0-9]+", writer):
             raise ValueError(f"writer must be lower-case letters and digits, not {writer!r}")
         self.folder = folder
@@ -84,6 +95,12 @@ class Journal:
         self._buffer: list[bytes] = []
         self._buffered = 0
         folder.mkdir(parents=True, exist_ok=True)
+        current = list(writers or [])
+        if current and current[0] == writer:
+            for path in folder.glob("*.jsonl"):
+                m = _SEGMENT_RE.fullmatch(path.name)
+                if m and m["writer"] not in current:
+                    path.unlink(missing_ok=True)
         own = self._own_segments()
         self._seq = own[-1][0] if own else 0
         self._size = own[-1][1].stat().st_size if own else 0
@@ -92,6 +109,11 @@ class Journal:
 
     # --- writing -----------------------------------------------------------
     def add(self, entry: LogEntry) -> None:
+        entry.logged_at = self.clock()
+        if len(entry.error) > MAX_FIELD:  # a handler names its own exception type
+            entry.error = entry.error[:MAX_FIELD]
+        if len(entry.placement) > MAX_FIELD or len(entry.reason) > MAX_FIELD:
+            entry.placement, entry.reason = entry.placement[:MAX_FIELD], entry.reason[:MAX_FIELD]
         if entry.output:
             used = self._output_bytes.get(entry.function, 0) + len(entry.output)
             if used > self.segment_bytes * FUNCTION_SHARE:
@@ -164,19 +186,52 @@ class Journal:
         request_id: str | None = None,
         function: str | None = None,
         since: float | None = None,
+        until: float | None = None,
         errors: bool = False,
         readable: Callable[[str], bool] | None = None,
         limit: int = 100,
     ) -> list[LogEntry]:
-        """Entries of every writer matching all filters, oldest first; with
-        ``since``, the first ``limit`` after it (to follow), else the newest ``limit``."""
+        """:meth:`flush`, then :meth:`search` (both on the caller's thread)."""
         self.flush()
+        return self.search(
+            request_id=request_id, function=function, since=since, until=until,
+            errors=errors, readable=readable, limit=limit,
+        )  # fmt: skip
+
+    def search(
+        self,
+        *,
+        request_id: str | None = None,
+        function: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        errors: bool = False,
+        readable: Callable[[str], bool] | None = None,
+        limit: int = 100,
+    ) -> list[LogEntry]:
+        """Entries of every writer on disk matching all filters. With ``since`` (to
+        follow): the first ``limit`` logged in (since, until], in the order logged;
+        else the newest ``limit`` by arrival, oldest first. Reads files only (safe in
+        another thread) and holds at most ``limit`` entries."""
+        matches = self._matches(request_id, function, since, until, errors, readable)
+        if since is not None:
+            return heapq.nsmallest(limit, matches, key=_by_logged)
+        return sorted(heapq.nlargest(limit, matches, key=_by_arrival), key=_by_arrival)
+
+    def _matches(
+        self,
+        request_id: str | None,
+        function: str | None,
+        since: float | None,
+        until: float | None,
+        errors: bool,
+        readable: Callable[[str], bool] | None,
+    ) -> Iterator[LogEntry]:
         needle = None
         if request_id is not None:
             needle = _encode(request_id)
         elif function is not None:
             needle = _encode(function)
-        found: list[LogEntry] = []
         for path in self.folder.glob("*.jsonl"):
             if not _SEGMENT_RE.fullmatch(path.name):
                 continue
@@ -198,11 +253,18 @@ class Journal:
                 if (
                     (request_id is not None and entry.request_id != request_id)
                     or (function is not None and entry.function != function)
-                    or (since is not None and entry.at <= since)
+                    or (since is not None and entry.logged_at <= since)
+                    or (until is not None and entry.logged_at > until)
                     or (errors and not is_error(entry))
                     or (readable is not None and not readable(entry.function))
                 ):
                     continue
-                found.append(entry)
-        found.sort(key=lambda e: (e.at, e.node, e.request_id))
-        return found[:limit] if since is not None else found[-limit:]
+                yield entry
+
+
+def _by_logged(e: LogEntry) -> tuple[float, str, str]:
+    return (e.logged_at, e.node, e.request_id)
+
+
+def _by_arrival(e: LogEntry) -> tuple[float, str, str]:
+    return (e.at, e.node, e.request_id)

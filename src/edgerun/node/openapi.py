@@ -188,6 +188,9 @@ class PoolState(PoolSnapshot):
 class Logs(_Closed):
     node: str
     logs: list[LogEntry]
+    until: float = 0.0
+    """With ``since``: entries logged up to this time are all in (or before) this
+    answer; the next ``since`` to follow with."""
 
 
 class Prewarmed(_Closed):
@@ -336,6 +339,19 @@ def openapi_document() -> dict[str, Any]:
                 "schema": {"type": "string", "enum": ["all", "error"]},
             },
             int_param("limit", 1, 1000, "at most this many entries"),
+            {
+                "name": "settled",
+                "in": "query",
+                "description": "false: up to now (a snapshot), not only up to `until` "
+                "(what a follower needs: entries still in a worker's buffer come later)",
+                "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+            },
+            {
+                "name": "output",
+                "in": "query",
+                "description": "false: leave what functions printed out (records only)",
+                "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+            },
         ],
     )
     p.add(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgerun.control.fleet import Fleet
+from edgerun.control.fleet import Fleet, url_points_at
 from edgerun.errors import ApiError
 from edgerun.models import Heartbeat
 
@@ -54,6 +54,7 @@ def test_the_view_carries_the_url_role_and_revision() -> None:
         {"revision": -1},
         {"workers": 0},
         {"interval_s": 0.0},
+        {"interval_s": 3600.0},
     ],
 )
 def test_a_heartbeat_that_cannot_be_a_nodes_is_refused(bad: dict[str, object]) -> None:
@@ -67,3 +68,19 @@ def test_a_forgotten_node_is_unknown_again() -> None:
     fleet.beat("k1", beat())
     fleet.forget("k1")
     assert fleet.view("k1")["state"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("url", "peer", "ok"),
+    [
+        ("http://127.0.0.1:8720", "127.0.0.1", True),
+        ("http://localhost:8720", "127.0.0.1", True),
+        ("http://127.0.0.2:8720", "127.0.0.1", False),
+        ("http://10.1.2.3:8720", "127.0.0.1", False),
+        ("http://no-such-host.invalid:8720", "127.0.0.1", False),
+        ("http://127.0.0.1:8720", "", False),
+    ],
+)
+@pytest.mark.anyio
+async def test_a_node_may_only_advertise_its_own_address(url: str, peer: str, ok: bool) -> None:
+    assert await url_points_at(url, peer) is ok

@@ -49,7 +49,8 @@ def test_each_worker_reads_what_the_others_wrote(tmp_path: Path) -> None:
 
 
 def test_since_returns_only_later_entries_oldest_first(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+    logged = iter(range(5))
+    journal = Journal(tmp_path, clock=lambda: float(next(logged)))
     for i in range(5):
         journal.add(entry(f"r{i}", at=float(i)))
 
@@ -118,3 +119,41 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
         f.write(b'{"at": 2.0, "node": "pop-1", "requ')
 
     assert [e.request_id for e in Journal(tmp_path).find()] == ["r1"]
+
+
+def test_since_counts_when_an_entry_was_logged_not_when_it_arrived(tmp_path: Path) -> None:
+    clock = iter([10.0, 20.0])
+    journal = Journal(tmp_path, clock=lambda: next(clock))
+    journal.add(entry("short", at=9.0))  # logged at 10
+    journal.add(entry("long", at=5.0))  # arrived first, ended (logged) at 20
+
+    assert [e.request_id for e in journal.find(since=10.0)] == ["long"]
+    assert [e.request_id for e in journal.find(since=0.0, until=15.0)] == ["short"]
+
+
+def test_the_first_writer_removes_segments_of_writers_that_are_gone(tmp_path: Path) -> None:
+    for writer in ("w0", "w1", "w2"):
+        old = Journal(tmp_path, writer=writer)
+        old.add(entry(f"from-{writer}"))
+        old.flush()
+
+    Journal(tmp_path, writer="w0", writers=["w0", "w1"])
+
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.jsonl")) == ["w0", "w1"]
+
+
+def test_a_huge_error_type_is_capped(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.add(entry("r1", status=500, error="X" * 10_000_000))
+
+    [found] = journal.find(request_id="r1")
+    assert len(found.error) == 128
+
+
+def test_a_query_holds_at_most_limit_entries_and_keeps_the_newest(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for i in range(500):
+        journal.add(entry(f"r{i}", at=float(i)))
+
+    found = journal.find(limit=3)
+    assert [e.request_id for e in found] == ["r497", "r498", "r499"]
