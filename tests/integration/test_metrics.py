@@ -4,6 +4,7 @@ the gauges read the node's state, and only the cluster admin may scrape."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -41,9 +42,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     try:
         c.start()
         remember_admin_key(c)
+        for node in ("pop-1", "region-1"):
+            wait_for(lambda node=node: _workers_know_the_key(c, node), what=f"{node} synced")
         yield c
     finally:
         c.stop()
+
+
+def _workers_know_the_key(cluster: LocalCluster, node: str) -> bool:
+    """Both workers have the admin key from the feed (each follows it on its own, and
+    one may answer health before the other has synced): 8 fresh connections pass."""
+    seen = set()
+    for _ in range(8):
+        resp = httpx.get(f"{cluster.url(node)}/v1/status", headers=admin(cluster), timeout=10)
+        if resp.status_code != 200:
+            return False
+        seen.add(resp.json()["workers"]["this"])
+    return seen == {0, 1}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +68,13 @@ def client(cluster: LocalCluster) -> Iterator[Client]:
 
 
 def scrape(url: str, token: str) -> Series:
-    """One scrape, on a connection of its own (so the kernel picks any worker)."""
-    resp = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"}, timeout=10)
+    """One scrape, on a connection of its own (so the kernel picks any worker); a 503
+    (a worker too slow to answer on a loaded machine) is tried again, for 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        resp = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"}, timeout=10)
+        if resp.status_code != 503 or time.monotonic() > deadline:
+            break
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("text/plain")
     return {
