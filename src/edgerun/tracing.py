@@ -204,8 +204,12 @@ class Tracer:
                 "edgerun.role": cfg.role,
             }
         )
+        # A caller's "sampled" flag is a request, not an order: any client could ask
+        # for every call to be exported. The ratio decides by trace id, so every node
+        # with the same ratio decides the same for one trace (its parts stay whole).
+        ratio = TraceIdRatioBased(otel_cfg.sample_ratio)
         self.provider: TracerProvider = TracerProvider(
-            resource=resource, sampler=ParentBased(TraceIdRatioBased(otel_cfg.sample_ratio))
+            resource=resource, sampler=ParentBased(ratio, remote_parent_sampled=ratio)
         )
         exporter = OTLPSpanExporter(endpoint=otel_cfg.endpoint, timeout=otel_cfg.timeout_s)
         self.provider.add_span_processor(

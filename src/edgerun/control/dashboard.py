@@ -82,7 +82,7 @@ class Board:
     def _take(self, node: str, entry: Json) -> None:
         name = str(entry.get("function", ""))
         status = int(entry.get("status", 0))
-        if status >= 400 or entry.get("error"):
+        if entry.get("error") != "ClientClosed" and (status >= 400 or entry.get("error")):
             self._errors.append(
                 {
                     k: entry.get(k)

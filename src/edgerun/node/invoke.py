@@ -14,6 +14,7 @@ event wherever it ran.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -38,7 +39,7 @@ from edgerun.logconfig import invocation as current_invocation
 from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_function_name
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
-from edgerun.node.logs import Journal, LogEntry
+from edgerun.node.logs import CLIENT_CLOSED, Journal, LogEntry
 from edgerun.node.metrics import NodeMetrics
 from edgerun.node.placer import Placer
 from edgerun.node.regions import AllRegionsDown, ForwardFailed, Regions
@@ -272,6 +273,9 @@ class Invoker:
             return reply
         except ApiError as exc:
             entry.status, entry.error, headers = exc.status, exc.type, exc.headers
+            raise
+        except asyncio.CancelledError:
+            entry.status, entry.error = 499, CLIENT_CLOSED  # the caller went away
             raise
         except BaseException:
             entry.status, entry.error = 500, "InternalError"

@@ -66,8 +66,12 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(LogEntry).decode
 
 
+CLIENT_CLOSED = "ClientClosed"
+"""The error of a call whose caller went away (status 499): not the function's failure."""
+
+
 def is_error(entry: LogEntry) -> bool:
-    return entry.status >= 400 or bool(entry.error)
+    return entry.error != CLIENT_CLOSED and (entry.status >= 400 or bool(entry.error))
 
 
 class Journal:

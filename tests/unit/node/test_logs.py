@@ -71,6 +71,7 @@ def test_errors_only_keeps_failed_statuses_and_handler_errors(tmp_path: Path) ->
     journal.add(entry("ok", status=200))
     journal.add(entry("bad", status=503, error="Unavailable"))
     journal.add(entry("raised", status=500, error="Unhandled"))
+    journal.add(entry("gone", status=499, error="ClientClosed"))  # the caller hung up
 
     assert [e.request_id for e in journal.find(errors=True)] == ["bad", "raised"]
 
