@@ -89,6 +89,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
         except (OSError, ValueError) as exc:
             raise SystemExit(f"edgerun: {exc}") from None
         secrets = SecretStore(data / "secrets.db", SecretBox(master_key))
+        if secrets.key_secret("admin") is None:  # the bootstrap admin signs SigV4 too
+            secrets.put_key_secret("admin", token)
         control = ControlApp(
             registry,
             bundles,

@@ -127,6 +127,15 @@ class Keyring:
             self._seen[secret] = found
         return found
 
+    def principal_of_id(self, key_id: str) -> Principal | None:
+        """The principal of a live key by its id (a SigV4 request names its key by id
+        and proves it holds the secret by its signature)."""
+        entry = self._by_id.get(key_id)
+        if entry is None or entry.revoked:
+            return None
+        found = self._principals.get(entry.digest)
+        return None if found is None else found[1]
+
     def principal(self, secret: str | None) -> Principal | None:
         """The principal of a live key's secret; None for anything else."""
         if not secret:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, tenant_of
+from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, sigv4, tenant_of
 from edgerun.auth.guard import ApiRoute, Need, principal_of, route
 from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
@@ -175,6 +177,7 @@ class ControlApp:
             ApiRoute("PUT", fn + "/secrets/{key}", key, self.put_secret),
             ApiRoute("DELETE", fn + "/secrets/{key}", key, self.delete_secret),
             ApiRoute("GET", "/v1/node/secrets/{name}", node, self.node_secrets),
+            ApiRoute("GET", "/v1/node/sigv4/{key_id}", node, self.node_signing_key),
             ApiRoute("GET", "/v1/changes", node, self.changes),
             ApiRoute("POST", "/v1/admin/gc", admin, self.gc),
             ApiRoute("GET", "/v1/tenants", admin, self.list_tenants),
@@ -468,6 +471,38 @@ class ControlApp:
         wanted = {k: values[k] for k in record.config.secrets if k in values}
         return json_response({"values": wanted})
 
+    async def node_signing_key(self, request: Request) -> Response:
+        """A key's SigV4 signing key for one day and region (service ``lambda``), for a
+        node checking Invoke API signatures: it verifies that day's requests, and
+        reveals neither the secret nor other days' keys. Nodes only."""
+        if not principal_of(request).is_node:
+            raise forbidden("signing keys are served to nodes of the cluster only")
+        key_id = request.path_params["key_id"]
+        date = request.query_params.get("date", "")
+        region = request.query_params.get("region", "")
+        if not re.fullmatch(r"\d{8}", date) or not re.fullmatch(r"[a-z0-9-]{1,32}", region):
+            raise bad_request("pass date=YYYYMMDD and region (lowercase letters, digits, '-')")
+        today = datetime.now(UTC).date()
+        try:
+            day = datetime.strptime(date, "%Y%m%d").date()
+        except ValueError:
+            raise bad_request(f"date {date!r} is not a day") from None
+        if abs((day - today).days) > 1:
+            raise bad_request("signing keys are served for yesterday, today and tomorrow only")
+        entry = self.accounts.key(key_id)
+        secret = None
+        if entry is not None and not entry.revoked and not entry.is_node:
+            try:
+                secret = self.secrets.key_secret(key_id)
+            except SecretCorrupt:
+                log.error("the secret of key %s does not decrypt (wrong master key?)", key_id)
+        if secret is None:
+            raise not_found(
+                f"key {key_id[:40]!r} cannot sign requests (unknown, revoked, or made before "
+                "edgerun kept secrets for SigV4: create a new key)"
+            )
+        return json_response({"signing_key": sigv4.signing_key(secret, date, region).hex()})
+
     async def changes(self, request: Request) -> Response:
         """Long-poll: answer at once if anything changed after ``since``, else wait.
 
@@ -536,6 +571,7 @@ class ControlApp:
             rate_per_s=body.rate_per_s,
             max_concurrency=body.max_concurrency,
         )
+        self.secrets.put_key_secret(entry.id, secret)  # for SigV4 (the Lambda Invoke API)
         self._notify()
         return json_response({**key_view(entry), "secret": secret}, 201)
 

@@ -184,6 +184,10 @@ class Nodes(_Closed):
     nodes: list[NodeView]
 
 
+class SigningKey(_Closed):
+    signing_key: str
+
+
 class JoinToken(_Closed):
     token: str
     expires_at: float
@@ -293,6 +297,7 @@ def openapi_document() -> dict[str, Any]:
         JoinToken,
         Joined,
         Nodes,
+        SigningKey,
     )
     _limits(components)
     (
@@ -324,6 +329,7 @@ def openapi_document() -> dict[str, Any]:
         join_token,
         joined,
         nodes,
+        signing_key,
     ) = refs
 
     def body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -470,6 +476,18 @@ def openapi_document() -> dict[str, Any]:
         {"200": json_content(node_secrets, "The values")},
         errors=[403, 404, 500],
         params=[name],
+    )
+    p.add(
+        "GET",
+        "/v1/node/sigv4/{key_id}",
+        "A key's SigV4 signing key for one day and region (nodes, checking the Invoke API)",
+        {"200": json_content(signing_key, "kSigning, hex")},
+        errors=[400, 403, 404],
+        params=[
+            string_param("key_id", "path", maxLength=128),
+            string_param("date", "query", pattern="^[0-9]{8}$"),
+            string_param("region", "query", pattern="^[a-z0-9-]{1,32}$"),
+        ],
     )
     p.add(
         "GET",

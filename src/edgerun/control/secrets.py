@@ -193,7 +193,13 @@ CREATE TABLE IF NOT EXISTS secret_versions (
     function TEXT PRIMARY KEY,
     version BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS key_secrets (
+    key_id TEXT PRIMARY KEY,
+    blob BLOB NOT NULL
+);
 """
+_KEY_SCOPE = "\0api-key"
+"""The associated data's 'function' for an API key's secret: no function is named so."""
 
 
 class SecretStore:
@@ -285,6 +291,25 @@ class SecretStore:
                 [(function, name, blob, now) for name, blob in blobs.items()],
             )
             return self._bump(cur, function)
+
+    def put_key_secret(self, key_id: str, secret: str) -> None:
+        """Keep an API key's secret sealed, so SigV4 signing keys can be derived from it
+        (the key itself is checked by its digest, as before)."""
+        blob = self._box.seal(_KEY_SCOPE, key_id, secret)
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO key_secrets (key_id, blob) VALUES (?, ?)"
+                " ON CONFLICT (key_id) DO UPDATE SET blob = excluded.blob",
+                (key_id, blob),
+            )
+
+    def key_secret(self, key_id: str) -> str | None:
+        """An API key's secret (None for a key made before secrets were kept)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT blob FROM key_secrets WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        return None if row is None else self._box.open(_KEY_SCOPE, key_id, bytes(row[0]))
 
     def names(self, function: str) -> list[str]:
         """The function's secret names, sorted; never their values."""

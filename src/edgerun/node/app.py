@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,14 @@ from edgerun.node.catalog import Catalog, follow
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
 from edgerun.node.front import Front
 from edgerun.node.heartbeat import heartbeat_forever
-from edgerun.node.invoke import Invoker
+from edgerun.node.invoke import Incoming, Invoker, Reply
+from edgerun.node.lambda_api import LambdaInvoke
 from edgerun.node.logs import Journal
 from edgerun.node.metrics import NodeMetrics, Peers
 from edgerun.node.placer import Measurements, Placer
 from edgerun.node.regions import Regions
 from edgerun.node.secrets import SecretCache
+from edgerun.node.signing import SigningKeys
 from edgerun.node.state import Counters, InitErrors, Specs
 from edgerun.node.warmer import Warmer, load_profile
 from edgerun.node.workers import HitsLink, Seat, hits_only, worker_dir
@@ -185,6 +187,7 @@ class NodeApp:
             if profile is not None
             else None
         )
+        self.lambda_invoke = LambdaInvoke(self.invoker, SigningKeys(self.client, cfg.control_url))
         self.asgi = Front(
             self.invoker.check,
             self.invoker,
@@ -195,6 +198,7 @@ class NodeApp:
             ),
             max_payload_bytes=cfg.max_payload_bytes,
             body_timeout_s=cfg.body_timeout_s,
+            lambda_api=self._lambda_api,
         )
 
     # --- lifecycle ---------------------------------------------------------
@@ -254,6 +258,11 @@ class NodeApp:
         if loop is not None and not loop.is_closed():
             for task in self._first_to_stop:
                 loop.call_soon_threadsafe(task.cancel)
+
+    async def _lambda_api(
+        self, method: str, path: str, req: Incoming, read: Callable[[Incoming], Awaitable[bytes]]
+    ) -> Reply:
+        return await self.lambda_invoke(method, path, req, read)
 
     async def _on_change(self, records: list[FunctionRecord]) -> None:
         """Stop what deleted functions still run, then prefetch what aliases point at."""

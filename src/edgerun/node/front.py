@@ -27,6 +27,9 @@ Check = Callable[[Incoming], Checked]
 """Authenticates and authorises an invocation from its headers (before its body is read)."""
 Invoke = Callable[[Incoming, bytes, Checked], Awaitable[Reply]]
 """Runs one invocation (:class:`edgerun.node.invoke.Invoker`)."""
+LambdaApi = Callable[[str, str, Incoming, Callable[[Incoming], Awaitable[bytes]]], Awaitable[Reply]]
+"""Serves the Lambda Invoke API (:class:`edgerun.node.lambda_api.LambdaInvoke`)."""
+LAMBDA_PREFIX = "/2015-03-31/functions/"
 
 log = logging.getLogger("edgerun.node")
 _encode = msgspec.json.Encoder().encode
@@ -43,10 +46,14 @@ class Front:
         *,
         max_payload_bytes: int,
         body_timeout_s: float,
+        lambda_api: LambdaApi | None = None,
     ) -> None:
+        """``lambda_api``: serves the Lambda Invoke API's path (with the request's
+        parsed head and a reader for its body)."""
         self.check = check
         self.invoke = invoke
         self.fallback = fallback
+        self.lambda_api = lambda_api
         self.limit = max_payload_bytes
         self.body_timeout_s = body_timeout_s
 
@@ -57,6 +64,9 @@ class Front:
                 path.startswith("/v1/functions/") and path.endswith(_INVOCATIONS)
             ):
                 await self._invoke(scope, receive, send, path)
+                return
+            if self.lambda_api is not None and path.startswith(LAMBDA_PREFIX):
+                await self._lambda(scope, receive, send, path)
                 return
             if any(k in _FORWARD_MARKS for k, _ in scope["headers"]):
                 # A POP forwards invocations only: nothing it relays reaches the admin API.
@@ -71,6 +81,20 @@ class Front:
             checked = self.check(req)
             body = await self._body(req, receive)
             reply = await self.invoke(req, body, checked)
+        except ApiError as exc:
+            reply = _error_reply(exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), path)
+            reply = _error_reply(ApiError(500, "InternalError", "internal error"))
+        await _send(send, reply)
+
+    async def _lambda(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        assert self.lambda_api is not None
+        try:
+            req = _head(scope, "direct", path, "/")
+            reply = await self.lambda_api(
+                scope["method"], path, req, lambda r: self._body(r, receive)
+            )
         except ApiError as exc:
             reply = _error_reply(exc)
         except Exception:
@@ -111,7 +135,6 @@ class Front:
 def _incoming(scope: Scope, path: str) -> Incoming:
     """The invocation a request asks for; 4xx when the path or method cannot be one."""
     method: str = scope["method"]
-    raw_path: bytes = scope.get("raw_path") or path.encode()
     trigger: Literal["http", "direct"]
     if path.startswith("/fn/"):
         target, _, rest = path[4:].partition("/")
@@ -124,11 +147,16 @@ def _incoming(scope: Scope, path: str) -> Incoming:
         if method != "POST":
             raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on {path}")
         target, trigger, fn_path = path[len("/v1/functions/") : -len(_INVOCATIONS)], "direct", "/"
+    return _head(scope, trigger, target, fn_path)
+
+
+def _head(scope: Scope, trigger: Literal["http", "direct"], target: str, fn_path: str) -> Incoming:
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     return Incoming(
         trigger=trigger,
         target=target,
         path=fn_path,
-        method=method,
+        method=scope["method"],
         raw_path=raw_path.decode("latin-1"),
         query=scope["query_string"].decode("latin-1"),
         headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],

@@ -15,6 +15,7 @@ event wherever it ran.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -65,6 +66,12 @@ NODE_TOKEN_HEADER = "x-edgerun-node-token"
 """Carries the forwarding POP's node credential. Not ``authorization``: that
 header belongs to the caller (and, for a public function, reaches it)."""
 FORWARDED_BY_HEADER = "x-edgerun-forwarded-by"
+LOG_TAIL_HEADER = "x-edgerun-log-tail"
+"""On a direct invoke, "1": answer with the end of the output (LOG_RESULT_HEADER)."""
+LOG_RESULT_HEADER = "x-edgerun-log-result"
+LOG_TAIL_BYTES = 4096
+FUNCTION_ERROR_HEADER = "x-edgerun-function-error"
+"""On a reply: the handler raised (its error is the body), as opposed to edgerun failing."""
 
 _HOP_BY_HOP = frozenset(
     {
@@ -169,6 +176,8 @@ class _Call:
     origin: Origin
     payload: Any = None
     """The decoded JSON of a direct invoke."""
+    qualifier: str | None = None
+    """The alias or version the caller named (the handler's context shows it)."""
     output: str = ""
     """What the function printed, for the invocation's log entry."""
     error: str = ""
@@ -325,7 +334,10 @@ class Invoker:
         fn, version = self.resolve(name, qualifier, origin.pinned)
         entry.version = version.sha256
         metrics, t0 = self.metrics, time.perf_counter()
-        call = _Call(fn, version, req, body, origin, payload, trace_ctx=trace_ctx, trace=trace)
+        call = _Call(
+            fn, version, req, body, origin, payload, qualifier=qualifier,
+            trace_ctx=trace_ctx, trace=trace,
+        )  # fmt: skip
         ticket = None
         try:
             ticket = None if origin.from_node else self._admit(principal, fn)
@@ -583,7 +595,7 @@ class Invoker:
         msg = Invoke(
             id=call.request_id, mode=call.req.trigger, event=self._event(call),
             timeout_s=spec.timeout_s, traceparent=call.trace_ctx.traceparent,
-            tracestate=call.trace_ctx.tracestate,
+            tracestate=call.trace_ctx.tracestate, qualifier=call.qualifier,
         )  # fmt: skip
         cold: bool | None = None
         wait_s = None if decision.wait_ms is None else decision.wait_ms / 1000
@@ -618,11 +630,15 @@ class Invoker:
             headers["x-edgerun-start-ms"] = f"{(started - acquired) * 1000:.2f}"
         self.placer.measured.run_here.add(fn_name, took_ms)
         self.counters.count(fn_name, headers["x-edgerun-placement"], decision.reason)
+        if call.req.trigger == "direct" and call.req.header(LOG_TAIL_HEADER) == "1":
+            # The caller asked for the end of the output (the Invoke API's LogType=Tail);
+            # a direct invoke always has a key with invoke scope, or comes from a POP.
+            tail = (call.output + _failure_text(reply)).encode()[-LOG_TAIL_BYTES:]
+            headers[LOG_RESULT_HEADER] = base64.b64encode(tail).decode()
         if isinstance(reply, Failure):
             call.error = reply.error.type
-            call.output += "".join(
-                [*reply.error.traceback, f"{reply.error.type}: {reply.error.message}\n"]
-            )
+            call.output += _failure_text(reply)
+            headers[FUNCTION_ERROR_HEADER] = "Unhandled"
             err = ApiError(
                 500,
                 reply.error.type,
@@ -706,6 +722,12 @@ class Invoker:
         if region_placement:
             relayed.append(("x-edgerun-region-placement", region_placement))
         return Reply(resp.status, relayed, resp.body)
+
+
+def _failure_text(reply: object) -> str:
+    if not isinstance(reply, Failure):
+        return ""
+    return "".join([*reply.error.traceback, f"{reply.error.type}: {reply.error.message}\n"])
 
 
 def function_view(fn: FunctionRecord) -> FunctionView:

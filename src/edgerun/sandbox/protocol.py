@@ -35,6 +35,8 @@ class Invoke(msgspec.Struct, tag="invoke", kw_only=True, omit_defaults=True):
     """W3C trace context for the handler's context (node to sandbox only; checked
     on the node, see :mod:`edgerun.tracing`). Left out of the frame when unset."""
     tracestate: str | None = None
+    qualifier: str | None = None
+    """The alias or version the caller named, for the context's invoked_function_arn."""
 
 
 class Ready(msgspec.Struct, tag="ready", kw_only=True):

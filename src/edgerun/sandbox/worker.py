@@ -55,14 +55,20 @@ class LambdaContext:
         timeout_s: float,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        qualifier: str | None = None,
     ) -> None:
         self.function_name = function
         self.function_version = version
         self.memory_limit_in_mb = memory_mb
         self.aws_request_id = request_id
-        self.invoked_function_arn = f"arn:edgerun:function:{function}:{version[:12]}"
-        self.log_group_name = f"/edgerun/{function}"
-        self.log_stream_name = version[:12]
+        # Lambda's shapes, so code that parses them works: the account is all zeros
+        # and the region is "edgerun"; the ARN carries the qualifier the caller used.
+        arn = f"arn:aws:lambda:edgerun:000000000000:function:{function}"
+        self.invoked_function_arn = f"{arn}:{qualifier}" if qualifier else arn
+        self.log_group_name = f"/aws/lambda/{function}"
+        self.log_stream_name = (
+            time.strftime("%Y/%m/%d", time.gmtime()) + f"/[{version[:12]}]{os.getpid()}"
+        )
         self.traceparent = traceparent
         """W3C trace context of this invocation (None when there is none): its parent
         is the node's ``run`` span when traces are on, else the caller's span."""
@@ -137,6 +143,7 @@ def _invoke(fn: Callable[..., Any], msg: Invoke, info: WorkerInfo) -> Result | F
         msg.timeout_s,
         msg.traceparent,
         msg.tracestate,
+        msg.qualifier,
     )
     buf = _CappedBuffer()
     real_out, real_err = sys.stdout, sys.stderr
