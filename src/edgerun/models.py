@@ -43,6 +43,20 @@ MAX_TIMEOUT_S = 900.0
 RESERVED_ENV_PREFIXES = ("EDGERUN_", "AWS_LAMBDA_")
 
 
+class AsyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Asynchronous invocations of a function (``[async]`` in edgerun.toml)."""
+
+    max_retries: int = 2
+    """Attempts after the first when the handler raises or edgerun cannot run it (0-2)."""
+    max_event_age_s: float = 21600.0
+    """An event not run successfully within this long goes to its failure destination."""
+    on_failure: str = "dlq"
+    """``dlq``: the node's dead-letter store; or a function (of the same tenant) that
+    gets a Lambda-shaped invocation record as its event."""
+    max_concurrency: int = 10
+    """Events of this function each node runs at once."""
+
+
 class FunctionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What a user sets when deploying; validated by :func:`validate_config`."""
 
@@ -63,6 +77,10 @@ class FunctionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Requests per second each node admits (a token bucket); more get 429."""
     max_concurrency: int | None = None
     """Calls each node runs or forwards at once (reserved concurrency); more get 429."""
+    async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
+    schedule: str = ""
+    """``rate(5 minutes)`` or a cron expression: the control plane fires an async
+    invocation with an EventBridge-shaped scheduled event at each tick."""
 
 
 def version_id(bundle_sha256: str, handler: str) -> str:
@@ -177,6 +195,15 @@ def validate_config(cfg: FunctionConfig) -> FunctionConfig:
         raise bad_request("rate_per_s must be in (0, 1000000]")
     if cfg.max_concurrency is not None and not 1 <= cfg.max_concurrency <= 100_000:
         raise bad_request("max_concurrency must be between 1 and 100000")
+    a = cfg.async_
+    if not 0 <= a.max_retries <= 2:
+        raise bad_request("async.max_retries must be between 0 and 2")
+    if not 60 <= a.max_event_age_s <= 21600:
+        raise bad_request("async.max_event_age_s must be between 60 and 21600")
+    if not 1 <= a.max_concurrency <= 1000:
+        raise bad_request("async.max_concurrency must be between 1 and 1000")
+    if a.on_failure != "dlq":
+        validate_function_name(a.on_failure)
     return cfg
 
 
