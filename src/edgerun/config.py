@@ -170,6 +170,11 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     advertise_url: str = ""
     """Region or POP: the URL other nodes and the CLI reach this node at (told to the
     control plane in heartbeats); by default http(s)://host:port."""
+    async_slots: int = 4
+    """Region or POP: queued events (asynchronous invocations) it runs at once, so
+    they never take all of its room from synchronous calls."""
+    async_retry_base_s: float = 60.0
+    """The wait before an event's first retry; each next one doubles (±50% jitter)."""
     heartbeat_s: float = 5.0
     """Region or POP: how often it tells the control plane it is alive."""
     metrics: bool = True

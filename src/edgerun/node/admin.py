@@ -55,6 +55,12 @@ def _since(value: str | None) -> float | None:
     return since
 
 
+class ReplayRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    function: str
+    ids: list[str] | None = None
+    """Only these dead letters (all of the function's when absent)."""
+
+
 class PrewarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     function: str
     qualifier: str | None = None
@@ -75,6 +81,10 @@ ROUTES: tuple[tuple[str, str, Need, str], ...] = (
     ("POST", "/v1/admin/prewarm", Need.KEY, "prewarm"),
     ("GET", "/v1/placement/explain", Need.KEY, "explain"),
     ("GET", "/metrics", Need.CLUSTER_ADMIN, "metrics"),
+    ("GET", "/v1/dlq", Need.KEY, "dlq_list"),
+    ("GET", "/v1/dlq/{event_id}", Need.KEY, "dlq_show"),
+    ("POST", "/v1/dlq/replay", Need.KEY, "dlq_replay"),
+    ("DELETE", "/v1/dlq", Need.KEY, "dlq_purge"),
 )
 """Every route beside invocations and what it needs; the guard test walks this table."""
 
@@ -182,6 +192,7 @@ class _Admin:
                 "isolation": as_dicts(node.isolation),
                 "placements": placements,
                 "workers": _workers(node),
+                "async": node.events.stats(),
             }
         )
 
@@ -261,6 +272,47 @@ class _Admin:
 
         found = await asyncio.gather(*(ask(r.url) for r in self.node.regions.regions))
         return [e for entries in found for e in entries]
+
+    # --- dead letters (asynchronous invocations that failed for good) -------------
+    async def dlq_list(self, request: Request) -> Response:
+        """This node's dead letters, newest first: one function's, or all the key may read."""
+        principal = principal_of(request)
+        function = request.query_params.get("function") or None
+        if function:
+            principal.check(Kind.READ, function)
+        limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
+        found = await asyncio.to_thread(self.node.events.dead_letters, function, limit)
+        found = [d for d in found if principal.may(Kind.READ, d.function)]
+        return json_response({"node": self.node.cfg.name, "dead_letters": found})
+
+    async def dlq_show(self, request: Request) -> Response:
+        principal = principal_of(request)
+        event_id = request.path_params["event_id"]
+        found = await asyncio.to_thread(self.node.events.dead_letter, event_id)
+        if found is None or not principal.may(Kind.READ, found.function):
+            raise not_found(f"no dead letter {event_id[:80]!r} on {self.node.cfg.name}")
+        return json_response(found)
+
+    async def dlq_replay(self, request: Request) -> Response:
+        """Queue a function's dead letters again (invoke scope: it runs them)."""
+        body: ReplayRequest = decode_json(
+            await read_body(request, 256 * 1024, self.node.cfg.body_timeout_s), ReplayRequest
+        )
+        if body.ids is not None and len(body.ids) > 10_000:
+            raise bad_request("replay at most 10000 ids at once")
+        principal_of(request).check(Kind.INVOKE, body.function)
+        count = await asyncio.to_thread(self.node.events.replay, body.function, body.ids)
+        self.node.dispatcher.wake()
+        return json_response({"node": self.node.cfg.name, "replayed": count})
+
+    async def dlq_purge(self, request: Request) -> Response:
+        """Drop a function's dead letters (deploy scope)."""
+        function = request.query_params.get("function") or ""
+        if not function:
+            raise bad_request("pass function")
+        principal_of(request).check(Kind.DEPLOY, function)
+        count = await asyncio.to_thread(self.node.events.purge, function)
+        return json_response({"node": self.node.cfg.name, "purged": count})
 
     async def prewarm(self, request: Request) -> Response:
         """Start idle sandboxes for a function version ahead of its traffic."""

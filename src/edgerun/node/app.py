@@ -28,6 +28,8 @@ from edgerun.models import FunctionRecord
 from edgerun.node import admin
 from edgerun.node.catalog import Catalog, follow
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
+from edgerun.node.dispatcher import Dispatcher
+from edgerun.node.events import EventQueue
 from edgerun.node.front import Front
 from edgerun.node.heartbeat import heartbeat_forever
 from edgerun.node.invoke import Incoming, Invoker, Reply
@@ -187,6 +189,12 @@ class NodeApp:
             if profile is not None
             else None
         )
+        self.events = EventQueue(
+            data / "events.db", owner=str(seat.index) if seat is not None else "0"
+        )
+        self.dispatcher = Dispatcher(cfg, self.events, self.invoker, self.catalog)
+        self.invoker.events = self.events
+        self.invoker.on_queued = self.dispatcher.wake
         self.lambda_invoke = LambdaInvoke(self.invoker, SigningKeys(self.client, cfg.control_url))
         self.asgi = Front(
             self.invoker.check,
@@ -218,6 +226,7 @@ class NodeApp:
             ),
             asyncio.create_task(self._reap_forever()),
             asyncio.create_task(self._flush_logs_forever()),
+            asyncio.create_task(self.dispatcher.run_forever()),
         ]
         self._first_to_stop = [self._tasks[0]]  # follow()
         if self.seat is None or self.seat.index == 0:  # one heartbeat per node
@@ -244,6 +253,7 @@ class NodeApp:
             if self.warmer is not None:
                 self.warmer.save()
             self.journal.flush()
+            self.events.close()
             await self.pool.close()
             await self.regions.close()
             await self.client.aclose()

@@ -40,6 +40,7 @@ from edgerun.logconfig import invocation as current_invocation
 from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_function_name
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
+from edgerun.node.events import EventQueue, new_event_id
 from edgerun.node.logs import CLIENT_CLOSED, Journal, LogEntry
 from edgerun.node.metrics import NodeMetrics
 from edgerun.node.placer import Placer
@@ -70,6 +71,8 @@ LOG_TAIL_HEADER = "x-edgerun-log-tail"
 """On a direct invoke, "1": answer with the end of the output (LOG_RESULT_HEADER)."""
 LOG_RESULT_HEADER = "x-edgerun-log-result"
 LOG_TAIL_BYTES = 4096
+INVOCATION_TYPE_HEADER = "x-edgerun-invocation-type"
+"""``Event`` on a direct invoke: queue it durably, answer 202, run it later."""
 FUNCTION_ERROR_HEADER = "x-edgerun-function-error"
 """On a reply: the handler raised (its error is the body), as opposed to edgerun failing."""
 
@@ -239,6 +242,9 @@ class Invoker:
         """Set by the node when ``metrics`` is on (see :mod:`edgerun.node.metrics`)."""
         self.init_errors = init_errors
         self.journal = journal
+        self.events: EventQueue | None = None
+        """Where asynchronous invocations are queued (None: this node takes none)."""
+        self.on_queued: Callable[[], None] | None = None
         self._spawn = spawn
         self._stop_function = stop_function
         self._trusted_proxies = frozenset(cfg.trusted_proxies)
@@ -333,6 +339,9 @@ class Invoker:
             payload = _decode_payload(body)
         fn, version = self.resolve(name, qualifier, origin.pinned)
         entry.version = version.sha256
+        if req.trigger == "direct" and req.header(INVOCATION_TYPE_HEADER) == "Event":
+            entry.placement = "queued"
+            return await self._enqueue(req, fn, qualifier, body, origin)
         metrics, t0 = self.metrics, time.perf_counter()
         call = _Call(
             fn, version, req, body, origin, payload, qualifier=qualifier,
@@ -367,6 +376,28 @@ class Invoker:
         if metrics is not None:
             metrics.replied(fn.name, reply.status, reply.headers, t0)
         return reply
+
+    async def _enqueue(
+        self,
+        req: Incoming,
+        fn: FunctionRecord,
+        qualifier: str | None,
+        body: bytes,
+        origin: Origin,
+    ) -> Reply:
+        """Queue an event (on disk before the 202) for the dispatcher to run. A node's
+        (the scheduler's, a POP's) request id is the event's id: sent twice, queued once."""
+        if self.events is None:
+            raise ApiError(400, "BadRequest", "this node does not take asynchronous invocations")
+        event_id = origin.request_id if origin.from_node else new_event_id()
+        queued = await asyncio.to_thread(
+            self.events.put, event_id, fn.name, qualifier, body if body.strip() else b"{}"
+        )
+        if self.on_queued is not None:
+            self.on_queued()
+        headers = [("x-edgerun-request-id", origin.request_id), ("x-edgerun-event-id", event_id)]
+        body_out = _encode({"event_id": event_id, "queued": queued})
+        return Reply(202, headers + _JSON, body_out)
 
     def authorize(self, req: Incoming, name: str) -> Principal | None:
         """Check the caller before anything else is decided: a public function's HTTP

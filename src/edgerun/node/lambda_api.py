@@ -23,6 +23,7 @@ from edgerun.auth import Kind, Principal, sigv4
 from edgerun.errors import ApiError
 from edgerun.node.invoke import (
     FUNCTION_ERROR_HEADER,
+    INVOCATION_TYPE_HEADER,
     LOG_RESULT_HEADER,
     LOG_TAIL_HEADER,
     Checked,
@@ -142,11 +143,7 @@ class LambdaInvoke:
             self.invoker.resolve(name, qualifier)  # 404 for what does not exist
             return Reply(204, [], b"")
         if kind == "Event":
-            raise LambdaError(
-                400, "InvalidParameterValueException",
-                "InvocationType=Event needs asynchronous invocations, which this edgerun "
-                "does not have yet: call with RequestResponse",
-            )  # fmt: skip
+            direct.headers.append((INVOCATION_TYPE_HEADER, "Event"))
         if log_type == "Tail":
             direct.headers.append((LOG_TAIL_HEADER, "1"))
         reply = await self.invoker(direct, body, checked)
@@ -202,6 +199,8 @@ def _as_lambda(reply: Reply) -> Reply:
             extra.append(("x-amz-log-result", v))
     if reply.status == 200:
         return Reply(200, headers + extra, reply.body)
+    if reply.status == 202:  # queued: Lambda answers an Event with no body
+        return Reply(202, [(k, v) for k, v in headers if k != "content-type"], b"")
     error = _error_of(reply.body)
     if any(k == FUNCTION_ERROR_HEADER for k, _ in reply.headers):
         body = {

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from edgerun.models import SHA256_RE
+from edgerun.node.events import DeadLetter
 from edgerun.node.logs import LogEntry
 from edgerun.openapi import (
     ERROR_REF,
@@ -155,6 +156,32 @@ class WorkersView(_Closed):
     budget: list[WorkerBudget]
 
 
+class AsyncStats(_Closed):
+    """The node's queue of asynchronous invocations."""
+
+    queued: int
+    running: int
+    oldest_age_s: float
+    dead_letters: int
+    retries: int
+    succeeded: int
+
+
+class DeadLetters(_Closed):
+    node: str
+    dead_letters: list[DeadLetter]
+
+
+class Replayed(_Closed):
+    node: str
+    replayed: int
+
+
+class Purged(_Closed):
+    node: str
+    purged: int
+
+
 class AdminStatus(_Closed):
     """What the cluster admin sees: the whole node."""
 
@@ -170,6 +197,7 @@ class AdminStatus(_Closed):
     isolation: list[IsolationLayer]
     placements: list[PlacementCount]
     workers: WorkersView
+    async_: AsyncStats = msgspec.field(name="async")
 
 
 class PoolVersion(_Closed):
@@ -267,12 +295,14 @@ class Explained(_Closed):
 @cache
 def openapi_document() -> dict[str, Any]:
     # The request struct lives with its handler in admin, which imports this module.
-    from edgerun.node.admin import PrewarmRequest
+    from edgerun.node.admin import PrewarmRequest, ReplayRequest
 
     refs, components = struct_schemas(
-        PrewarmRequest, Health, TenantStatus, AdminStatus, PoolState, Logs, Prewarmed, Explained
-    )
-    prewarm_req, health, tenant_status, admin_status, pool, logs, prewarmed, explained = refs
+        PrewarmRequest, Health, TenantStatus, AdminStatus, PoolState, Logs, Prewarmed, Explained,
+        ReplayRequest, DeadLetters, DeadLetter, Replayed, Purged,
+    )  # fmt: skip
+    prewarm_req, health, tenant_status, admin_status, pool, logs, prewarmed, explained = refs[:8]
+    replay_req, dead_letters, dead_letter, replayed, purged = refs[8:]
     count = components["PrewarmRequest"]["properties"]["count"]
     count.update(minimum=1, maximum=100)  # what the handler allows (400 otherwise)
 
@@ -290,6 +320,39 @@ def openapi_document() -> dict[str, Any]:
         public=True,
     )
     p.add_self()
+    p.add(
+        "GET",
+        "/v1/dlq",
+        "This node's dead letters (asynchronous invocations that failed for good), newest "
+        "first: one function's or all the key may read",
+        {"200": json_content(dead_letters, "The dead letters")},
+        errors=[400, 403, 404],
+        params=[function_q, int_param("limit", 1, 1000, "at most this many")],
+    )
+    p.add(
+        "GET",
+        "/v1/dlq/{event_id}",
+        "One dead letter: the event, each attempt's error and the timestamps",
+        {"200": json_content(dead_letter, "The dead letter")},
+        errors=[403, 404],
+        params=[string_param("event_id", "path", maxLength=64)],
+    )
+    p.add(
+        "POST",
+        "/v1/dlq/replay",
+        "Queue a function's dead letters again (invoke scope)",
+        {"200": json_content(replayed, "How many")},
+        errors=[400, 403, 404],
+        body={"application/json": {"schema": replay_req}},
+    )
+    p.add(
+        "DELETE",
+        "/v1/dlq",
+        "Drop a function's dead letters (deploy scope)",
+        {"200": json_content(purged, "How many")},
+        errors=[400, 403, 404],
+        params=[{**function_q, "required": True}],
+    )
     p.add(
         "GET",
         "/v1/status",

@@ -1,0 +1,178 @@
+"""Runs a node's queued events (see :mod:`edgerun.node.events`) through the invoke
+path, within limits that leave synchronous calls their room: at most
+``async_slots`` events at once on the node, and each function's
+``[async] max_concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from edgerun.auth import tenant_of
+from edgerun.errors import ApiError
+from edgerun.node.events import (
+    Attempt,
+    Event,
+    EventQueue,
+    attempt_of,
+    backoff_s,
+    failure_record,
+    new_event_id,
+)
+from edgerun.node.invoke import FUNCTION_ERROR_HEADER, Checked, Incoming, Origin
+
+if TYPE_CHECKING:
+    from edgerun.config import NodeConfig
+    from edgerun.node.catalog import Catalog
+    from edgerun.node.invoke import Invoker
+
+log = logging.getLogger("edgerun.node")
+
+POLL_S = 0.2
+LEASE_MARGIN_S = 30.0
+
+
+class Dispatcher:
+    def __init__(
+        self, cfg: NodeConfig, queue: EventQueue, invoker: Invoker, catalog: Catalog
+    ) -> None:
+        self.cfg = cfg
+        self.queue = queue
+        self.invoker = invoker
+        self.catalog = catalog
+        self._running: dict[str, int] = {}
+        self._total = 0
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """An event was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        recovered = await asyncio.to_thread(self.queue.recover)
+        if recovered:
+            log.warning("queued again %d event(s) a previous run had not finished", recovered)
+        while True:
+            try:
+                await self._dispatch()
+            except Exception:
+                log.exception("dispatching queued events failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_S)
+            except TimeoutError:
+                pass
+
+    async def _dispatch(self) -> None:
+        room = self.cfg.async_slots - self._total
+        if room <= 0:
+            return
+        for event in await asyncio.to_thread(self.queue.due, room * 4):
+            if self._total >= self.cfg.async_slots:
+                return
+            fn = self.catalog.get(event.function)
+            cap = fn.config.async_.max_concurrency if fn is not None else 1
+            if self._running.get(event.function, 0) >= cap:
+                continue
+            timeout = fn.config.timeout_s if fn is not None else 0.0
+            if not await asyncio.to_thread(self.queue.claim, event.id, timeout + LEASE_MARGIN_S):
+                continue
+            self._running[event.function] = self._running.get(event.function, 0) + 1
+            self._total += 1
+            task = asyncio.create_task(self._run(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, event: Event) -> None:
+        try:
+            await self._attempt(event)
+        except Exception:
+            log.exception("running event %s failed; it will run again", event.id)
+        finally:
+            self._total -= 1
+            left = self._running.get(event.function, 1) - 1
+            if left:
+                self._running[event.function] = left
+            else:
+                self._running.pop(event.function, None)
+            self._wake.set()
+
+    async def _attempt(self, event: Event) -> None:
+        """One run (``event.attempts`` already counts it), and what follows from it."""
+        fn = self.catalog.get(event.function)
+        now = time.time()
+        if fn is None:
+            gone = attempt_of(404, "ResourceNotFound", "the function no longer exists", now)
+            await asyncio.to_thread(self.queue.dead, event, "FunctionGone", gone)
+            return
+        settings = fn.config.async_
+        if now - event.enqueued_at > settings.max_event_age_s:
+            await self._failed(event, "EventAgeExceeded", None)
+            return
+        status, error, message = await self._invoke(event)
+        if status == 200:
+            await asyncio.to_thread(self.queue.done, event.id)
+            return
+        attempt = attempt_of(status, error, message, time.time())
+        retryable = status >= 500 or status == 429 or error == "Unhandled"
+        attempts_left = settings.max_retries + 1 - event.attempts
+        if retryable and attempts_left > 0:
+            delay = backoff_s(event.attempts, self.cfg.async_retry_base_s)
+            if now + delay - event.enqueued_at <= settings.max_event_age_s:
+                await asyncio.to_thread(self.queue.retry, event, attempt, delay)
+                return
+        reason = "RetriesExhausted" if retryable else "NotRetryable"
+        await self._failed(event, reason, attempt)
+
+    async def _invoke(self, event: Event) -> tuple[int, str, str]:
+        """Run it as a direct call would run (placement, pool, forwarding): its status,
+        error type and message."""
+        name, qualifier = event.function, event.qualifier
+        req = Incoming(
+            trigger="direct",
+            target=name,
+            path="/",
+            method="POST",
+            raw_path=f"/v1/functions/{name}/invocations",
+            query=f"qualifier={qualifier}" if qualifier else "",
+            headers=[("content-type", "application/json")],
+            client="",
+        )
+        request_id = f"{event.id}.{event.attempts}"[:64]
+        checked = Checked(name, qualifier, Origin(request_id, "", ""), None)
+        try:
+            reply = await self.invoker(req, event.payload, checked)
+        except ApiError as exc:
+            return exc.status, exc.type, exc.message
+        if reply.status == 200:
+            return 200, "", ""
+        handler_raised = any(k == FUNCTION_ERROR_HEADER for k, _ in reply.headers)
+        detail = reply.body[:2000].decode("utf-8", "replace")
+        return reply.status, "Unhandled" if handler_raised else f"HTTP{reply.status}", detail
+
+    async def _failed(self, event: Event, reason: str, attempt: Attempt | None) -> None:
+        """To the function's failure destination: the dead letters, or a function of
+        the same tenant (which gets Lambda's invocation record as its event)."""
+        fn = self.catalog.get(event.function)
+        target = fn.config.async_.on_failure if fn is not None else "dlq"
+        if (
+            target != "dlq"
+            and self.catalog.get(target) is not None
+            and _same_tenant(target, event.function)
+        ):
+            attempts = [*event.errors, *([attempt] if attempt else [])]
+            record = failure_record(event, attempts, reason)
+            queued = await asyncio.to_thread(self.queue.put, new_event_id(), target, None, record)
+            if queued:
+                await asyncio.to_thread(self.queue.handed_on, event)
+                self._wake.set()
+                return
+        await asyncio.to_thread(self.queue.dead, event, reason, attempt)
+
+
+def _same_tenant(a: str, b: str) -> bool:
+    return tenant_of(a) == tenant_of(b)
