@@ -544,6 +544,9 @@ def invoke_cmd(
     data: Annotated[str, typer.Option(help="JSON payload.")] = "{}",
     pop: Annotated[str, typer.Option(help="POP (or region) URL.")] = "",
     logs: Annotated[bool, typer.Option(help="Also print the invocation's output.")] = False,
+    is_async: Annotated[
+        bool, typer.Option("--async", help="Queue it to run later (retries, dead letters).")
+    ] = False,
     token: TokenOpt = "",
 ) -> None:
     """Invoke a function through a POP and say where it ran."""
@@ -552,7 +555,11 @@ def invoke_cmd(
             payload = json.loads(data)
         except ValueError as exc:
             _fail(f"--data is not valid JSON: {exc}")
-        result = invoke(_first_pop(pop), name, payload, key=_token(token))
+        result = invoke(_first_pop(pop), name, payload, key=_token(token), event=is_async)
+        if is_async and result.status == 202:
+            queued = json.loads(result.content)
+            out.print(f"queued event {queued['event_id']} at {result.node}", highlight=False)
+            return
         body = result.content.decode(errors="replace")
         where = f"{result.node} {result.placement} ({result.reason}) {result.elapsed_ms:.1f} ms"
         if result.status >= 400:
@@ -911,6 +918,115 @@ def nodes_ls(control: ControlOpt = "", token: TokenOpt = "") -> None:
             str(n.get("revision", "-")), n.get("id", "-"), credential,
         )  # fmt: skip
     out.print(table)
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: events that failed for good.")
+app.add_typer(dlq_app, name="dlq")
+
+
+def _node_urls(control: str, token: str) -> list[str]:
+    with _errors(), _client(control, token) as client:
+        nodes = client.nodes()
+    urls = [n["url"] for n in nodes if n.get("url") and n.get("state") == "up"]
+    return urls or [n["url"] for n in _state().get("nodes", []) if n.get("role") != "control"]
+
+
+def _each_node(control: str, token: str, method: str, path: str, **kw: Any) -> list[dict[str, Any]]:
+    """The same call on every node that is up (dead letters live where events were queued)."""
+    import httpx
+
+    answers = []
+    auth = {"authorization": f"Bearer {_token(token)}"}
+    with httpx.Client(headers=auth, timeout=10.0) as http:
+        for url in _node_urls(control, token):
+            try:
+                resp = http.request(method, f"{url}{path}", **kw)
+            except httpx.HTTPError as exc:
+                err.print(f"[yellow]{url}: {exc}[/yellow]")
+                continue
+            if resp.status_code != 200:
+                err.print(f"[yellow]{url}: HTTP {resp.status_code} {resp.text[:200]}[/yellow]")
+                continue
+            answers.append(resp.json())
+    return answers
+
+
+@dlq_app.command("ls")
+def dlq_ls(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """A function's dead letters on every node, newest first."""
+    from edgerun.tail import printable
+
+    found = [
+        {**d, "node": a["node"]}
+        for a in _each_node(control, token, "GET", "/v1/dlq", params={"function": name})
+        for d in a["dead_letters"]
+    ]
+    found.sort(key=lambda d: -d["died_at"])
+    if as_json:
+        sys.stdout.write(json.dumps(found) + "\n")
+        return
+    table = Table()
+    for col in ("event", "node", "died", "reason", "attempts", "last error"):
+        table.add_column(col)
+    for d in found:
+        last = d["attempts"][-1] if d["attempts"] else {}
+        table.add_row(
+            d["id"], d["node"], time.strftime("%H:%M:%S", time.localtime(d["died_at"])),
+            d["reason"], str(len(d["attempts"])),
+            printable(f"{last.get('error', '')} {last.get('message', '')}"[:80]),
+        )  # fmt: skip
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    name: str,
+    event_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """One dead letter: the event, each attempt's error, the timestamps."""
+    for answer in _each_node(control, token, "GET", "/v1/dlq", params={"function": name}):
+        for d in answer["dead_letters"]:
+            if d["id"] == event_id:
+                sys.stdout.write(
+                    json.dumps({**d, "node": answer["node"]}, indent=None if as_json else 2) + "\n"
+                )
+                return
+    _fail(f"no dead letter {event_id} of {name} on any node that is up")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    name: str,
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Only these (repeat).")] = None,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Queue a function's dead letters again, where they are."""
+    body = {"function": name, "ids": ids or None}
+    answers = _each_node(control, token, "POST", "/v1/dlq/replay", json=body)
+    out.print(f"replayed {sum(a['replayed'] for a in answers)}")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """Drop a function's dead letters on every node."""
+    if not yes and not typer.confirm(f"drop every dead letter of {name}?"):
+        _fail("nothing dropped")
+    answers = _each_node(control, token, "DELETE", "/v1/dlq", params={"function": name})
+    out.print(f"purged {sum(a['purged'] for a in answers)}")
 
 
 @app.command(name="logs")

@@ -216,12 +216,16 @@ def invoke(
     key: str = "",
     timeout: float = 60.0,
     client: httpx.Client | None = None,
+    event: bool = False,
 ) -> Invocation:
     """Direct invoke through a node (POP or region) with the secret of a key that
-    has invoke scope; does not raise on 4xx/5xx."""
+    has invoke scope; does not raise on 4xx/5xx. ``event``: queue it (202) to run
+    asynchronously, with retries and a failure destination."""
     target = f"{name}@{qualifier}" if qualifier else name
     http = client or httpx.Client(timeout=timeout)
     headers = {"content-type": "application/json"}
+    if event:
+        headers["x-edgerun-invocation-type"] = "Event"
     if key:
         headers["authorization"] = f"Bearer {key}"
     try:

@@ -7,9 +7,11 @@ path, within limits that leave synchronous calls their room: at most
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgerun.auth import tenant_of
 from edgerun.errors import ApiError
@@ -62,10 +64,8 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatching queued events failed")
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
-            except TimeoutError:
-                pass
 
     async def _dispatch(self) -> None:
         room = self.cfg.async_slots - self._total
@@ -81,6 +81,7 @@ class Dispatcher:
             timeout = fn.config.timeout_s if fn is not None else 0.0
             if not await asyncio.to_thread(self.queue.claim, event.id, timeout + LEASE_MARGIN_S):
                 continue
+            event.attempts += 1  # as the claim counted it
             self._running[event.function] = self._running.get(event.function, 0) + 1
             self._total += 1
             task = asyncio.create_task(self._run(event))
@@ -151,8 +152,12 @@ class Dispatcher:
         if reply.status == 200:
             return 200, "", ""
         handler_raised = any(k == FUNCTION_ERROR_HEADER for k, _ in reply.headers)
-        detail = reply.body[:2000].decode("utf-8", "replace")
-        return reply.status, "Unhandled" if handler_raised else f"HTTP{reply.status}", detail
+        error = _error_of(reply.body)
+        kind = "Unhandled" if handler_raised else str(error.get("type") or f"HTTP{reply.status}")
+        message = str(error.get("message") or reply.body[:2000].decode("utf-8", "replace"))
+        if handler_raised:
+            message = f"{error.get('type', 'Exception')}: {message}"
+        return reply.status, kind, message
 
     async def _failed(self, event: Event, reason: str, attempt: Attempt | None) -> None:
         """To the function's failure destination: the dead letters, or a function of
@@ -172,6 +177,15 @@ class Dispatcher:
                 self._wake.set()
                 return
         await asyncio.to_thread(self.queue.dead, event, reason, attempt)
+
+
+def _error_of(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return {}
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 def _same_tenant(a: str, b: str) -> bool:

@@ -263,17 +263,19 @@ class EventQueue:
         now = self.clock()
         with self._tx() as cur:
             rows = cur.execute(
-                "SELECT id, qualifier, payload FROM dead_letters WHERE function = ?",
+                "SELECT id, qualifier, payload, errors FROM dead_letters WHERE function = ?",
                 (function,),
             ).fetchall()
-            chosen = [r for r in rows if ids is None or r[0] in ids]
-            for event_id, qualifier, payload in chosen:
+            wanted = None if ids is None else set(ids)
+            chosen = [r for r in rows if wanted is None or r[0] in wanted]
+            for event_id, qualifier, payload, errors in chosen:
+                # A fresh set of attempts; the earlier ones stay in its history.
                 cur.execute("DELETE FROM dead_letters WHERE id = ?", (event_id,))
                 cur.execute(
                     "INSERT OR REPLACE INTO events"
-                    " (id, function, qualifier, payload, enqueued_at, not_before)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (event_id, function, qualifier, payload, now, now),
+                    " (id, function, qualifier, payload, enqueued_at, not_before, errors)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (event_id, function, qualifier, payload, now, now, errors),
                 )
         return len(chosen)
 
