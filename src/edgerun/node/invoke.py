@@ -472,12 +472,17 @@ class Invoker:
         )
 
     def _from_pop(self, token: str | None) -> bool:
-        """A forward is believed only by a region, and only from a POP's own credential:
+        """A forward is believed only by a region, and only from a POP's own credential
+        or the control plane's scheduler (which queues each tick's event at a region):
         a POP takes no forwards, and a region's credential forwards nothing."""
         if self.cfg.role != "region" or not token:
             return False
         found = self.keyring.lookup(token)
-        return found is not None and found[1].is_node and found[0].name.startswith("pop:")
+        return (
+            found is not None
+            and found[1].is_node
+            and found[0].name.startswith(("pop:", "control:"))
+        )
 
     def resolve(
         self, name: str, qualifier: str | None, pinned: str | None = None
