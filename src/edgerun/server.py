@@ -101,6 +101,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
             gc_interval_s=cfg.gc_interval_s,
             body_timeout_s=cfg.body_timeout_s,
             node_verify=client_verify(cfg.tls),
+            schedules_db=data / "schedules.db",
+            schedule_time_scale=cfg.schedule_time_scale,
         )
         return control.asgi, control.stopping
     if not cfg.control_url:
