@@ -35,6 +35,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -236,6 +237,8 @@ class Entry:
     name: str
     schedule: sched.Schedule
     fired: Fired | None
+    next_due: float | None = None
+    """Schedule time of its next tick once known: nothing to work out before it."""
 
 
 class Scheduler:
@@ -329,6 +332,9 @@ class Scheduler:
         for entry in list(self.entries.values()):
             if entry.name in self._inflight:
                 continue
+            if entry.next_due is not None and now < entry.next_due:
+                soonest = min(soonest, entry.next_due)
+                continue
             settled = entry.fired.settled if entry.fired else None
             todo = due(entry.schedule, settled, now)
             if entry.fired is None:
@@ -341,8 +347,8 @@ class Scheduler:
                 task.add_done_callback(functools.partial(self._done, entry.name))
                 continue
             following = entry.schedule.next_fire(datetime.fromtimestamp(now, UTC))
-            if following is not None:
-                soonest = min(soonest, following.timestamp())
+            entry.next_due = following.timestamp() if following is not None else math.inf
+            soonest = min(soonest, entry.next_due)
         return max(0.02, min(MAX_SLEEP_S, self.clock.real_in(soonest)))
 
     def _done(self, name: str, task: asyncio.Task[None]) -> None:

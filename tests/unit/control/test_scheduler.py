@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
+
 from edgerun import schedule
+from edgerun.control.registry import SqliteRegistry
 from edgerun.control.scheduler import (
     Due,
     Fired,
     ScheduleClock,
+    Scheduler,
     ScheduleStore,
     due,
     request_id,
     scheduled_event,
 )
+from edgerun.models import FunctionConfig
 
 MINUTE = schedule.parse("rate(1 minute)")
 T0 = 1_735_732_800  # 2025-01-01T12:00:00Z, a whole minute
@@ -72,3 +78,55 @@ def test_the_event_is_eventbridge_shaped_and_its_id_deterministic() -> None:
     assert rid == request_id("acme.report", T0)
     assert rid.startswith("sched-") and rid.endswith(f"-{T0}")
     assert len(rid) <= 64 and rid != request_id("other", T0)
+
+
+class _Scheduler(Scheduler):
+    """Sends nothing: answers from ``ok`` and writes down what it was asked."""
+
+    ok = True
+    sent: list[tuple[str, int]]
+
+    async def send(self, name: str, tick: int) -> bool:
+        self.sent.append((name, tick))
+        return self.ok
+
+
+@pytest.mark.anyio
+async def test_a_refused_tick_stays_due_and_a_restart_does_not_resend(tmp_path: Path) -> None:
+    real = [float(T0 + 30)]
+    registry = SqliteRegistry(tmp_path / "registry.db")
+    registry.deploy("f", FunctionConfig(schedule="rate(1 minute)"), "a" * 64, 1)
+
+    def start() -> _Scheduler:
+        s = _Scheduler(
+            registry, ScheduleStore(tmp_path / "schedules.db"), list, "secret",
+            real=lambda: real[0],
+        )  # fmt: skip
+        s.sent = []
+        s.sync()
+        return s
+
+    async def step(s: _Scheduler) -> None:
+        s.step()
+        await asyncio.gather(*s._inflight.values())
+
+    s = start()
+    await step(s)
+    assert s.sent == []  # first seen: starts at its next tick
+    real[0] = T0 + 60
+    s.ok = False
+    await step(s)
+    await step(s)
+    assert s.sent == [("f", T0 + 60)] * 2  # refused: tried again
+    s.ok = True
+    await step(s)
+    await step(s)
+    assert s.sent == [("f", T0 + 60)] * 3  # taken once, then settled
+    real[0] = T0 + 90
+    again = start()  # a restart in the same minute
+    await step(again)
+    assert again.sent == []
+    real[0] = T0 + 300 + 1  # down for four ticks: the latest fires, once
+    await step(again)
+    await step(again)
+    assert again.sent == [("f", T0 + 300)]
