@@ -627,6 +627,33 @@ def ls(control: ControlOpt = "", token: TokenOpt = "") -> None:
 
 
 @app.command()
+def schedules(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    control: ControlOpt = "",
+    token: TokenOpt = "",
+) -> None:
+    """List scheduled functions and their next fire times (UTC)."""
+    with _errors(), _client(control, token) as client:
+        rows = list(client.schedules())
+    if json_out:
+        sys.stdout.write(json.dumps({"schedules": rows}) + "\n")
+        return
+    table = Table()
+    for col in ("name", "schedule", "next fire (UTC)", "in", "last fired (UTC)"):
+        table.add_column(col)
+    for row in rows:
+        wait = row.get("next_fire_in_s")
+        table.add_row(
+            row["name"],
+            row["schedule"],
+            row.get("next_fire") or "never",
+            "" if wait is None else f"{max(0.0, wait):.0f} s",
+            row.get("last_fired") or "",
+        )
+    out.print(table)
+
+
+@app.command()
 def versions(name: str, control: ControlOpt = "", token: TokenOpt = "") -> None:
     """List a function's versions, and which are retained and why.
 

@@ -132,6 +132,18 @@ class Client:
                 return
             after = page["next"]
 
+    def schedules(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """The caller's scheduled functions: name, schedule, next_fire (ISO 8601, UTC),
+        next_fire_in_s and last_fired."""
+        after = ""
+        while True:
+            resp = self._call("GET", "/v1/schedules", params={"limit": page_size, "after": after})
+            page = resp.json()
+            yield from page["schedules"]
+            if not page["next"]:
+                return
+            after = page["next"]
+
     def versions(self, name: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/functions/{name}/versions").json()["versions"]  # type: ignore[no-any-return]
 

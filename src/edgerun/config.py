@@ -126,6 +126,10 @@ class NodeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     alias points at; the others are collected, with their code on every node."""
     gc_interval_s: float = 60.0
     """How often the control plane collects versions and nodes collect code."""
+    schedule_time_scale: float = 1.0
+    """Control plane, a lab and test knob: schedules run on a clock this many times
+    faster than real time (60: ``rate(1 minute)`` fires every second), from an anchor
+    kept in ``schedules.db``. Leave it at 1 in production."""
     idle_ttl_s: float = 300.0
     """How long an idle warm worker is kept."""
     feed_wait_s: float = 20.0

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 
+from edgerun import schedule
 from edgerun.errors import bad_request
 
 Placement = Literal["auto", "edge", "region"]
@@ -204,6 +206,11 @@ def validate_config(cfg: FunctionConfig) -> FunctionConfig:
         raise bad_request("async.max_concurrency must be between 1 and 1000")
     if a.on_failure != "dlq":
         validate_function_name(a.on_failure)
+    if cfg.schedule:
+        try:
+            schedule.check(cfg.schedule, datetime.now(UTC))
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
     return cfg
 
 

@@ -91,6 +91,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
         secrets = SecretStore(data / "secrets.db", SecretBox(master_key))
         if secrets.key_secret("admin") is None:  # the bootstrap admin signs SigV4 too
             secrets.put_key_secret("admin", token)
+        if not 0 < cfg.schedule_time_scale <= 86400:
+            raise SystemExit("edgerun: schedule_time_scale must be in (0, 86400]")
         control = ControlApp(
             registry,
             bundles,
@@ -101,6 +103,8 @@ def build_app(cfg: NodeConfig, seat: Seat | None = None) -> tuple[Any, Callable[
             gc_interval_s=cfg.gc_interval_s,
             body_timeout_s=cfg.body_timeout_s,
             node_verify=client_verify(cfg.tls),
+            schedules_db=data / "schedules.db",
+            schedule_time_scale=cfg.schedule_time_scale,
         )
         return control.asgi, control.stopping
     if not cfg.control_url:

@@ -34,6 +34,7 @@ from edgerun.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgerun.control.metrics import ControlMetrics
 from edgerun.control.openapi import openapi_document
 from edgerun.control.registry import Registry, retention
+from edgerun.control.scheduler import SCHEDULER_NAME, Scheduler, ScheduleStore, mint_credential
 from edgerun.control.secrets import SecretCorrupt, SecretStore
 from edgerun.control.ui import Ui
 from edgerun.errors import ApiError, bad_request, forbidden, not_found
@@ -127,6 +128,8 @@ class ControlApp:
         gc_interval_s: float = 60.0,
         body_timeout_s: float = BODY_TIMEOUT_S,
         node_verify: ssl.SSLContext | bool = True,
+        schedules_db: Path | str = ":memory:",
+        schedule_time_scale: float = 1.0,
     ) -> None:
         """Each function keeps its newest ``retain_versions`` versions and every
         aliased one; the others are collected every ``gc_interval_s`` (and on
@@ -148,6 +151,15 @@ class ControlApp:
         self.observer_secret = accounts.new_observer()
         """The dashboard reads nodes with this key (observe scope), never the admin's."""
         self.ui = Ui(self)
+        self.scheduler = Scheduler(
+            registry,
+            ScheduleStore(schedules_db),
+            self.node_views,
+            mint_credential(accounts),
+            verify=node_verify,
+            time_scale=schedule_time_scale,
+        )
+        """Fires scheduled functions' ticks (see control/scheduler.py)."""
         self.metrics = ControlMetrics(registry.revision)
         self.routes = self.api_routes()
         routes = [route(api, lambda: accounts.keyring) for api in self.routes]
@@ -166,6 +178,7 @@ class ControlApp:
             ApiRoute("POST", "/v1/bundles", key, self.upload_bundle),
             ApiRoute("GET", "/v1/bundles/{sha}", node, self.download_bundle),
             ApiRoute("GET", "/v1/functions", key, self.list_functions),
+            ApiRoute("GET", "/v1/schedules", key, self.list_schedules),
             ApiRoute("GET", fn, key, self.get_function),
             ApiRoute("PUT", fn, key, self.deploy),
             ApiRoute("DELETE", fn, key, self.delete_function),
@@ -210,14 +223,18 @@ class ControlApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
-        task = asyncio.create_task(self._collect_forever())
+        tasks = [
+            asyncio.create_task(self._collect_forever()),
+            asyncio.create_task(self.scheduler.run_forever()),
+        ]
         self.ui.client = httpx.AsyncClient(verify=self.node_verify)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.ui.client.aclose()
 
     async def _collect_forever(self) -> None:
@@ -304,6 +321,23 @@ class ControlApp:
         more = len(page) > limit
         page = page[:limit]
         return json_response({"functions": page, "next": page[-1].name if more and page else None})
+
+    async def list_schedules(self, request: Request) -> Response:
+        """The caller's scheduled functions (as :meth:`list_functions` filters them),
+        with their next fire time and last fired tick."""
+        principal = principal_of(request)
+        limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
+        after = request.query_params.get("after", "")
+        prefix = "" if principal.is_cluster_admin else _tenant_prefix(principal.tenant)
+        self.scheduler.sync()
+        names = sorted(
+            n
+            for n in self.scheduler.entries
+            if n > after and n.startswith(prefix) and principal.may(Kind.READ, n)
+        )
+        page = [self.scheduler.view(self.scheduler.entries[n]) for n in names[:limit]]
+        more = len(names) > limit
+        return json_response({"schedules": page, "next": page[-1]["name"] if more else None})
 
     def _function(self, request: Request, kind: Kind) -> FunctionRecord:
         name = request.path_params["name"]
@@ -612,7 +646,11 @@ class ControlApp:
 
     def node_views(self) -> list[dict[str, Any]]:
         """Every node credential with its liveness and URL."""
-        return [_node_view(k, self.fleet.view(k.id)) for k in self.accounts.keys(nodes=True)]
+        return [
+            _node_view(k, self.fleet.view(k.id))
+            for k in self.accounts.keys(nodes=True)
+            if k.name != SCHEDULER_NAME  # the control plane's own, not a node
+        ]
 
     async def list_nodes(self, request: Request) -> Response:
         """Every node credential with its liveness and URL; a key other than the cluster

@@ -68,6 +68,23 @@ class FunctionPage(_Closed):
     """The cursor of the next page (pass it as ``after``); null on the last."""
 
 
+class ScheduleView(_Closed):
+    name: str
+    schedule: str
+    next_fire: str | None
+    """The next tick (ISO 8601, UTC); null when the schedule has none left."""
+    next_fire_in_s: float | None
+    """Real seconds until then."""
+    last_fired: str | None
+    """The last tick a region queued; null before the first."""
+
+
+class SchedulePage(_Closed):
+    schedules: list[ScheduleView]
+    next: str | None
+    """The cursor of the next page (pass it as ``after``); null on the last."""
+
+
 class FunctionDeleted(_Closed):
     deleted: str
     revision: int
@@ -298,6 +315,7 @@ def openapi_document() -> dict[str, Any]:
         Joined,
         Nodes,
         SigningKey,
+        SchedulePage,
     )
     _limits(components)
     (
@@ -330,6 +348,7 @@ def openapi_document() -> dict[str, Any]:
         joined,
         nodes,
         signing_key,
+        schedule_page,
     ) = refs
 
     def body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -379,6 +398,17 @@ def openapi_document() -> dict[str, Any]:
         "/v1/functions",
         "The caller's functions (those its scopes let it read), paginated by name",
         {"200": json_content(page, "A page of functions and the cursor of the next")},
+        errors=[400],
+        params=[
+            int_param("limit", 1, 1000, "page size (default 100)"),
+            string_param("after", "query", description="cursor: the last name seen"),
+        ],
+    )
+    p.add(
+        "GET",
+        "/v1/schedules",
+        "The caller's scheduled functions with their next fire time and last fired tick",
+        {"200": json_content(schedule_page, "A page of schedules and the cursor of the next")},
         errors=[400],
         params=[
             int_param("limit", 1, 1000, "page size (default 100)"),
