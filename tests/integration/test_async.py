@@ -35,7 +35,10 @@ NODES = ("pop-1", "region-1", "region-2")
 def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     fast = {"async_retry_base_s": 0.2, "async_slots": 8}
     topology = Topology(
-        control=ControlSpec(port=free_port(), settings={"gc_interval_s": 3600}),
+        # Schedules run 30x faster here: rate(1 minute) ticks every 2 s.
+        control=ControlSpec(
+            port=free_port(), settings={"gc_interval_s": 3600, "schedule_time_scale": 30}
+        ),
         region=[
             RegionSpec(name=r, port=free_port(), settings=fast) for r in ("region-1", "region-2")
         ],
@@ -272,3 +275,53 @@ def test_a_pop_killed_with_1000_events_queued_runs_every_one_after_restart(
     assert at_kill["queued"] > 100  # the kill did catch a queue
     assert lost == 0
     assert duplicated <= at_kill["running"] + 2  # only what was mid-run may run twice
+
+
+def test_a_schedule_fires_events_that_run_at_a_region(topo: LocalCluster) -> None:
+    with Client(topo.control_url, topo.token) as client:
+        deploy_everywhere(topo, client, "q-tick", FUNCTIONS / "lambda-context", NODES,
+                          schedule="rate(1 minute)")  # fmt: skip
+
+    def ticks() -> list[dict[str, Any]]:
+        found = []
+        for region in ("region-1", "region-2"):
+            resp = httpx.get(
+                f"{topo.url(region)}/v1/logs",
+                params={"function": "q-tick", "since": "0", "settled": "false"},
+                headers=admin(topo),
+            )
+            found += [e for e in resp.json()["logs"] if e["status"] == 200]
+        return found
+
+    wait_for(lambda: len(ticks()) >= 2, timeout=30, what="two ticks to run")
+    runs_ = ticks()
+    assert all(e["request_id"].startswith("sched-") for e in runs_)
+    assert all("Scheduled Event" in e["output"] for e in runs_)
+    events = {e["request_id"].rsplit(".", 1)[0] for e in runs_}
+    assert len(events) == len(runs_)  # each tick ran once
+
+
+def test_the_queue_shows_in_status_and_metrics(topo: LocalCluster) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stats = async_stats(topo, "pop-1")
+    assert set(stats) >= {"queued", "running", "oldest_age_s", "dead_letters", "retries"}
+    text = httpx.get(f"{topo.url('pop-1')}/metrics", headers=admin(topo)).text
+    names = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert {"edgerun_async_queued", "edgerun_async_dead_letters"} <= names
+
+
+def test_queued_events_leave_synchronous_calls_room(topo: LocalCluster) -> None:
+    for i in range(30):
+        enqueue(topo, "pop-1", "q-edge", {"n": i, "sleep_s": 4.0})
+    wait_for(lambda: async_stats(topo, "pop-1")["running"] > 0, what="events to run")
+    before = async_stats(topo, "pop-1")["succeeded"]
+    resp = httpx.post(
+        f"{topo.url('pop-1')}/v1/functions/q-edge/invocations",
+        json={"n": "sync"},
+        headers=admin(topo),
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    # Answered before any 4 s event ended: it did not wait for a sandbox the events held.
+    assert async_stats(topo, "pop-1")["succeeded"] == before

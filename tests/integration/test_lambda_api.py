@@ -164,10 +164,21 @@ def test_a_tampered_body_breaks_the_signature(cluster: LocalCluster, key: dict[s
     assert err.value.response["Error"]["Code"] == "InvalidSignatureException"
 
 
-def test_event_invocations_are_refused_until_async_lands(aws: Any) -> None:
-    with pytest.raises(ClientError) as err:
-        aws.invoke(FunctionName="lam-ctx", InvocationType="Event", Payload=b"{}")
-    assert err.value.response["Error"]["Code"] == "InvalidParameterValueException"
+def test_an_event_invocation_is_queued_with_202_and_runs(aws: Any, cluster: LocalCluster) -> None:
+    resp = aws.invoke(FunctionName="lam-ctx", InvocationType="Event", Payload=b'{"ev": 1}')
+    assert resp["StatusCode"] == 202
+    assert resp["Payload"].read() == b""
+    event_id = resp["ResponseMetadata"]["HTTPHeaders"]["x-edgerun-event-id"]
+
+    def ran() -> bool:
+        logs = httpx.get(
+            f"{cluster.url('pop-1')}/v1/logs",
+            params={"function": "lam-ctx", "since": "0", "settled": "false", "limit": "1000"},
+            headers={"authorization": f"Bearer {cluster.token}"},
+        ).json()["logs"]
+        return any(e["request_id"].startswith(event_id) and e["status"] == 200 for e in logs)
+
+    wait_for(ran, timeout=20, what="the event to run")
 
 
 def test_a_bearer_key_works_too(cluster: LocalCluster, key: dict[str, Any]) -> None:

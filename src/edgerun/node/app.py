@@ -194,6 +194,8 @@ class NodeApp:
         )
         self.dispatcher = Dispatcher(cfg, self.events, self.invoker, self.catalog)
         self.invoker.events = self.events
+        if self.metrics is not None:
+            self.metrics.events = self.events
         self.invoker.on_queued = self.dispatcher.wake
         self.lambda_invoke = LambdaInvoke(self.invoker, SigningKeys(self.client, cfg.control_url))
         self.asgi = Front(

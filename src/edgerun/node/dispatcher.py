@@ -75,7 +75,9 @@ class Dispatcher:
             if self._total >= self.cfg.async_slots:
                 return
             fn = self.catalog.get(event.function)
-            cap = fn.config.async_.max_concurrency if fn is not None else 1
+            # Half the function's sandboxes at most: its synchronous calls keep the rest.
+            own = max(1, self.cfg.max_per_function // 2)
+            cap = min(fn.config.async_.max_concurrency, own) if fn is not None else 1
             if self._running.get(event.function, 0) >= cap:
                 continue
             timeout = fn.config.timeout_s if fn is not None else 0.0

@@ -67,6 +67,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from edgerun.node.catalog import Catalog
     from edgerun.node.code_cache import CodeCache
+    from edgerun.node.events import EventQueue
     from edgerun.node.regions import Regions
     from edgerun.pool import Pool
 
@@ -98,6 +99,13 @@ GAUGE_MERGE: dict[str, str] = {
     "edgerun_feed_synced": "min",
     "edgerun_feed_last_answer_age_seconds": "max",
     "edgerun_node_info": "max",
+    # One queue file for the whole node: every worker reads the same numbers.
+    "edgerun_async_queued": "max",
+    "edgerun_async_running": "max",
+    "edgerun_async_oldest_age_seconds": "max",
+    "edgerun_async_dead_letters": "max",
+    "edgerun_async_retries": "max",
+    "edgerun_async_succeeded": "max",
 }
 """How each worker's gauge adds up to the node's: node-wide values (the budget's
 capacity, the engine's held memory) are the same in every worker (max); a region
@@ -139,6 +147,7 @@ class NodeMetrics:
         self.regions: Regions | None = None
         self.catalog: Catalog | None = None
         self.code: CodeCache | None = None
+        self.events: EventQueue | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -149,9 +158,11 @@ class NodeMetrics:
         regions: Regions | None = None,
         catalog: Catalog | None = None,
         code: CodeCache | None = None,
+        events: EventQueue | None = None,
     ) -> None:
         """What to read when scraped."""
         self.pool, self.regions, self.catalog, self.code = pool, regions, catalog, code
+        self.events = events
 
     # --- the request path ------------------------------------------------------
     def function_label(self, name: str) -> str:
@@ -305,6 +316,8 @@ class _Collector(Collector):
         yield cold
         if m.pool is not None:
             yield from _pool(m.pool)
+        if m.events is not None:
+            yield from _events(m.events)
         if m.regions is not None and m.regions.regions:
             yield from _regions(m.regions)
         if m.catalog is not None:
@@ -348,6 +361,20 @@ def _histogram(
 
 def _le(bound: float) -> str:
     return repr(float(bound))
+
+
+def _events(events: EventQueue) -> Iterator[Metric]:
+    stats = events.stats()
+    for key, help_ in (
+        ("queued", "Asynchronous invocations waiting to run (or to be retried)."),
+        ("running", "Asynchronous invocations running now."),
+        ("oldest_age_seconds", "Age of the oldest queued event."),
+        ("dead_letters", "Events in the dead-letter store."),
+        ("retries", "Retries so far (the queue's lifetime; kept across restarts)."),
+        ("succeeded", "Events run successfully (the queue's lifetime)."),
+    ):
+        value = stats["oldest_age_s" if key == "oldest_age_seconds" else key]
+        yield _gauge(f"edgerun_async_{key}", help_, float(value))
 
 
 def _pool(pool: Pool) -> Iterator[Metric]:
