@@ -325,3 +325,54 @@ def test_queued_events_leave_synchronous_calls_room(topo: LocalCluster) -> None:
     assert resp.status_code == 200, resp.text
     # Answered before any 4 s event ended: it did not wait for a sandbox the events held.
     assert async_stats(topo, "pop-1")["succeeded"] == before
+
+
+def test_a_failure_destination_gets_lambdas_record_and_does_not_loop(
+    topo: LocalCluster,
+) -> None:
+    with Client(topo.control_url, topo.token) as client:
+        # The destination fails too (every event it gets has no "n": it raises on "fail"
+        # only when asked, so make it the always-failing q-fail): its record, failing,
+        # goes to the dead letters instead of on again.
+        deploy_everywhere(topo, client, "q-src", FUNCTIONS / "counter", NODES,
+                          placement="edge",
+                          async_=AsyncConfig(max_retries=0, on_failure="q-catch"))  # fmt: skip
+        deploy_everywhere(topo, client, "q-catch", FUNCTIONS / "lambda-context", NODES,
+                          placement="edge")  # fmt: skip
+    event_id = enqueue(topo, "pop-1", "q-src", {"n": 5, "fail": True})
+
+    def record() -> dict[str, Any] | None:
+        resp = httpx.get(
+            f"{topo.url('pop-1')}/v1/logs",
+            params={"function": "q-catch", "since": "0", "settled": "false"},
+            headers=admin(topo),
+        )
+        for e in resp.json()["logs"]:
+            if event_id in e["output"] and e["status"] == 200:
+                return e
+        return None
+
+    wait_for(lambda: record() is not None, timeout=30, what="the record at q-catch")
+    output = record()["output"]  # type: ignore[index]
+    assert "RetriesExhausted" in output and "'fail': True" in output
+    assert event_id not in {d["id"] for d in dead_letters(topo, "pop-1", "q-src")}
+
+
+def test_on_failure_pointing_at_itself_is_refused_at_deploy(topo: LocalCluster) -> None:
+    with Client(topo.control_url, topo.token) as client, pytest.raises(Exception) as err:
+        deploy_everywhere(topo, client, "q-self", FUNCTIONS / "counter", NODES,
+                          async_=AsyncConfig(on_failure="q-self"))  # fmt: skip
+    assert "itself" in str(err.value)
+
+
+def test_one_functions_backlog_does_not_hold_up_anothers_events(topo: LocalCluster) -> None:
+    with Client(topo.control_url, topo.token) as client:
+        deploy_everywhere(topo, client, "q-slow", FUNCTIONS / "counter", NODES,
+                          placement="edge", async_=AsyncConfig(max_concurrency=1))  # fmt: skip
+        deploy_everywhere(topo, client, "q-quick", FUNCTIONS / "counter", NODES,
+                          placement="edge")  # fmt: skip
+    for i in range(40):
+        enqueue(topo, "pop-1", "q-slow", {"n": i, "sleep_s": 1.0})
+    quick = enqueue(topo, "pop-1", "q-quick", {"n": "quick"})
+    wait_for(lambda: runs(topo, "q-quick")[quick] == 1, timeout=20, what="the quick event")
+    assert async_stats(topo, "pop-1")["queued"] > 20  # the backlog is still there

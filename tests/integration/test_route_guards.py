@@ -46,6 +46,7 @@ LISTINGS = {
     ("GET", "/v1/keys"),
     ("GET", "/v1/status"),
     ("GET", "/v1/nodes"),  # names, roles and URLs of live nodes only
+    ("GET", "/v1/schedules"),
 }
 """Routes that answer any key with what it may see (filtered), not a refusal."""
 

@@ -74,6 +74,9 @@ def parse(headers: Sequence[tuple[str, str]], now: datetime) -> Credential:
         raise SigV4Error("host and x-amz-date must be signed")
     if list(signed) != sorted(set(signed)):
         raise SigV4Error("SignedHeaders must be sorted and unique")
+    unsigned = sorted({k for k, _ in headers if k.startswith("x-amz-")} - set(signed))
+    if unsigned:  # they change what the call does: a replayed request may not add them
+        raise SigV4Error(f"these headers must be signed: {', '.join(unsigned)}")
     return Credential(
         key_id=m["key"],
         date=m["date"],

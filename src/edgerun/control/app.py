@@ -361,6 +361,11 @@ class ControlApp:
         # nothing below awaits before the registry write.
         self._require_tenant(name)
         validate_config(body.config)
+        on_failure = body.config.async_.on_failure
+        if on_failure == name:
+            raise bad_request("async.on_failure may not be the function itself")
+        if on_failure != "dlq" and tenant_of(on_failure) != tenant_of(name):
+            raise bad_request("async.on_failure must be a function of the same tenant")
         sha = body.bundle_sha256
         if not SHA256_RE.match(sha):
             raise bad_request(f"bundle_sha256 {sha!r} is not a sha256 hex digest")

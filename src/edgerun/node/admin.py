@@ -192,7 +192,7 @@ class _Admin:
                 "isolation": as_dicts(node.isolation),
                 "placements": placements,
                 "workers": _workers(node),
-                "async": node.events.stats(),
+                "async": await asyncio.to_thread(node.events.stats),
             }
         )
 
@@ -281,7 +281,8 @@ class _Admin:
         if function:
             principal.check(Kind.READ, function)
         limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
-        found = await asyncio.to_thread(self.node.events.dead_letters, function, limit)
+        tenant = None if principal.is_cluster_admin or function else principal.tenant
+        found = await asyncio.to_thread(self.node.events.dead_letters, function, limit, tenant)
         found = [d for d in found if principal.may(Kind.READ, d.function)]
         return json_response({"node": self.node.cfg.name, "dead_letters": found})
 

@@ -19,6 +19,7 @@ from edgerun.node.events import (
     Attempt,
     Event,
     EventQueue,
+    QueueFull,
     attempt_of,
     backoff_s,
     failure_record,
@@ -35,6 +36,8 @@ log = logging.getLogger("edgerun.node")
 
 POLL_S = 0.2
 LEASE_MARGIN_S = 30.0
+RECOVER_EVERY_S = 5.0
+THROTTLED_DELAY_S = 1.0
 
 
 class Dispatcher:
@@ -55,11 +58,15 @@ class Dispatcher:
         self._wake.set()
 
     async def run_forever(self) -> None:
-        recovered = await asyncio.to_thread(self.queue.recover)
+        recovered = await asyncio.to_thread(self.queue.recover, at_start=True)
         if recovered:
             log.warning("queued again %d event(s) a previous run had not finished", recovered)
+        last_recover = time.monotonic()
         while True:
             try:
+                if time.monotonic() - last_recover > RECOVER_EVERY_S:
+                    last_recover = time.monotonic()
+                    await asyncio.to_thread(self.queue.recover)  # leases that ran out
                 await self._dispatch()
             except Exception:
                 log.exception("dispatching queued events failed")
@@ -71,17 +78,16 @@ class Dispatcher:
         room = self.cfg.async_slots - self._total
         if room <= 0:
             return
-        for event in await asyncio.to_thread(self.queue.due, room * 4):
+        full = frozenset(f for f, n in self._running.items() if n >= self._cap(f))
+        for event in await asyncio.to_thread(self.queue.due, room * 4, full):
             if self._total >= self.cfg.async_slots:
                 return
-            fn = self.catalog.get(event.function)
-            # Half the function's sandboxes at most: its synchronous calls keep the rest.
-            own = max(1, self.cfg.max_per_function // 2)
-            cap = min(fn.config.async_.max_concurrency, own) if fn is not None else 1
-            if self._running.get(event.function, 0) >= cap:
+            if self._running.get(event.function, 0) >= self._cap(event.function):
                 continue
+            fn = self.catalog.get(event.function)
             timeout = fn.config.timeout_s if fn is not None else 0.0
-            if not await asyncio.to_thread(self.queue.claim, event.id, timeout + LEASE_MARGIN_S):
+            lease = timeout + self.cfg.queue_timeout_s + LEASE_MARGIN_S
+            if not await asyncio.to_thread(self.queue.claim, event.id, lease):
                 continue
             event.attempts += 1  # as the claim counted it
             self._running[event.function] = self._running.get(event.function, 0) + 1
@@ -90,11 +96,21 @@ class Dispatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _cap(self, function: str) -> int:
+        """Half the function's sandboxes at most: its synchronous calls keep the rest."""
+        fn = self.catalog.get(function)
+        own = max(1, self.cfg.max_per_function // 2)
+        return min(fn.config.async_.max_concurrency, own) if fn is not None else 1
+
     async def _run(self, event: Event) -> None:
         try:
             await self._attempt(event)
         except Exception:
             log.exception("running event %s failed; it will run again", event.id)
+            try:
+                await asyncio.to_thread(self.queue.release, event, THROTTLED_DELAY_S)
+            except Exception:
+                log.exception("event %s stays leased; it runs again when the lease ends", event.id)
         finally:
             self._total -= 1
             left = self._running.get(event.function, 1) - 1
@@ -116,9 +132,16 @@ class Dispatcher:
         if now - event.enqueued_at > settings.max_event_age_s:
             await self._failed(event, "EventAgeExceeded", None)
             return
+        if event.attempts > settings.max_retries + 1:  # e.g. it killed its runner each time
+            await self._failed(event, "RetriesExhausted", None)
+            return
         status, error, message = await self._invoke(event)
         if status == 200:
             await asyncio.to_thread(self.queue.done, event.id)
+            return
+        if status == 429 and now + THROTTLED_DELAY_S - event.enqueued_at < settings.max_event_age_s:
+            # Throttled (its own limits, or no room): not a failed run, so not a retry.
+            await asyncio.to_thread(self.queue.release, event, THROTTLED_DELAY_S)
             return
         attempt = attempt_of(status, error, message, time.time())
         retryable = status >= 500 or status == 429 or error == "Unhandled"
@@ -168,12 +191,18 @@ class Dispatcher:
         target = fn.config.async_.on_failure if fn is not None else "dlq"
         if (
             target != "dlq"
+            and event.hop == 0  # a failure record that failed too stops here: no loops
             and self.catalog.get(target) is not None
             and _same_tenant(target, event.function)
         ):
             attempts = [*event.errors, *([attempt] if attempt else [])]
             record = failure_record(event, attempts, reason)
-            queued = await asyncio.to_thread(self.queue.put, new_event_id(), target, None, record)
+            try:
+                queued = await asyncio.to_thread(
+                    self.queue.put, new_event_id(), target, None, record, hop=1
+                )
+            except QueueFull:
+                queued = False
             if queued:
                 await asyncio.to_thread(self.queue.handed_on, event)
                 self._wake.set()

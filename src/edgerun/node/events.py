@@ -42,9 +42,11 @@ CREATE TABLE IF NOT EXISTS events (
     state TEXT NOT NULL DEFAULT 'queued',
     owner TEXT NOT NULL DEFAULT '',
     lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
-    errors TEXT NOT NULL DEFAULT '[]'
+    errors TEXT NOT NULL DEFAULT '[]',
+    hop INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (state, not_before);
+CREATE INDEX IF NOT EXISTS events_by_function ON events (function);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
     function TEXT NOT NULL,
@@ -56,6 +58,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     errors TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_by_function ON dead_letters (function, died_at);
+CREATE INDEX IF NOT EXISTS dead_by_age ON dead_letters (died_at);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
@@ -64,6 +67,12 @@ SEEN_FOR_S = 86400.0
 """How long an event id is remembered after it was queued: the same id sent again
 within a day (a scheduler or client trying again) is not queued twice."""
 MAX_ERROR_CHARS = 2000
+DEAD_LETTERS_KEPT_S = 14 * 86400.0
+"""Dead letters older than this are dropped (as Lambda's destinations keep 14 days)."""
+
+
+class QueueFull(Exception):
+    """The node's or the function's share of the queue is taken (a 429 to the sender)."""
 
 
 class Attempt(msgspec.Struct, kw_only=True):
@@ -83,6 +92,8 @@ class Event(msgspec.Struct, kw_only=True):
     enqueued_at: float
     attempts: int = 0
     errors: list[Attempt] = msgspec.field(default_factory=list)
+    hop: int = 0
+    """1 for an on-failure record: if it fails too, it goes to the dead letters (no loops)."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -104,12 +115,22 @@ class EventQueue:
     """The node's events and dead letters in one SQLite file, shared by its workers
     (claims are atomic updates), safe to call from threads."""
 
-    def __init__(self, path: Path, *, owner: str = "0", clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        owner: str = "0",
+        clock: Callable[[], float] = time.time,
+        max_queued: int = 100_000,
+        max_per_function: int = 10_000,
+    ):
         """``owner``: this worker's seat; events a previous process of the same seat
         was running when it died are queued again at once (see :meth:`recover`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.owner = owner
         self.clock = clock
+        self.max_queued = max_queued
+        self.max_per_function = max_per_function
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=10.0
@@ -137,42 +158,81 @@ class EventQueue:
                 cur.execute("COMMIT")
 
     # --- the queue ---------------------------------------------------------
-    def put(self, event_id: str, function: str, qualifier: str | None, payload: bytes) -> bool:
-        """Queue an event (durably, before returning); False if that id was queued
-        before (a sender trying again), which changes nothing."""
+    def put(
+        self,
+        event_id: str,
+        function: str,
+        qualifier: str | None,
+        payload: bytes,
+        *,
+        remember: bool = False,
+        hop: int = 0,
+    ) -> bool:
+        """Queue an event (durably, before returning). ``remember``: the id comes from
+        a sender that may send it again (a node, the scheduler): within a day, the same
+        id is queued once (False then, changing nothing). Raises :class:`QueueFull`
+        past the node's or the function's share."""
         now = self.clock()
         with self._tx() as cur:
-            cur.execute("DELETE FROM seen WHERE at < ?", (now - SEEN_FOR_S,))
-            if cur.execute("SELECT 1 FROM seen WHERE id = ?", (event_id,)).fetchone():
-                return False
-            cur.execute("INSERT INTO seen (id, at) VALUES (?, ?)", (event_id, now))
+            if remember:
+                cur.execute("DELETE FROM seen WHERE at < ?", (now - SEEN_FOR_S,))
+                if cur.execute("SELECT 1 FROM seen WHERE id = ?", (event_id,)).fetchone():
+                    return False
+            total = cur.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            if total >= self.max_queued:
+                raise QueueFull(f"this node holds {total} queued events, its limit")
+            mine = cur.execute(
+                "SELECT COUNT(*) FROM events WHERE function = ?", (function,)
+            ).fetchone()[0]
+            if mine >= self.max_per_function:
+                raise QueueFull(f"{function!r} has {mine} events queued here, its limit")
+            if remember:
+                cur.execute("INSERT INTO seen (id, at) VALUES (?, ?)", (event_id, now))
             cur.execute(
-                "INSERT INTO events (id, function, qualifier, payload, enqueued_at, not_before)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (event_id, function, qualifier, payload, now, now),
+                "INSERT INTO events"
+                " (id, function, qualifier, payload, enqueued_at, not_before, hop)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event_id, function, qualifier, payload, now, now, hop),
             )
         return True
 
-    def recover(self) -> int:
-        """Queue again what this seat's previous process was running, and anything
-        whose lease ran out; returns how many (each may run twice: at least once)."""
+    def recover(self, *, at_start: bool = False) -> int:
+        """Queue again anything whose lease ran out and, ``at_start``, what this seat's
+        previous process was running; returns how many (each may run twice: at least
+        once). Old dead letters are dropped on the way."""
         now = self.clock()
+        owner = self.owner if at_start else "\0"
         with self._tx() as cur:
             cur.execute(
                 "UPDATE events SET state = 'queued', not_before = ?"
                 " WHERE state = 'running' AND (owner = ? OR lease_until < ?)",
-                (now, self.owner, now),
+                (now, owner, now),
             )
-            return cur.rowcount
+            count = cur.rowcount
+            cur.execute("DELETE FROM dead_letters WHERE died_at < ?", (now - DEAD_LETTERS_KEPT_S,))
+            return count
 
-    def due(self, limit: int) -> list[Event]:
+    def release(self, event: Event, delay_s: float) -> None:
+        """Back to the queue without counting the run (throttled, or the runner failed)."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE events SET state = 'queued', not_before = ?,"
+                " attempts = MAX(0, attempts - 1) WHERE id = ?",
+                (self.clock() + delay_s, event.id),
+            )
+
+    def due(self, limit: int, skip: frozenset[str] = frozenset()) -> list[Event]:
+        """The oldest due events, leaving out functions in ``skip`` (those at their
+        concurrency cap: one function's backlog must not hide the others')."""
         now = self.clock()
+        marks = ",".join("?" * len(skip))
+        where = f" AND function NOT IN ({marks})" if skip else ""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, function, qualifier, payload, enqueued_at, attempts, errors"
-                " FROM events WHERE state = 'queued' AND not_before <= ?"
+                "SELECT id, function, qualifier, payload, enqueued_at, attempts, errors, hop"
+                f" FROM events WHERE state = 'queued' AND not_before <= ?{where}"
                 " ORDER BY not_before LIMIT ?",
-                (now, limit),
+                (now, *sorted(skip), limit),
             ).fetchall()
         return [_event(r) for r in rows]
 
@@ -239,8 +299,20 @@ class EventQueue:
         }
 
     # --- dead letters ------------------------------------------------------
-    def dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        where, args = ("WHERE function = ?", (function,)) if function else ("", ())
+    def dead_letters(
+        self, function: str | None = None, limit: int = 100, tenant: str | None = None
+    ) -> list[DeadLetter]:
+        """Newest first: one function's, one tenant's (``tenant.`` names; the default
+        tenant's have no dot), or all."""
+        args: tuple[object, ...]
+        if function:
+            where, args = "WHERE function = ?", (function,)
+        elif tenant == "default":
+            where, args = "WHERE instr(function, '.') = 0", ()
+        elif tenant:
+            where, args = "WHERE substr(function, 1, ?) = ?", (len(tenant) + 1, tenant + ".")
+        else:
+            where, args = "", ()
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, function, qualifier, payload, enqueued_at, died_at, reason, errors"
@@ -341,7 +413,7 @@ def _event(row: tuple[Any, ...]) -> Event:
     return Event(
         id=row[0], function=row[1], qualifier=row[2], payload=bytes(row[3]),
         enqueued_at=row[4], attempts=row[5],
-        errors=msgspec.json.decode(row[6], type=list[Attempt]),
+        errors=msgspec.json.decode(row[6], type=list[Attempt]), hop=row[7],
     )  # fmt: skip
 
 

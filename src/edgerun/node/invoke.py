@@ -40,7 +40,7 @@ from edgerun.logconfig import invocation as current_invocation
 from edgerun.models import FunctionRecord, UnknownQualifier, Version, validate_function_name
 from edgerun.node.catalog import Catalog
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
-from edgerun.node.events import EventQueue, new_event_id
+from edgerun.node.events import EventQueue, QueueFull, new_event_id
 from edgerun.node.logs import CLIENT_CLOSED, Journal, LogEntry
 from edgerun.node.metrics import NodeMetrics
 from edgerun.node.placer import Placer
@@ -341,6 +341,10 @@ class Invoker:
         entry.version = version.sha256
         if req.trigger == "direct" and req.header(INVOCATION_TYPE_HEADER) == "Event":
             entry.placement = "queued"
+            if not origin.from_node:  # the key's and the function's rate apply to queuing
+                admitted = self._admit(principal, fn)
+                if admitted is not None:
+                    admitted.release()
             return await self._enqueue(req, fn, qualifier, body, origin)
         metrics, t0 = self.metrics, time.perf_counter()
         call = _Call(
@@ -390,9 +394,13 @@ class Invoker:
         if self.events is None:
             raise ApiError(400, "BadRequest", "this node does not take asynchronous invocations")
         event_id = origin.request_id if origin.from_node else new_event_id()
-        queued = await asyncio.to_thread(
-            self.events.put, event_id, fn.name, qualifier, body if body.strip() else b"{}"
-        )
+        try:
+            queued = await asyncio.to_thread(
+                self.events.put, event_id, fn.name, qualifier, body if body.strip() else b"{}",
+                remember=origin.from_node,
+            )  # fmt: skip
+        except QueueFull as exc:
+            raise ApiError(429, "TooManyRequests", str(exc), headers={"retry-after": "5"}) from None
         if self.on_queued is not None:
             self.on_queued()
         headers = [("x-edgerun-request-id", origin.request_id), ("x-edgerun-event-id", event_id)]
@@ -457,7 +465,7 @@ class Invoker:
         caller could otherwise run any retained version, whatever the aliases say.
         """
         host = req.header("host") or self.cfg.name
-        from_pop = self._from_pop(req.header(NODE_TOKEN_HEADER))
+        from_pop = self._from_pop(req)
         if not from_pop and not (req.client and req.client in self._trusted_proxies):
             return Origin(self.new_request_id(), req.client, host)
         given_id = req.header("x-edgerun-request-id") or ""
@@ -471,17 +479,25 @@ class Invoker:
             from_node=from_pop,
         )
 
-    def _from_pop(self, token: str | None) -> bool:
-        """A forward is believed only by a region, and only from a POP's own credential
-        or the control plane's scheduler (which queues each tick's event at a region):
-        a POP takes no forwards, and a region's credential forwards nothing."""
+    def _from_pop(self, req: Incoming) -> bool:
+        """A forward is believed only by a region, and only from a POP's own credential;
+        the control plane's scheduler is believed only to queue a tick's event (an
+        Event with a ``sched-`` id). A POP takes no forwards, and a region's
+        credential forwards nothing."""
+        token = req.header(NODE_TOKEN_HEADER)
         if self.cfg.role != "region" or not token:
             return False
         found = self.keyring.lookup(token)
+        if found is None or not found[1].is_node:
+            return False
+        name = found[0].name
+        if name.startswith("pop:"):
+            return True
         return (
-            found is not None
-            and found[1].is_node
-            and found[0].name.startswith(("pop:", "control:"))
+            name == "control:scheduler"
+            and req.trigger == "direct"
+            and req.header(INVOCATION_TYPE_HEADER) == "Event"
+            and (req.header("x-edgerun-request-id") or "").startswith("sched-")
         )
 
     def resolve(

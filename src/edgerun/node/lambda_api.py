@@ -98,6 +98,8 @@ class LambdaInvoke:
     async def _invoke(self, method: str, path: str, req: Incoming, read: ReadBody) -> Reply:
         if method != "POST":
             raise LambdaError(405, "InvalidParameterValueException", f"{method} is not Invoke")
+        if not path.endswith(SUFFIX):
+            raise LambdaError(404, "UnknownOperationException", "only Invoke is served here")
         name = path[len(PREFIX) : -len(SUFFIX)]
         if not name or "/" in name:
             raise LambdaError(400, "InvalidParameterValueException", "no function name")
@@ -121,10 +123,10 @@ class LambdaInvoke:
             method="POST",
             raw_path=f"/v1/functions/{quote(name, safe='')}/invocations",
             query=f"qualifier={quote(qualifier, safe='')}" if qualifier else "",
-            headers=[
+            headers=[  # x-edgerun-* are the direct API's: only what was said in Lambda's terms
                 (k, v)
                 for k, v in req.headers
-                if not k.startswith(("x-amz-", "x-edgerun-log-")) and k != "authorization"
+                if not k.startswith(("x-amz-", "x-edgerun-")) and k != "authorization"
             ],
             client=req.client,
         )

@@ -48,14 +48,16 @@ class SigningKeys:
             return await asyncio.shield(pending)
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._fetching[slot] = future
+        key: bytes | None = None
         try:
-            key = await self._fetch(key_id, date, region)
+            key, known = await self._fetch(key_id, date, region)
+            if key is not None or known:  # a network failure is not remembered
+                self._kept[slot] = key if key is not None else time.monotonic()
+            while len(self._kept) > MAX_KEPT:
+                self._kept.popitem(last=False)
         finally:
             self._fetching.pop(slot, None)
-        self._kept[slot] = key if key is not None else time.monotonic()
-        while len(self._kept) > MAX_KEPT:
-            self._kept.popitem(last=False)
-        future.set_result(key)
+            future.set_result(key)  # those waiting on it are answered, even if cancelled
         return key
 
     def forget(self, key_id: str) -> None:
@@ -63,7 +65,9 @@ class SigningKeys:
         for slot in [s for s in self._kept if s[0] == key_id]:
             del self._kept[slot]
 
-    async def _fetch(self, key_id: str, date: str, region: str) -> bytes | None:
+    async def _fetch(self, key_id: str, date: str, region: str) -> tuple[bytes | None, bool]:
+        """The signing key, and whether the answer is the control plane's word (a 404
+        is; a network failure or a 5xx is not, and is not remembered)."""
         try:
             resp = await self._client.get(
                 f"{self._url}/v1/node/sigv4/{key_id}",
@@ -71,11 +75,11 @@ class SigningKeys:
                 timeout=FETCH_TIMEOUT_S,
             )
         except httpx.HTTPError:
-            return None
+            return None, False
         if resp.status_code != 200 or len(resp.content) > 4096:
-            return None
+            return None, 400 <= resp.status_code < 500
         try:
             key = bytes.fromhex(msgspec.json.decode(resp.content, type=_Answer).signing_key)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
-            return None
-        return key if len(key) == 32 else None
+            return None, False
+        return (key, True) if len(key) == 32 else (None, False)
