@@ -400,9 +400,14 @@ class Scheduler:
                     json=scheduled_event(name, tick),
                     headers=headers,
                 )
-            except httpx.HTTPError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.warning("tick %s of %s: %s: %s", iso(tick), name, url, exc)
-                continue
+                continue  # never sent: the next region may take it
+            except httpx.HTTPError as exc:
+                # Sent, and maybe queued there: try that region again (it queues an id
+                # once) rather than another, which would run the tick a second time.
+                log.warning("tick %s of %s: %s: %s; trying it again", iso(tick), name, url, exc)
+                return False
             if resp.status_code == 202:
                 log.info("tick %s of %s queued at %s as %s", iso(tick), name, url, rid)
                 return True
