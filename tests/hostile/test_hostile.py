@@ -301,7 +301,7 @@ def test_node_data_dir_and_registry_are_out_of_reach(pop: str, cluster: LocalClu
     pop_dir = data_dir(cluster, "pop-1")
     paths = [
         pop_dir,
-        pop_dir / "registry.json",
+        pop_dir / "registry.db",
         pop_dir / "uids.json",
         pop_dir / "node.toml",
         pop_dir / "node.log",

@@ -84,7 +84,7 @@ class NodeApp:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             verify=verify,
         )
-        self.catalog = Catalog(own / "registry.json", self.keyring)
+        self.catalog = Catalog(own / "registry.db", self.keyring)
         upstreams = [r.url.rstrip("/") for r in cfg.regions] if cfg.role == "pop" else []
         upstreams.append(cfg.control_url.rstrip("/"))
         self.code = CodeCache(
@@ -256,6 +256,7 @@ class NodeApp:
                 self.warmer.save()
             self.journal.flush()
             self.events.close()
+            self.catalog.close()
             await self.pool.close()
             await self.regions.close()
             await self.client.aclose()

@@ -67,7 +67,7 @@ def make(tmp_path: Path, clock: Clock) -> tuple[Warmer, Pool]:
     )
     factory = LoadedFactory()
     pool = Pool(factory, capacity_mb=1024)  # type: ignore[arg-type]
-    catalog = Catalog(tmp_path / "registry.json", Keyring(b"k" * 32))
+    catalog = Catalog(tmp_path / "registry.db", Keyring(b"k" * 32))
     catalog.apply(1, [record("daily")])
     specs = Specs(lambda sha: tmp_path / sha)
     profile = load_profile(cfg, tmp_path / "profile.bin")
