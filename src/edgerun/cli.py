@@ -952,10 +952,15 @@ app.add_typer(dlq_app, name="dlq")
 
 
 def _node_urls(control: str, token: str) -> list[str]:
+    """Every region's and POP's URL the control plane knows (down ones too: what
+    cannot be reached is said, node by node); the local cluster's if it knows none."""
     with _errors(), _client(control, token) as client:
         nodes = client.nodes()
-    urls = [n["url"] for n in nodes if n.get("url") and n.get("state") == "up"]
-    return urls or [n["url"] for n in _state().get("nodes", []) if n.get("role") != "control"]
+    urls = [n["url"] for n in nodes if n.get("url") and not n.get("revoked")]
+    urls = urls or [n["url"] for n in _state().get("nodes", []) if n.get("role") != "control"]
+    if not urls:
+        _fail("no node has told the control plane its URL yet")
+    return urls
 
 
 def _each_node(control: str, token: str, method: str, path: str, **kw: Any) -> list[dict[str, Any]]:
@@ -1078,13 +1083,7 @@ def logs_cmd(
         _fail("--status must be all or error")
     with _errors():
         tail = Tail(parse_since(since, time.time()), name or None, status == "error", follow)
-    with _errors(), _client(control, token) as client:
-        nodes = client.nodes()
-    urls = [n["url"] for n in nodes if n.get("url") and not n.get("revoked")]
-    if not urls:
-        urls = [n["url"] for n in _state().get("nodes", []) if n.get("role") != "control"]
-    if not urls:
-        _fail("no node has told the control plane its URL yet")
+    urls = _node_urls(control, token)
     auth = {"authorization": f"Bearer {_token(token)}"}
     warned: set[str] = set()
     with httpx.Client(headers=auth, timeout=5.0) as http:

@@ -7,6 +7,7 @@ parse HTML or plain-text failures.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -29,6 +30,17 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"type": self.type, "message": self.message, **self.extra}}
+
+
+def error_in(body: bytes) -> dict[str, Any]:
+    """The ``error`` object of a reply :meth:`ApiError.body` made (``type``,
+    ``message``, extras), read back from its JSON; empty for anything else."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return {}
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 def bad_request(message: str) -> ApiError:

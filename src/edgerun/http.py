@@ -93,6 +93,19 @@ def parse_int(raw: str, what: str, *, lo: int, hi: int) -> int:
     return int(raw)
 
 
+FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
+def query_flag(params: Mapping[str, str], key: str, default: bool) -> bool:
+    """Query parameter ``key`` as true/false (1/0); a 400 for anything else."""
+    raw = params.get(key)
+    if raw is None:
+        return default
+    if raw not in FLAG_VALUES:
+        raise bad_request(f"query parameter {key!r} must be true or false, not {raw[:40]!r}")
+    return FLAG_VALUES[raw]
+
+
 def query_int(params: Mapping[str, str], key: str, default: int, *, lo: int, hi: int) -> int:
     """Query parameter ``key`` as a bounded integer (``default`` when absent)."""
     raw = params.get(key)

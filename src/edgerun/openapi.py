@@ -84,6 +84,17 @@ def int_param(name: str, lo: int, hi: int, description: str) -> Schema:
     }
 
 
+def flag_param(name: str, description: str) -> Schema:
+    """A true/false query parameter (:func:`edgerun.http.query_flag`)."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+    }
+
+
 def ecma(pattern: str) -> str:
     r"""A Python regex anchored with ``\Z`` as JSON Schema (ECMA-262) writes it."""
     return pattern.removesuffix(r"\Z") + "$"

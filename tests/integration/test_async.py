@@ -376,3 +376,40 @@ def test_one_functions_backlog_does_not_hold_up_anothers_events(topo: LocalClust
     quick = enqueue(topo, "pop-1", "q-quick", {"n": "quick"})
     wait_for(lambda: runs(topo, "q-quick")[quick] == 1, timeout=20, what="the quick event")
     assert async_stats(topo, "pop-1")["queued"] > 20  # the backlog is still there
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kw", "says"),
+    [
+        ("POST", "/v1/dlq/replay", {"content": b"{nope"}, "JSON"),
+        ("POST", "/v1/dlq/replay", {"json": {"function": "q-fail", "ids": 3}}, "ids"),
+        ("DELETE", "/v1/dlq", {}, "pass function"),
+        ("GET", "/v1/dlq", {"params": {"limit": "5000"}}, "limit"),
+    ],
+)
+def test_malformed_dead_letter_requests_are_clear_400s(
+    topo: LocalCluster, method: str, path: str, kw: dict[str, Any], says: str
+) -> None:
+    resp = httpx.request(method, f"{topo.url('pop-1')}{path}", headers=admin(topo), **kw)
+    assert resp.status_code == 400, resp.text
+    assert says in resp.json()["error"]["message"]
+
+
+def test_an_event_whose_payload_is_not_json_is_refused_before_it_is_queued(
+    topo: LocalCluster,
+) -> None:
+    with Client(topo.control_url, topo.token) as client:
+        deploy_everywhere(topo, client, "q-json", FUNCTIONS / "counter", NODES)
+    resp = httpx.post(
+        f"{topo.url('pop-1')}/v1/functions/q-json/invocations",
+        content=b"{not json",
+        headers={**admin(topo), "x-edgerun-invocation-type": "Event"},
+    )
+    assert resp.status_code == 400
+    assert "not valid JSON" in resp.json()["error"]["message"]
+    logged = httpx.get(
+        f"{topo.url('pop-1')}/v1/logs",
+        params={"function": "q-json", "since": "0", "settled": "false"},
+        headers=admin(topo),
+    ).json()["logs"]
+    assert [(e["status"], e["placement"]) for e in logged] == [(400, "")]  # never "queued"

@@ -264,3 +264,34 @@ def _invoke_code(cluster: LocalCluster, key: dict[str, Any]) -> str:
     except ClientError as exc:
         return str(exc.response["Error"]["Code"])
     return "ok"
+
+
+def test_an_unknown_invocation_type_is_a_clear_400(
+    cluster: LocalCluster, key: dict[str, Any]
+) -> None:
+    resp = httpx.post(
+        f"{cluster.url('pop-1')}/2015-03-31/functions/lam-ctx/invocations",
+        content=b"{}",
+        headers={"authorization": f"Bearer {key['secret']}", "x-amz-invocation-type": "Bogus"},
+    )
+    assert resp.status_code == 400
+    assert resp.headers["x-amzn-errortype"] == "InvalidParameterValueException"
+    assert "RequestResponse" in resp.json()["message"]
+
+
+def test_only_invoke_is_served_under_the_lambda_prefix(
+    cluster: LocalCluster, key: dict[str, Any]
+) -> None:
+    resp = httpx.post(
+        f"{cluster.url('pop-1')}/2015-03-31/functions/lam-ctx/policy",
+        content=b"{}",
+        headers={"authorization": f"Bearer {key['secret']}"},
+    )
+    assert resp.status_code == 404
+    assert resp.headers["x-amzn-errortype"] == "UnknownOperationException"
+
+
+def test_a_payload_that_is_not_json_is_invalid_request_content(aws: Any) -> None:
+    with pytest.raises(ClientError) as err:
+        aws.invoke(FunctionName="lam-ctx", Payload=b"{not json")
+    assert err.value.response["Error"]["Code"] == "InvalidRequestContentException"

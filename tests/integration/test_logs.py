@@ -263,3 +263,22 @@ def test_a_node_may_not_advertise_an_address_other_than_its_own(fleet: LocalClus
     assert resp.status_code == 400
     assert "own address" in resp.json()["error"]["message"]
     assert nodes(fleet)["pop-b"]["url"] == fleet.url("pop-b")
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"since": "yesterday"}, "Unix seconds"),
+        ({"since": "-5"}, "Unix seconds"),
+        ({"status": "bogus"}, "'all' or 'error'"),
+        ({"limit": "0"}, "limit"),
+        ({"settled": "maybe"}, "true or false"),
+        ({"output": "none"}, "true or false"),
+    ],
+)
+def test_a_malformed_log_query_is_a_clear_400(
+    fleet: LocalCluster, params: dict[str, str], says: str
+) -> None:
+    resp = httpx.get(f"{fleet.url('pop-a')}/v1/logs", params=params, headers=admin(fleet))
+    assert resp.status_code == 400
+    assert says in resp.json()["error"]["message"]

@@ -29,8 +29,7 @@ class Fleet:
         self._seen: dict[str, tuple[Heartbeat, float]] = {}
 
     def beat(self, key_id: str, hb: Heartbeat) -> None:
-        """Record a heartbeat (a 400 for one that cannot be a node's)."""
-        check_heartbeat(hb)
+        """Record a heartbeat the caller checked (:func:`check_heartbeat`, :func:`url_points_at`)."""
         self._seen[key_id] = (hb, self.clock())
 
     def forget(self, key_id: str) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import msgspec
 
+from edgerun.dbtx import transaction
 from edgerun.errors import bad_request, not_found
 from edgerun.models import (
     LATEST,
@@ -142,16 +143,8 @@ class SqliteRegistry:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+        with transaction(self._db, self._lock) as cur:
+            yield cur
 
     @staticmethod
     def _bump(cur: sqlite3.Cursor) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edgerun.dbtx import transaction
 from edgerun.errors import bad_request, not_found
 from edgerun.files import write_new
 from edgerun.models import ENV_KEY_RE, RESERVED_ENV_PREFIXES, validate_function_name
@@ -224,16 +225,8 @@ class SecretStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+        with transaction(self._db, self._lock) as cur:
+            yield cur
 
     @staticmethod
     def _bump(cur: sqlite3.Cursor, function: str) -> int:

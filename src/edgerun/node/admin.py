@@ -24,7 +24,7 @@ from starlette.routing import Route
 from edgerun.auth import Kind
 from edgerun.auth.guard import ApiRoute, Need, optional_principal, principal_of, route
 from edgerun.errors import ApiError, bad_request, not_found
-from edgerun.http import decode_json, json_response, query_int, read_body
+from edgerun.http import decode_json, json_response, query_flag, query_int, read_body
 from edgerun.models import SHA256_RE
 from edgerun.node.code_cache import BundleUnavailable
 from edgerun.node.invoke import function_view, init_error
@@ -228,7 +228,8 @@ class _Admin:
         if function and not sees_all:
             principal.check(Kind.READ, function)
         readable = None if sees_all else functools.partial(principal.may, Kind.READ)
-        settled = params.get("settled", "true") not in ("0", "false")
+        settled = query_flag(params, "settled", True)
+        records_only = not query_flag(params, "output", True)  # the dashboard's
         until = None if since is None or not settled else time.time() - SETTLE_S
         node.journal.flush()  # on the loop: the buffer is the loop's
         async with node.log_queries:  # reading files off the loop, two at a time
@@ -251,7 +252,7 @@ class _Admin:
             if readable is not None:
                 there = [e for e in there if readable(e.function)]
             found = sorted(found + there, key=lambda e: e.at)
-        if params.get("output") in ("0", "false"):  # records only (the dashboard)
+        if records_only:
             found = [msgspec.structs.replace(e, output="") for e in found]
         body: dict[str, object] = {"node": node.cfg.name, "logs": found}
         if until is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 import msgspec
 
 from edgerun.auth import KeyEntry, Keyring
+from edgerun.dbtx import transaction
 from edgerun.models import FunctionRecord
 
 log = logging.getLogger("edgerun.node.catalog")
@@ -71,6 +73,7 @@ class Catalog:
         """``time.monotonic()`` of the feed's last answer (0: none yet)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -127,9 +130,7 @@ class Catalog:
         """One batch of the feed: the changed records only, in one transaction."""
         if keys:
             self.keyring.apply(keys)
-        cur = self._db.cursor()
-        cur.execute("BEGIN")
-        try:
+        with transaction(self._db, self._lock) as cur:
             for record in records:
                 if record.deleted:
                     self.functions.pop(record.name, None)
@@ -149,10 +150,6 @@ class Catalog:
                 "INSERT OR REPLACE INTO meta (name, value) VALUES ('revision', ?)",
                 (self.revision,),
             )
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
 
 
 async def follow(

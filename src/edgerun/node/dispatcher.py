@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edgerun.auth import tenant_of
-from edgerun.errors import ApiError
+from edgerun.errors import ApiError, error_in
 from edgerun.node.events import (
     Attempt,
     Event,
@@ -177,7 +176,7 @@ class Dispatcher:
         if reply.status == 200:
             return 200, "", ""
         handler_raised = any(k == FUNCTION_ERROR_HEADER for k, _ in reply.headers)
-        error = _error_of(reply.body)
+        error = error_in(reply.body)
         kind = "Unhandled" if handler_raised else str(error.get("type") or f"HTTP{reply.status}")
         message = str(error.get("message") or reply.body[:2000].decode("utf-8", "replace"))
         if handler_raised:
@@ -208,15 +207,6 @@ class Dispatcher:
                 self._wake.set()
                 return
         await asyncio.to_thread(self.queue.dead, event, reason, attempt)
-
-
-def _error_of(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return {}
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    return error if isinstance(error, dict) else {}
 
 
 def _same_tenant(a: str, b: str) -> bool:

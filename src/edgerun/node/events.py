@@ -30,6 +30,8 @@ from typing import Any
 
 import msgspec
 
+from edgerun.dbtx import transaction
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -146,16 +148,8 @@ class EventQueue:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+        with transaction(self._db, self._lock) as cur:
+            yield cur
 
     # --- the queue ---------------------------------------------------------
     def put(

@@ -81,11 +81,8 @@ class Front:
             checked = self.check(req)
             body = await self._body(req, receive)
             reply = await self.invoke(req, body, checked)
-        except ApiError as exc:
-            reply = _error_reply(exc)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), path)
-            reply = _error_reply(ApiError(500, "InternalError", "internal error"))
+        except Exception as exc:
+            reply = _failure_reply(exc, scope, path)
         await _send(send, reply)
 
     async def _lambda(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -95,11 +92,8 @@ class Front:
             reply = await self.lambda_api(
                 scope["method"], path, req, lambda r: self._body(r, receive)
             )
-        except ApiError as exc:
-            reply = _error_reply(exc)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), path)
-            reply = _error_reply(ApiError(500, "InternalError", "internal error"))
+        except Exception as exc:
+            reply = _failure_reply(exc, scope, path)
         await _send(send, reply)
 
     async def _body(self, req: Incoming, receive: Receive) -> bytes:
@@ -162,6 +156,14 @@ def _head(scope: Scope, trigger: Literal["http", "direct"], target: str, fn_path
         headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
         client=scope["client"][0] if scope.get("client") else "",
     )
+
+
+def _failure_reply(exc: Exception, scope: Scope, path: str) -> Reply:
+    """The JSON error one of edgerun's refusals, or a bug, becomes."""
+    if isinstance(exc, ApiError):
+        return _error_reply(exc)
+    log.error("unhandled error on %s %s", scope.get("method"), path, exc_info=exc)
+    return _error_reply(ApiError(500, "InternalError", "internal error"))
 
 
 def _error_reply(exc: ApiError) -> Reply:

@@ -11,16 +11,15 @@ refusals carry Lambda's error types in ``x-amzn-ErrorType``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import msgspec
 
 from edgerun.auth import Kind, Principal, sigv4
-from edgerun.errors import ApiError
+from edgerun.errors import ApiError, error_in
 from edgerun.node.invoke import (
     FUNCTION_ERROR_HEADER,
     INVOCATION_TYPE_HEADER,
@@ -203,7 +202,7 @@ def _as_lambda(reply: Reply) -> Reply:
         return Reply(200, headers + extra, reply.body)
     if reply.status == 202:  # queued: Lambda answers an Event with no body
         return Reply(202, [(k, v) for k, v in headers if k != "content-type"], b"")
-    error = _error_of(reply.body)
+    error = error_in(reply.body)
     if any(k == FUNCTION_ERROR_HEADER for k, _ in reply.headers):
         body = {
             "errorMessage": error.get("message", ""),
@@ -220,12 +219,3 @@ def _as_lambda(reply: Reply) -> Reply:
     out = err.reply()
     out.headers += [(k, v) for k, v in headers if k.startswith("x-edgerun-")]
     return out
-
-
-def _error_of(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return {}
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    return error if isinstance(error, dict) else {}

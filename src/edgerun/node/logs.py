@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -184,23 +185,10 @@ class Journal:
                 continue
 
     # --- reading -----------------------------------------------------------
-    def find(
-        self,
-        *,
-        request_id: str | None = None,
-        function: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        errors: bool = False,
-        readable: Callable[[str], bool] | None = None,
-        limit: int = 100,
-    ) -> list[LogEntry]:
-        """:meth:`flush`, then :meth:`search` (both on the caller's thread)."""
+    def find(self, **filters: Any) -> list[LogEntry]:
+        """:meth:`flush`, then :meth:`search` with these filters (on the caller's thread)."""
         self.flush()
-        return self.search(
-            request_id=request_id, function=function, since=since, until=until,
-            errors=errors, readable=readable, limit=limit,
-        )  # fmt: skip
+        return self.search(**filters)
 
     def search(
         self,

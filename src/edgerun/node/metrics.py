@@ -536,6 +536,8 @@ def _combine(rule: str, vals: list[float]) -> float:
 # --- the other workers ------------------------------------------------------------
 SOCKET_NAME = "metrics.sock"
 PEER_TIMEOUT_S = 2.0
+MAX_PEER_SNAPSHOT = 16 << 20
+"""A worker's snapshot is a few hundred KB at most (label sets are capped)."""
 
 
 def _short(path: Path) -> tuple[str, int | None]:
@@ -613,7 +615,14 @@ class Peers:
                     if fd is not None:
                         os.close(fd)
                 try:
-                    return await reader.read()
+                    chunks: list[bytes] = []
+                    size = 0
+                    while chunk := await reader.read(1 << 16):  # to EOF, within the cap
+                        size += len(chunk)
+                        if size > MAX_PEER_SNAPSHOT:
+                            raise OSError("a snapshot larger than MAX_PEER_SNAPSHOT")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
                 finally:
                     writer.close()
         except (OSError, TimeoutError) as exc:

@@ -27,6 +27,7 @@ from edgerun.openapi import (
     Paths,
     document,
     ecma,
+    flag_param,
     int_param,
     json_content,
     string_param,
@@ -396,25 +397,14 @@ def openapi_document() -> dict[str, Any]:
                 "description": "only entries after this time (Unix seconds)",
                 "schema": {"type": "number", "minimum": 0, "maximum": 1e11},
             },
-            {
-                "name": "status",
-                "in": "query",
-                "schema": {"type": "string", "enum": ["all", "error"]},
-            },
+            string_param("status", "query", enum=["all", "error"]),
             int_param("limit", 1, 1000, "at most this many entries"),
-            {
-                "name": "settled",
-                "in": "query",
-                "description": "false: up to now (a snapshot), not only up to `until` "
-                "(what a follower needs: entries still in a worker's buffer come later)",
-                "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
-            },
-            {
-                "name": "output",
-                "in": "query",
-                "description": "false: leave what functions printed out (records only)",
-                "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
-            },
+            flag_param(
+                "settled",
+                "false: up to now (a snapshot), not only up to `until` (what a follower "
+                "needs: entries still in a worker's buffer come later)",
+            ),
+            flag_param("output", "false: leave what functions printed out (records only)"),
         ],
     )
     p.add(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgerun.control.fleet import Fleet, url_points_at
+from edgerun.control.fleet import Fleet, check_heartbeat, url_points_at
 from edgerun.errors import ApiError
 from edgerun.models import Heartbeat
 
@@ -59,7 +59,7 @@ def test_the_view_carries_the_url_role_and_revision() -> None:
 )
 def test_a_heartbeat_that_cannot_be_a_nodes_is_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ApiError) as err:
-        Fleet().beat("k1", beat(**bad))
+        check_heartbeat(beat(**bad))
     assert err.value.status == 400
 
 
