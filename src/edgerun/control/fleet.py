@@ -29,7 +29,8 @@ class Fleet:
         self._seen: dict[str, tuple[Heartbeat, float]] = {}
 
     def beat(self, key_id: str, hb: Heartbeat) -> None:
-        """Record a heartbeat the caller checked (:func:`check_heartbeat`, :func:`url_points_at`)."""
+        """Record a heartbeat the caller has checked (:func:`check_heartbeat` and
+        :func:`url_points_at`)."""
         self._seen[key_id] = (hb, self.clock())
 
     def forget(self, key_id: str) -> None:
