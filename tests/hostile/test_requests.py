@@ -187,7 +187,7 @@ def test_init_errors_do_not_show_exception_text_to_callers(cluster: LocalCluster
             f"{pop}/v1/logs", params={"request_id": request_id}, headers=admin(cluster)
         )
         assert "hunter2" in logs.text
-    status = httpx.get(f"{pop}/v1/status", headers=admin(cluster)).json()
+    status = httpx.get(f"{pop}/v1/status", params={"limit": 1000}, headers=admin(cluster)).json()
     assert "hunter2" in str(status["functions"]["leaky-init"]["init_errors"])
 
 

@@ -1,6 +1,7 @@
 """Code is collected: versions beyond the newest N that no alias points at, and
 deleted functions, lose their bundles on the control plane and every node,
-except where a live sandbox still uses them."""
+except where a live sandbox still uses them. Regions hold the code of every
+alias; a POP only the code it ran."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.integration.conftest import admin, deploy_folder, invoke, wait_for
 
 pytestmark = pytest.mark.integration
 
-NODES = ("pop-1", "region-1", "region-2")
+REGIONS = ("region-1", "region-2")
 RETAIN = 3  # the control plane's default retain_versions
 
 
@@ -31,7 +32,7 @@ def _zip_on_control(cluster: LocalCluster, bundle: str) -> bool:
 
 
 def _everywhere(cluster: LocalCluster, bundle: str) -> Callable[[], bool]:
-    return lambda: all(_code_on(cluster, n, bundle) for n in NODES)
+    return lambda: all(_code_on(cluster, n, bundle) for n in REGIONS)
 
 
 def _deploy(client: Client, folder: Path, name: str, n: int) -> tuple[str, str]:
@@ -60,9 +61,9 @@ def test_versions_beyond_the_newest_n_without_alias_are_collected(
     v1, b1 = _deploy(client, tmp_path, name, 1)
     client.set_alias(name, "prod", v1)
     v2, b2 = _deploy(client, tmp_path, name, 2)
-    # Nodes prefetch what aliases point at: put v2's code everywhere, then unalias it.
+    # Regions prefetch what aliases point at: put v2's code on both, then unalias it.
     client.set_alias(name, "tmp", v2)
-    wait_for(_everywhere(cluster, b2), what="every node to prefetch v2")
+    wait_for(_everywhere(cluster, b2), what="every region to prefetch v2")
     # v2 runs in a sandbox on region-1, which stays warm there.
     out = invoke(cluster.url("region-1"), name, {}, qualifier=v2)
     assert out.status == 200 and out.json() == 2
@@ -82,14 +83,10 @@ def test_versions_beyond_the_newest_n_without_alias_are_collected(
     assert set(client.get(name).versions) == {v1} | {vid for vid, _ in newer}
     assert not _zip_on_control(cluster, b2)
     assert _zip_on_control(cluster, b1)
-    wait_for(
-        lambda: not _code_on(cluster, "region-2", b2) and not _code_on(cluster, "pop-1", b2),
-        timeout=5,
-        what="nodes to remove v2's code",
-    )
+    wait_for(lambda: not _code_on(cluster, "region-2", b2), timeout=5, what="region-2 to remove v2")
     # A live (idle, warm) sandbox of v2 on region-1 keeps its code there.
     assert _code_on(cluster, "region-1", b2)
-    for node in NODES:
+    for node in REGIONS:
         assert _code_on(cluster, node, b1), node
 
 
@@ -98,20 +95,49 @@ def test_a_deleted_functions_code_is_collected_everywhere(
 ) -> None:
     name = "short-lived"
     _vid, bundle = _deploy(client, tmp_path, name, 1)
-    wait_for(_everywhere(cluster, bundle), what="every node to prefetch it")
+    wait_for(_everywhere(cluster, bundle), what="every region to prefetch it")
 
     client.delete(name)
 
     assert not _zip_on_control(cluster, bundle)
     wait_for(
-        lambda: not any(_code_on(cluster, n, bundle) for n in NODES),
+        lambda: not any(_code_on(cluster, n, bundle) for n in REGIONS),
         timeout=5,
-        what="every node to remove its code",
+        what="every region to remove its code",
     )
 
 
+def test_a_pop_holds_only_the_code_it_ran_until_the_function_goes(
+    cluster: LocalCluster, client: Client, tmp_path: Path
+) -> None:
+    _vid, ran_bundle = _deploy_at_edge(client, tmp_path / "ran", "pop-ran")
+    _idle, idle_bundle = _deploy_at_edge(client, tmp_path / "idle", "pop-idle")
+    wait_for(_everywhere(cluster, ran_bundle), what="the regions to prefetch it")
+    wait_for(_everywhere(cluster, idle_bundle), what="the regions to prefetch it")
+    assert not _code_on(cluster, "pop-1", ran_bundle)
+
+    out = invoke(cluster.url("pop-1"), "pop-ran", {})
+
+    assert out.status == 200 and out.placement == "local-cold"
+    assert _code_on(cluster, "pop-1", ran_bundle)
+    assert not _code_on(cluster, "pop-1", idle_bundle), "never ran there: never fetched"
+    client.delete("pop-ran")
+    wait_for(
+        lambda: not _code_on(cluster, "pop-1", ran_bundle),
+        timeout=5,
+        what="pop-1 to remove the deleted function's code",
+    )
+
+
+def _deploy_at_edge(client: Client, folder: Path, name: str) -> tuple[str, str]:
+    folder.mkdir()
+    (folder / "main.py").write_text(f"# {name}\ndef handler(event, context):\n    return 1\n")
+    vid = deploy_folder(client, name, folder, handler="main.handler", placement="edge")
+    return vid, client.get(name).versions[vid].bundle_sha256
+
+
 def test_status_reports_the_disk_the_code_cache_uses(cluster: LocalCluster) -> None:
-    for node in NODES:
+    for node in ("pop-1", *REGIONS):
         body = httpx.get(f"{cluster.url(node)}/v1/status", headers=admin(cluster), timeout=5).json()
         usage = body["code_cache"]
         assert usage["used_mb"] >= 0

@@ -89,7 +89,9 @@ def https(pki: Pki) -> Iterator[httpx.Client]:
 
 
 def status(cluster: LocalCluster, https: httpx.Client, node: str) -> dict[str, Any]:
-    resp = https.get(f"{cluster.url(node)}/v1/status", headers=admin(cluster))
+    resp = https.get(
+        f"{cluster.url(node)}/v1/status", params={"limit": 1000}, headers=admin(cluster)
+    )
     resp.raise_for_status()
     return resp.json()  # type: ignore[no-any-return]
 

@@ -103,6 +103,12 @@ def tenant_of(function: str) -> str:
     return tenant if sep else DEFAULT_TENANT
 
 
+def tenant_prefix(tenant: str) -> str:
+    """What the names of ``tenant``'s functions start with ("" for the default
+    tenant, whose names have no dot; so its listings also pass other tenants')."""
+    return "" if tenant == DEFAULT_TENANT else tenant + "."
+
+
 def short_name(function: str) -> str:
     _, sep, short = function.partition(".")
     return short if sep else function

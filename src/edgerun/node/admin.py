@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import functools
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -21,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edgerun.auth import Kind
+from edgerun.auth import Kind, Principal
 from edgerun.auth.guard import ApiRoute, Need, optional_principal, principal_of, route
+from edgerun.auth.scopes import tenant_prefix
 from edgerun.errors import ApiError, bad_request, not_found
 from edgerun.http import decode_json, json_response, query_flag, query_int, read_body
-from edgerun.models import SHA256_RE
+from edgerun.models import SHA256_RE, FunctionRecord
 from edgerun.node.code_cache import BundleUnavailable
 from edgerun.node.invoke import function_view, init_error
 from edgerun.node.logs import SETTLE_S, LogEntry
@@ -94,6 +96,35 @@ def api_routes(node: NodeApp) -> list[ApiRoute]:
     return [ApiRoute(m, path, need, getattr(admin, attr)) for m, path, need, attr in ROUTES]
 
 
+_SCAN_PAGES = 10
+"""A status page reads at most this many pages' worth of records to fill itself."""
+
+
+def _readable_page(
+    node: NodeApp, principal: Principal, params: Mapping[str, str]
+) -> tuple[list[FunctionRecord], str | None]:
+    """A page of the functions ``principal`` may read, by name, and the name to go
+    on after (None: no more). A node may know 100k functions: the page is read
+    from the registry copy in order, and the scan is bounded (a short page with a
+    ``next`` when a key may read few of the names it passes)."""
+    limit = query_int(params, "limit", 100, lo=1, hi=1000)
+    cursor = params.get("after", "")
+    everything = principal.is_cluster_admin or principal.is_observer
+    prefix = "" if everything else tenant_prefix(principal.tenant)
+    page: list[FunctionRecord] = []
+    for _ in range(_SCAN_PAGES):
+        batch = node.catalog.page(after=cursor, limit=limit + 1, prefix=prefix)
+        for fn in batch:
+            if everything or principal.may(Kind.READ, fn.name):
+                if len(page) == limit:
+                    return page, page[-1].name
+                page.append(fn)
+            cursor = fn.name
+        if len(batch) <= limit:
+            return page, None
+    return page, cursor
+
+
 def _workers(node: NodeApp) -> dict[str, object]:
     """Which worker answered, and what each worker of the node holds of its one budget."""
     seat = node.seat
@@ -144,10 +175,10 @@ class _Admin:
         """The cluster admin sees the whole node; any other key, its readable functions."""
         node = self.node
         principal = principal_of(request)
+        page, more = _readable_page(node, principal, request.query_params)
         functions = {}
-        for name, fn in sorted(node.catalog.functions.items()):
-            if not (principal.is_observer or principal.may(Kind.READ, name)):
-                continue
+        for fn in page:
+            name = fn.name
             functions[name] = {
                 "aliases": fn.aliases,
                 "code_cached": sorted(
@@ -158,8 +189,13 @@ class _Admin:
                     for sha, err in node.init_errors.shown(name).items()
                 },
             }
-        placements = [r for r in node.counters.rows() if r["function"] in functions]
-        if not (principal.is_cluster_admin or principal.is_observer):
+        everything = principal.is_cluster_admin or principal.is_observer
+        placements = [
+            r
+            for r in node.counters.rows()
+            if everything or principal.may(Kind.READ, str(r["function"]))
+        ]
+        if not everything:
             return json_response(
                 {
                     "node": node.cfg.name,
@@ -168,6 +204,7 @@ class _Admin:
                     "synced": node.catalog.synced,
                     "functions": functions,
                     "placements": placements,
+                    "next": more,
                 }
             )
         return json_response(
@@ -193,6 +230,7 @@ class _Admin:
                 "placements": placements,
                 "workers": _workers(node),
                 "async": await asyncio.to_thread(node.events.stats),
+                "next": more,
             }
         )
 

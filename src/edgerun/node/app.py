@@ -27,7 +27,7 @@ from edgerun.http import EXCEPTION_HANDLERS
 from edgerun.models import FunctionRecord
 from edgerun.node import admin
 from edgerun.node.catalog import Catalog, follow
-from edgerun.node.code_cache import BundleUnavailable, CodeCache
+from edgerun.node.code_cache import CodeCache
 from edgerun.node.dispatcher import Dispatcher
 from edgerun.node.events import EventQueue
 from edgerun.node.front import Front
@@ -229,6 +229,7 @@ class NodeApp:
             asyncio.create_task(self._reap_forever()),
             asyncio.create_task(self._flush_logs_forever()),
             asyncio.create_task(self.dispatcher.run_forever()),
+            asyncio.create_task(self.code.prefetch_forever()),
         ]
         self._first_to_stop = [self._tasks[0]]  # follow()
         if self.seat is None or self.seat.index == 0:  # one heartbeat per node
@@ -277,33 +278,54 @@ class NodeApp:
     ) -> Reply:
         return await self.lambda_invoke(method, path, req, read)
 
-    async def _on_change(self, records: list[FunctionRecord]) -> None:
-        """Stop what deleted functions still run, then prefetch what aliases point at."""
+    async def _on_change(self, records: list[FunctionRecord], unreferenced: set[str]) -> None:
+        """Stop what deleted functions still run, drop code nothing refers to, and
+        (a region) queue the code aliases point at: a region keeps everything its
+        POPs may forward, while a POP fetches code when it first runs it here, or
+        ahead of a peak its time-of-day profile expects (the warmer)."""
         deleted = [r.name for r in records if r.deleted]
         if deleted:
             await asyncio.gather(*(self._stop_function(name) for name in deleted))
-        await self._prefetch([r for r in records if not r.deleted])
-        self.collect_code()
+        if self.cfg.role == "region":
+            self.code.want(
+                r.versions[vid].bundle_sha256
+                for r in records
+                if not r.deleted
+                for vid in set(r.aliases.values())
+                if vid in r.versions
+            )
+        if unreferenced:
+            self.code.unwant(unreferenced)
+            self.collect_code(unreferenced)
 
-    def collect_code(self) -> list[str]:
-        """Remove bundles no version in the registry refers to, unless a sandbox,
-        a zygote or a fetch still uses them; returns the removed hashes. Only once
-        the registry copy is in sync: a node serving from a stale copy keeps all."""
+    def collect_code(self, candidates: set[str] | None = None) -> list[str]:
+        """Remove bundles no version in the registry refers to (of ``candidates``, or
+        of all on disk), unless a sandbox, a zygote or a fetch still uses them;
+        returns the removed hashes. Only once the registry copy is in sync: a node
+        serving from a stale copy keeps all."""
+        on_disk = self.code.cached()
+        if candidates is not None:
+            on_disk &= candidates
+        return self._collect(on_disk, self.catalog.referenced(on_disk))
+
+    async def collect_all_code(self) -> list[str]:
+        """:meth:`collect_code` over every bundle on disk, the index read in a thread
+        (a region holds every bundle of the cluster)."""
+        on_disk = self.code.cached()
+        return self._collect(on_disk, await asyncio.to_thread(self.catalog.referenced, on_disk))
+
+    def _collect(self, on_disk: set[str], referenced: set[str]) -> list[str]:
         if not self.catalog.synced:
             return []
         in_use = self._code_in_use()
         if in_use is None:
             return []  # a live version whose code is unknown: remove nothing
-        keep = {
-            v.bundle_sha256 for fn in self.catalog.functions.values() for v in fn.versions.values()
-        }
-        keep |= in_use | self.code.inflight()
-        removed = sorted(self.code.cached() - keep)
+        removed = sorted(on_disk - referenced - in_use - self.code.inflight())
         for sha in removed:
             self.code.remove(sha)
-        self.specs.keep_bundles(keep)
+        self.specs.drop_bundles(set(removed))
         if removed:
-            log.info("collected %d bundle(s): %s", len(removed), [s[:12] for s in removed])
+            log.info("collected %d bundle(s): %s", len(removed), [s[:12] for s in removed[:20]])
         return removed
 
     def _code_in_use(self) -> set[str] | None:
@@ -326,27 +348,10 @@ class NodeApp:
         self.secrets.forget(name)
         self.init_errors.forget(name)
 
-    async def _prefetch(self, records: list[FunctionRecord]) -> None:
-        """Fetch the code every alias points at, so the first request is not slowed."""
-        for record in records:
-            for vid in set(record.aliases.values()):
-                version = record.versions.get(vid)
-                if version is None:
-                    continue
-                sha = version.bundle_sha256
-                if not self.code.ready(sha):
-                    self._spawn(self._prefetch_one(sha))
-
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _prefetch_one(self, sha: str) -> None:
-        try:
-            await self.code.ensure(sha, prefetch=True)
-        except (BundleUnavailable, ApiError) as exc:
-            log.warning("prefetch of %s failed: %s", sha[:12], exc)
 
     async def _reap_forever(self) -> None:
         while True:
@@ -354,7 +359,7 @@ class NodeApp:
             await self.pool.reap_idle()
             if await self.factory.reap_idle():
                 self.pool.wake()  # zygote memory came free: waiters may fit now
-            self.collect_code()
+            await self.collect_all_code()
 
     async def _flush_logs_forever(self) -> None:
         while True:

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -115,6 +115,9 @@ class CodeCache:
         self.fetches: dict[str, int] = {"ok": 0, "failed": 0}
         """Downloads (cache misses) by result, and their bytes, for /metrics."""
         self.fetched_bytes = 0
+        self._queued: dict[str, None] = {}
+        """Prefetches waiting for :meth:`prefetch_forever` (an ordered set)."""
+        self._queue_changed = asyncio.Event()
         self._code_root.mkdir(parents=True, exist_ok=True)
         found = set()
         for p in self._code_root.iterdir():
@@ -241,6 +244,44 @@ class CodeCache:
             self._inflight[sha] = fut
             fut.add_done_callback(lambda _f: self._done(sha))
         return await asyncio.shield(fut)
+
+    def want(self, shas: Iterable[str]) -> None:
+        """Queue prefetches (a region: the code its POPs may forward), fetched a few
+        at a time by :meth:`prefetch_forever` so a burst of deploys never floods
+        the node with downloads."""
+        for sha in shas:
+            if sha not in self._ready and sha not in self._inflight:
+                self._queued[sha] = None
+        if self._queued:
+            self._queue_changed.set()
+
+    def unwant(self, shas: Iterable[str]) -> None:
+        for sha in shas:
+            self._queued.pop(sha, None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    async def prefetch_forever(self, concurrency: int = 2) -> None:
+        await asyncio.gather(*(self._prefetch_worker() for _ in range(concurrency)))
+
+    async def _prefetch_worker(self) -> None:
+        while True:
+            while not self._queued:
+                self._queue_changed.clear()
+                await self._queue_changed.wait()
+            sha = next(iter(self._queued))
+            del self._queued[sha]
+            if self.ready(sha):
+                continue
+            try:
+                await self.ensure(sha, prefetch=True)
+            except CodeCacheFull as exc:
+                log.warning("prefetching stopped, %d left: %s", len(self._queued), exc.message)
+                self._queued.clear()  # the rest is fetched when asked for
+            except (BundleUnavailable, ApiError) as exc:
+                log.warning("prefetch of %s failed: %s", sha[:12], exc)
 
     def _done(self, sha: str) -> None:
         self._inflight.pop(sha, None)

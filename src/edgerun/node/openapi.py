@@ -139,6 +139,8 @@ class TenantStatus(_Closed):
     synced: bool
     functions: dict[str, FunctionStatus]
     placements: list[PlacementCount]
+    next: str | None = None
+    """More functions after this name: ask again with ``after`` set to it."""
 
 
 class WorkerBudget(_Closed):
@@ -199,6 +201,7 @@ class AdminStatus(_Closed):
     placements: list[PlacementCount]
     workers: WorkersView
     async_: AsyncStats = msgspec.field(name="async")
+    next: str | None = None
 
 
 class PoolVersion(_Closed):
@@ -358,8 +361,12 @@ def openapi_document() -> dict[str, Any]:
         "GET",
         "/v1/status",
         "The node as the key may see it: the cluster admin all of it, other keys their "
-        "readable functions",
+        "readable functions (a page of them, by name)",
         {"200": json_content({"anyOf": [admin_status, tenant_status]}, "Status")},
+        params=[
+            string_param("after", "query", description="the previous page's next"),
+            int_param("limit", 1, 1000, "functions per page (default 100)"),
+        ],
     )
     p.add(
         "GET",

@@ -122,6 +122,8 @@ class Specs:
         for key in [k for k in self._specs if k[0] == function]:
             del self._specs[key]
 
-    def keep_bundles(self, keep: set[str]) -> None:
-        for vid in [v for v, sha in self.bundle_of.items() if sha not in keep]:
-            del self.bundle_of[vid]
+    def drop_bundles(self, removed: set[str]) -> None:
+        """Forget versions whose code was removed from disk."""
+        if removed:
+            for vid in [v for v, sha in self.bundle_of.items() if sha in removed]:
+                del self.bundle_of[vid]

@@ -6,14 +6,19 @@ import sqlite3
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from edgerun.auth import KeyEntry, Keyring
 from edgerun.models import FunctionConfig, FunctionRecord, Version
 from edgerun.node.catalog import Catalog
 
 
-def record(name: str, revision: int = 1, deleted: bool = False) -> FunctionRecord:
-    v = Version(sha256="a" * 64, handler="main.handler", size=1, created_at=0.0)
+def record(
+    name: str, revision: int = 1, deleted: bool = False, bundle: str = "b" * 64
+) -> FunctionRecord:
+    v = Version(
+        sha256="a" * 64, handler="main.handler", size=1, created_at=0.0, bundle_sha256=bundle
+    )
     return FunctionRecord(
         name=name, config=FunctionConfig(), versions={v.sha256: v},
         aliases={"latest": v.sha256}, created_at=0.0, updated_at=0.0, revision=revision,
@@ -25,8 +30,12 @@ def key(key_id: str) -> KeyEntry:
     return KeyEntry(id=key_id, tenant="default", scopes=["invoke"], digest="d" * 64, name="k")
 
 
-def open_catalog(path: Path) -> Catalog:
-    return Catalog(path / "registry.db", Keyring(b"k" * 32))
+def open_catalog(path: Path, **kw: int) -> Catalog:
+    return Catalog(path / "registry.db", Keyring(b"k" * 32), **kw)
+
+
+def names(catalog: Catalog) -> set[str]:
+    return {r.name for r in catalog.page(limit=1000)}
 
 
 def test_functions_keys_and_revision_survive_a_restart(tmp_path: Path) -> None:
@@ -36,7 +45,8 @@ def test_functions_keys_and_revision_survive_a_restart(tmp_path: Path) -> None:
     first.close()
 
     again = open_catalog(tmp_path)
-    assert set(again.functions) == {"a"}
+    assert names(again) == {"a"} and again.get("b") is None
+    assert again.get("a") == record("a")
     assert again.revision == 8
     assert again.keyring.get("k1") is not None
 
@@ -46,7 +56,7 @@ def test_one_change_writes_one_row_however_many_functions(tmp_path: Path) -> Non
     catalog.apply(1, [record(f"f{i}") for i in range(2000)])
     before = catalog._db.total_changes
     catalog.apply(2, [record("f7", revision=2)])
-    assert catalog._db.total_changes - before == 2  # the record and the revision
+    assert catalog._db.total_changes - before == 2  # the record and the revision (same code)
 
 
 def test_a_json_copy_of_an_earlier_release_is_migrated_once(tmp_path: Path) -> None:
@@ -54,7 +64,8 @@ def test_a_json_copy_of_an_earlier_release_is_migrated_once(tmp_path: Path) -> N
     (tmp_path / "registry.json").write_bytes(msgspec.json.encode(snapshot))
 
     catalog = open_catalog(tmp_path)
-    assert set(catalog.functions) == {"old"} and catalog.revision == 5
+    assert names(catalog) == {"old"} and catalog.revision == 5
+    assert catalog.referenced({"b" * 64}) == {"b" * 64}
     assert not (tmp_path / "registry.json").exists()
 
 
@@ -66,10 +77,85 @@ def test_an_unreadable_row_makes_the_node_follow_the_feed_from_zero(tmp_path: Pa
         db.execute("UPDATE functions SET record = x'00ff' WHERE name = 'b'")
 
     again = open_catalog(tmp_path)
+    assert again.revision == 9 and again.get("a") is not None
+    assert again.get("b") is None
     assert again.revision == 0  # so every record comes again
-    assert set(again.functions) == {"a"}
+    assert open_catalog(tmp_path).revision == 0  # and after a restart too
 
 
 def test_the_file_is_for_the_node_only(tmp_path: Path) -> None:
     open_catalog(tmp_path)
     assert (tmp_path / "registry.db").stat().st_mode & 0o077 == 0
+
+
+def test_a_restart_reads_no_record_until_asked(tmp_path: Path) -> None:
+    first = open_catalog(tmp_path)
+    first.apply(3, [record(f"f{i}") for i in range(50)])
+    first.close()
+
+    again = open_catalog(tmp_path)
+    assert len(again._cache) == 0 and again.count() == 50
+    assert again.get("f7") == record("f7")
+
+
+def test_memory_holds_only_the_most_recently_used_records(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path, cache_records=3)
+    catalog.apply(1, [record(f"f{i}") for i in range(10)])
+    for i in range(10):
+        assert catalog.get(f"f{i}") == record(f"f{i}")
+    catalog.get("f7")
+    assert list(catalog._cache) == ["f8", "f9", "f7"]
+
+
+def test_a_change_replaces_the_cached_record(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    catalog.apply(1, [record("a", bundle="1" * 64)])
+    assert catalog.get("a") is not None
+    catalog.apply(2, [record("a", revision=2, bundle="2" * 64)])
+    got = catalog.get("a")
+    assert got is not None and got.revision == 2
+    catalog.apply(3, [record("a", revision=3, deleted=True)])
+    assert catalog.get("a") is None
+
+
+def test_a_bundle_is_unreferenced_once_no_function_runs_it(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    x, y = "1" * 64, "2" * 64
+    assert catalog.apply(1, [record("a", bundle=x), record("b", bundle=x)]) == set()
+    assert catalog.apply(2, [record("a", revision=2, deleted=True)]) == set()
+    assert catalog.referenced({x, y}) == {x}
+    assert catalog.apply(3, [record("b", revision=3, bundle=y)]) == {x}
+    assert catalog.referenced({x, y}) == {y}
+
+
+@pytest.mark.anyio
+async def test_applying_off_the_loop_gives_the_same_copy(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    catalog.get("a")
+    gone = await catalog.apply_async(4, [record("a"), record("b")], [key("k1")])
+    assert gone == set() and catalog.revision == 4
+    assert catalog.get("a") == record("a") and catalog.keyring.get("k1") is not None
+    assert await catalog.apply_async(5, [record("a", 5, deleted=True), record("b", 5, True)]) == {
+        "b" * 64
+    }
+    assert catalog.get("a") is None and names(catalog) == set()
+
+
+def test_pages_follow_names_within_a_prefix(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    catalog.apply(1, [record(n) for n in ("a", "t.x", "t.y", "t.z", "u.a")])
+    assert [r.name for r in catalog.page(prefix="t.", limit=2)] == ["t.x", "t.y"]
+    assert [r.name for r in catalog.page(prefix="t.", after="t.y")] == ["t.z"]
+    assert [r.name for r in catalog.page(after="t.z")] == ["u.a"]
+
+
+def test_a_copy_from_before_the_bundle_index_is_indexed_once(tmp_path: Path) -> None:
+    first = open_catalog(tmp_path)
+    first.apply(2, [record("a", bundle="3" * 64)])
+    first.close()
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        db.execute("DELETE FROM bundles")
+        db.execute("DELETE FROM meta WHERE name = 'schema'")
+
+    again = open_catalog(tmp_path)
+    assert again.referenced({"3" * 64}) == {"3" * 64}

@@ -1,0 +1,417 @@
+"""Scale in functions: one ``edgerun up`` topology (control, two regions, two POPs)
+taken to 1k, 10k and 100k tiny functions through the SDK, as a user would.
+
+    .venv/bin/python bench/scale_bench.py [--steps 1000,10000,100000]
+        [--threads 8] [--probes 20] [--keep DIR]
+
+At each step it reports:
+
+- deploys/s (each function its own bundle: upload, then PUT);
+- deploy -> invocable at every POP (p50/p99): after the step, ``--probes`` new
+  functions are deployed one at a time, and each POP is called until it answers
+  200; the clock starts when the deploy call returns;
+- per node: RSS of its process tree, its data folder on disk, code bundles on
+  disk, and the feed lag (control revision minus the node's) at the end of the
+  deploys, plus how long the slowest node took to catch up;
+- ``/v1/health`` latency of every node, sampled every 0.25 s throughout (p50,
+  p99, max), i.e. while the nodes catch up.
+
+At the start and after the last step it times starting the topology (until every
+node is healthy and, after the last step, in sync with the control plane and a
+probe answers at every POP) and stopping it (SIGINT until no process is left).
+The baseline in the same run is the first step: the figures at 10k and 100k are
+also given as ratios to those at 1k. Ends with one JSON line.
+
+Runs on the built-in topology's ports (8700-8721), so nothing else may hold them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgerun.client import Client
+from edgerun.models import FunctionConfig
+
+CONTROL = "http://127.0.0.1:8700"
+NODES = {
+    "region-1": "http://127.0.0.1:8710",
+    "region-2": "http://127.0.0.1:8711",
+    "pop-1": "http://127.0.0.1:8720",
+    "pop-2": "http://127.0.0.1:8721",
+}
+POPS = ["pop-1", "pop-2"]
+CONFIG = FunctionConfig(handler="main.handler")
+
+
+def bundle(name: str) -> bytes:
+    """A tiny function whose code differs per name (a bundle of its own)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(
+            "main.py", f"NAME = {name!r}\n\ndef handler(event, context):\n    return NAME\n"
+        )
+    return buf.getvalue()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# --- processes -----------------------------------------------------------------
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in found:
+            found.add(p)
+            todo += children(p)
+    return found
+
+
+def alive(pids: set[int]) -> bool:
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            return True
+    return False
+
+
+def rss_mb(pids: set[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def node_pids(up_pid: int) -> dict[str, set[int]]:
+    """Each node's process tree, found by the node's name in its command line."""
+    found: dict[str, set[int]] = {}
+    for pid in children(up_pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = b" ".join(cmd).decode(errors="replace")
+        for name in ["control", *NODES]:
+            if f"/{name}/" in text or text.endswith(f"/{name}"):
+                found[name] = tree(pid)
+    return found
+
+
+def du_mb(path: Path) -> float:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                continue
+    return total / (1 << 20)
+
+
+def bundles_on_disk(node_dir: Path) -> int:
+    return sum(1 for p in node_dir.rglob("code/*") if len(p.name) == 64)
+
+
+# --- the topology --------------------------------------------------------------
+class Topology:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, revision: int = 0, probe: str = "") -> float:
+        """Start ``edgerun up``; seconds until every node is healthy (and at
+        ``revision``, and ``probe`` answers at every POP)."""
+        env = {**os.environ, "EDGERUN_HOME": str(self.home)}
+        began = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgerun", "up", "--data-dir", str(self.home / "cluster")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + 300
+        with httpx.Client(timeout=2) as http:
+            pending = {"control": CONTROL, **NODES}
+            while pending:
+                for name, url in list(pending.items()):
+                    try:
+                        resp = http.get(f"{url}/v1/health")
+                    except httpx.HTTPError:
+                        continue
+                    if resp.status_code == 200 and resp.json().get("revision", 0) >= revision:
+                        del pending[name]
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"not up in 300 s: {sorted(pending)}")
+                time.sleep(0.02)
+            if probe:
+                for pop in POPS:
+                    wait_invocable(http, self.token, NODES[pop], probe, deadline)
+        return time.perf_counter() - began
+
+    @property
+    def token(self) -> str:
+        return (self.home / "cluster" / "control" / "admin-token").read_text().strip()
+
+    def stop(self) -> float:
+        assert self.proc is not None
+        pids = tree(self.proc.pid)
+        began = time.perf_counter()
+        self.proc.send_signal(signal.SIGINT)
+        while alive(pids):
+            time.sleep(0.005)
+        took = time.perf_counter() - began
+        self.proc.wait(5)
+        self.proc = None
+        return took
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            for pid in tree(self.proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def wait_invocable(
+    http: httpx.Client, token: str, url: str, name: str, deadline: float
+) -> float:
+    """Seconds until ``url`` answers 200 for ``name`` (polled every 5 ms)."""
+    began = time.perf_counter()
+    while True:
+        try:
+            resp = http.post(
+                f"{url}/v1/functions/{name}/invocations",
+                json={},
+                headers={"authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            if resp.status_code == 200:
+                return time.perf_counter() - began
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not invocable at {url}")
+        time.sleep(0.005)
+
+
+class HealthWatch:
+    """Samples every node's /v1/health (latency, revision) every 0.25 s."""
+
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = {n: [] for n in NODES}
+        self.revision: dict[str, int] = {}
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            while not self._stop.wait(0.25):
+                for name, url in NODES.items():
+                    began = time.perf_counter()
+                    try:
+                        resp = http.get(f"{url}/v1/health")
+                        self.revision[name] = int(resp.json()["revision"])
+                    except (httpx.HTTPError, ValueError, KeyError):
+                        self.errors += 1
+                        continue
+                    self.latency[name].append((time.perf_counter() - began) * 1000)
+
+
+def revisions(http: httpx.Client) -> dict[str, int]:
+    out = {"control": int(http.get(f"{CONTROL}/v1/health").json()["revision"])}
+    for name, url in NODES.items():
+        out[name] = int(http.get(f"{url}/v1/health").json()["revision"])
+    return out
+
+
+# --- one step -------------------------------------------------------------------
+def deploy_range(token: str, start: int, stop: int, threads: int) -> float:
+    """Deploy fn-start..fn-stop-1 with ``threads`` clients; deploys per second."""
+    local = threading.local()
+
+    def one(i: int) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = Client(CONTROL, token, timeout=60)
+        name = f"fn-{i:06d}"
+        client.deploy(name, bundle(name), CONFIG)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(one, range(start, stop)):
+            pass
+    return (stop - start) / (time.perf_counter() - began)
+
+
+def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict[str, Any]:
+    home = top.home / "cluster"
+    token = top.token
+    with HealthWatch() as watch, httpx.Client(timeout=30) as http:
+        rate = deploy_range(token, have, want, threads)
+        revs = revisions(http)
+        lag = {n: revs["control"] - revs[n] for n in NODES}
+        began = time.perf_counter()
+        deadline = time.monotonic() + 600
+        while any(revisions(http)[n] < revs["control"] for n in NODES):
+            if time.monotonic() > deadline:
+                raise RuntimeError("nodes did not catch up in 600 s")
+            time.sleep(0.05)
+        catch_up = time.perf_counter() - began
+        invocable: list[float] = []
+        with Client(CONTROL, token) as client:
+            for k in range(probes):
+                name = f"probe-{want}-{k}"
+                client.deploy(name, bundle(name), CONFIG)
+                deployed = time.perf_counter()
+                ready = {}
+                for pop in POPS:
+                    wait_invocable(http, token, NODES[pop], name, time.monotonic() + 60)
+                    ready[pop] = time.perf_counter() - deployed
+                invocable += ready.values()
+    pids = node_pids(top.proc.pid) if top.proc else {}
+    nodes = {
+        n: {
+            "rss_mb": round(rss_mb(pids.get(n, set())), 1),
+            "disk_mb": round(du_mb(home / n), 1),
+            "bundles": bundles_on_disk(home / n),
+            "lag_after_deploys": lag[n],
+            "health_ms_p50": round(pct(watch.latency[n], 0.5), 1),
+            "health_ms_p99": round(pct(watch.latency[n], 0.99), 1),
+            "health_ms_max": round(max(watch.latency[n], default=float("nan")), 1),
+        }
+        for n in NODES
+    }
+    nodes["control"] = {
+        "rss_mb": round(rss_mb(pids.get("control", set())), 1),
+        "disk_mb": round(du_mb(home / "control"), 1),
+    }
+    return {
+        "functions": want,
+        "deploys_per_s": round(rate, 1),
+        "catch_up_s": round(catch_up, 2),
+        "invocable_ms_p50": round(pct(invocable, 0.5) * 1000, 1),
+        "invocable_ms_p99": round(pct(invocable, 0.99) * 1000, 1),
+        "invocable_ms_max": round(max(invocable) * 1000, 1),
+        "health_errors": watch.errors,
+        "nodes": nodes,
+    }
+
+
+def show(s: dict[str, Any]) -> None:
+    print(
+        f"\n{s['functions']:>7} functions: {s['deploys_per_s']} deploys/s, nodes caught up"
+        f" {s['catch_up_s']} s after the last deploy; deploy->invocable at every POP"
+        f" p50 {s['invocable_ms_p50']} ms p99 {s['invocable_ms_p99']} ms"
+        f" (max {s['invocable_ms_max']})"
+    )
+    print(f"  {'node':<10}{'RSS MB':>8}{'disk MB':>9}{'bundles':>9}{'lag':>7}"
+          f"{'health p50':>12}{'p99':>8}{'max':>8}")  # fmt: skip
+    for name, n in s["nodes"].items():
+        print(
+            f"  {name:<10}{n['rss_mb']:>8}{n['disk_mb']:>9}{n.get('bundles', ''):>9}"
+            f"{n.get('lag_after_deploys', ''):>7}{n.get('health_ms_p50', ''):>12}"
+            f"{n.get('health_ms_p99', ''):>8}{n.get('health_ms_max', ''):>8}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", default="1000,10000,100000")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--keep", type=Path, help="keep the cluster's data here")
+    args = parser.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+    home = args.keep or Path(tempfile.mkdtemp(prefix="edgerun-scale-"))
+    if args.keep and home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    top = Topology(home)
+    result: dict[str, Any] = {"bench": "scale", "steps": []}
+    try:
+        result["start_empty_s"] = round(top.start(), 2)
+        print(f"started empty in {result['start_empty_s']} s", flush=True)
+        have = 0
+        for want in steps:
+            s = step(top, have, want, args.threads, args.probes)
+            show(s)
+            result["steps"].append(s)
+            have = want
+        with httpx.Client() as http:
+            head = revisions(http)["control"]
+        result["stop_full_s"] = round(top.stop(), 2)
+        result["start_full_s"] = round(top.start(revision=head, probe=f"probe-{have}-0"), 2)
+        result["stop_again_s"] = round(top.stop(), 2)
+        print(
+            f"\nat {have} functions: stop {result['stop_full_s']} s, start (every node in"
+            f" sync, a probe answering at each POP) {result['start_full_s']} s,"
+            f" stop {result['stop_again_s']} s"
+        )
+    finally:
+        top.kill()
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    base = result["steps"][0]
+    for s in result["steps"][1:]:
+        s["ratio_to_first"] = {
+            "deploys_per_s": round(s["deploys_per_s"] / base["deploys_per_s"], 2),
+            "invocable_ms_p99": round(s["invocable_ms_p99"] / base["invocable_ms_p99"], 2),
+        }
+    result["threads"] = args.threads
+    result["probes"] = args.probes
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
