@@ -10,8 +10,9 @@ At each step it reports:
 - deploy -> invocable at every POP (p50/p99): after the step, ``--probes`` new
   functions are deployed one at a time, and each POP is called until it answers
   200; the clock starts when the deploy call returns;
-- per node: RSS of its process tree, its data folder on disk, code bundles on
-  disk, and the feed lag (control revision minus the node's) at the end of the
+- per node: RSS of the node's own process and PSS of its tree (sandboxes and
+  zygotes included, shared pages counted once), its data folder on disk, code
+  bundles extracted there, and the feed lag (control revision minus the node's) at the end of the
   deploys, plus how long the slowest node took to catch up;
 - ``/v1/health`` latency of every node, sampled every 0.25 s throughout (p50,
   p99, max), i.e. while the nodes catch up.
@@ -28,12 +29,12 @@ Runs on the built-in topology's ports (8700-8721), so nothing else may hold them
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,9 +122,22 @@ def rss_mb(pids: set[int]) -> float:
     return total / 1024
 
 
-def node_pids(up_pid: int) -> dict[str, set[int]]:
-    """Each node's process tree, found by the node's name in its command line."""
-    found: dict[str, set[int]] = {}
+def pss_mb(pids: set[int]) -> float:
+    """Proportional set size: pages shared by forked sandboxes are counted once."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def node_pids(up_pid: int) -> dict[str, tuple[int, set[int]]]:
+    """Each node's process and its tree, found by the node's name in its command line."""
+    found: dict[str, tuple[int, set[int]]] = {}
     for pid in children(up_pid):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -132,7 +146,7 @@ def node_pids(up_pid: int) -> dict[str, set[int]]:
         text = b" ".join(cmd).decode(errors="replace")
         for name in ["control", *NODES]:
             if f"/{name}/" in text or text.endswith(f"/{name}"):
-                found[name] = tree(pid)
+                found[name] = (pid, tree(pid))
     return found
 
 
@@ -148,7 +162,14 @@ def du_mb(path: Path) -> float:
 
 
 def bundles_on_disk(node_dir: Path) -> int:
-    return sum(1 for p in node_dir.rglob("code/*") if len(p.name) == 64)
+    """Extracted bundles (a multi-worker node keeps them per worker)."""
+    total = 0
+    for root in [node_dir, *node_dir.glob("w[0-9]*")]:
+        try:
+            total += sum(1 for name in os.listdir(root / "code") if len(name) == 64)
+        except OSError:
+            continue
+    return total
 
 
 # --- the topology --------------------------------------------------------------
@@ -206,15 +227,11 @@ class Topology:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             for pid in tree(self.proc.pid):
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
 
 
-def wait_invocable(
-    http: httpx.Client, token: str, url: str, name: str, deadline: float
-) -> float:
+def wait_invocable(http: httpx.Client, token: str, url: str, name: str, deadline: float) -> float:
     """Seconds until ``url`` answers 200 for ``name`` (polled every 5 ms)."""
     began = time.perf_counter()
     while True:
@@ -239,6 +256,9 @@ class HealthWatch:
 
     def __init__(self) -> None:
         self.latency: dict[str, list[float]] = {n: [] for n in NODES}
+        self.phase = "deploy"
+        self.by_phase: dict[str, list[float]] = {}
+        """Every node's samples by what the bench was doing then."""
         self.revision: dict[str, int] = {}
         self.errors = 0
         self._stop = threading.Event()
@@ -263,7 +283,9 @@ class HealthWatch:
                     except (httpx.HTTPError, ValueError, KeyError):
                         self.errors += 1
                         continue
-                    self.latency[name].append((time.perf_counter() - began) * 1000)
+                    ms = (time.perf_counter() - began) * 1000
+                    self.latency[name].append(ms)
+                    self.by_phase.setdefault(self.phase, []).append(ms)
 
 
 def revisions(http: httpx.Client) -> dict[str, int]:
@@ -297,6 +319,7 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
     token = top.token
     with HealthWatch() as watch, httpx.Client(timeout=30) as http:
         rate = deploy_range(token, have, want, threads)
+        watch.phase = "catch_up"
         revs = revisions(http)
         lag = {n: revs["control"] - revs[n] for n in NODES}
         began = time.perf_counter()
@@ -307,6 +330,7 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
             time.sleep(0.05)
         catch_up = time.perf_counter() - began
         invocable: list[float] = []
+        watch.phase = "probes"
         with Client(CONTROL, token) as client:
             for k in range(probes):
                 name = f"probe-{want}-{k}"
@@ -320,7 +344,8 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
     pids = node_pids(top.proc.pid) if top.proc else {}
     nodes = {
         n: {
-            "rss_mb": round(rss_mb(pids.get(n, set())), 1),
+            "rss_mb": round(rss_mb({pids[n][0]}), 1) if n in pids else None,
+            "tree_pss_mb": round(pss_mb(pids[n][1]), 1) if n in pids else None,
             "disk_mb": round(du_mb(home / n), 1),
             "bundles": bundles_on_disk(home / n),
             "lag_after_deploys": lag[n],
@@ -331,7 +356,7 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
         for n in NODES
     }
     nodes["control"] = {
-        "rss_mb": round(rss_mb(pids.get("control", set())), 1),
+        "rss_mb": round(rss_mb({pids["control"][0]}), 1) if "control" in pids else None,
         "disk_mb": round(du_mb(home / "control"), 1),
     }
     return {
@@ -342,6 +367,15 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
         "invocable_ms_p99": round(pct(invocable, 0.99) * 1000, 1),
         "invocable_ms_max": round(max(invocable) * 1000, 1),
         "health_errors": watch.errors,
+        "health_ms_by_phase": {
+            phase: {
+                "p50": round(pct(v, 0.5), 1),
+                "p99": round(pct(v, 0.99), 1),
+                "max": round(max(v), 1),
+                "samples": len(v),
+            }
+            for phase, v in watch.by_phase.items()
+        },
         "nodes": nodes,
     }
 
@@ -353,11 +387,15 @@ def show(s: dict[str, Any]) -> None:
         f" p50 {s['invocable_ms_p50']} ms p99 {s['invocable_ms_p99']} ms"
         f" (max {s['invocable_ms_max']})"
     )
-    print(f"  {'node':<10}{'RSS MB':>8}{'disk MB':>9}{'bundles':>9}{'lag':>7}"
+    for phase, h in s["health_ms_by_phase"].items():
+        print(f"  /v1/health while {phase}: p50 {h['p50']} p99 {h['p99']} max {h['max']} ms"
+              f" ({h['samples']} samples, every node)")  # fmt: skip
+    print(f"  {'node':<10}{'RSS MB':>8}{'tree PSS':>9}{'disk MB':>9}{'bundles':>9}{'lag':>7}"
           f"{'health p50':>12}{'p99':>8}{'max':>8}")  # fmt: skip
     for name, n in s["nodes"].items():
         print(
-            f"  {name:<10}{n['rss_mb']:>8}{n['disk_mb']:>9}{n.get('bundles', ''):>9}"
+            f"  {name:<10}{n['rss_mb']:>8}{n.get('tree_pss_mb', ''):>9}{n['disk_mb']:>9}"
+            f"{n.get('bundles', ''):>9}"
             f"{n.get('lag_after_deploys', ''):>7}{n.get('health_ms_p50', ''):>12}"
             f"{n.get('health_ms_p99', ''):>8}{n.get('health_ms_max', ''):>8}",
             flush=True,

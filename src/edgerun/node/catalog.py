@@ -38,6 +38,12 @@ CACHE_RECORDS = 8192
 _DECODE_IN_THREAD = 64 << 10
 """A feed answer this big is decoded off the event loop."""
 _SCHEMA_VERSION = 2
+BATCH_WINDOW_S = 0.05
+"""After a small answer the next poll waits this long, so a burst of deploys
+reaches the node as a few batches, not one answer per change (each answer
+costs every node a request and a transaction). A node catching up (big
+answers) does not wait."""
+_SMALL_BATCH = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, record BLOB NOT NULL);
@@ -309,6 +315,7 @@ async def follow(
     *,
     wait_s: float,
     on_change: Callable[[list[FunctionRecord], set[str]], Awaitable[None]],
+    batch_window_s: float = BATCH_WINDOW_S,
 ) -> None:
     """Long-poll the change feed forever, backing off while it is unreachable.
     ``on_change(records, unreferenced)`` follows each applied batch."""
@@ -341,3 +348,5 @@ async def follow(
                 changes.revision, changes.functions, changes.keys
             )
             await on_change(changes.functions, unreferenced)
+            if len(changes.functions) + len(changes.keys) < _SMALL_BATCH:
+                await asyncio.sleep(batch_window_s)

@@ -10,6 +10,10 @@ least recently used bundles nothing pins (a live sandbox, a loaded zygote, a
 fetch in flight, a use in the last ``keep_recent_s``), and past that is refused
 with a 507; a prefetch stops at a high-water mark and never evicts. The node's
 collector removes bundles nothing refers to (:meth:`CodeCache.remove`).
+
+A POP fetches code when it first runs it (or its warmer expects a peak); a
+region queues the zip of every aliased version (:meth:`CodeCache.want`), as it
+serves them to its POPs, and extracts one when it first runs it.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class CodeCache:
         self._queued: dict[str, None] = {}
         """Prefetches waiting for :meth:`prefetch_forever` (an ordered set)."""
         self._queue_changed = asyncio.Event()
+        self._zips_inflight: set[str] = set()
         self._code_root.mkdir(parents=True, exist_ok=True)
         found = set()
         for p in self._code_root.iterdir():
@@ -152,14 +157,14 @@ class CodeCache:
 
     def inflight(self) -> set[str]:
         """Bundles being fetched or extracted right now: never collected."""
-        return set(self._inflight)
+        return set(self._inflight) | self._zips_inflight
 
     def remove(self, sha: str) -> None:
         """Drop a bundle's zip and extracted copy (the caller checked nothing uses it).
 
         The copy is renamed away at once (so nothing new can start from it) and
         deleted in the background."""
-        if sha in self._inflight:
+        if sha in self._inflight or sha in self._zips_inflight:
             return
         self._ready.discard(sha)
         self._sizes.pop(sha, None)
@@ -200,7 +205,7 @@ class CodeCache:
         pinned = self._in_use()
         if pinned is None:
             return []  # what runs is not known: evict nothing
-        pinned = pinned | set(self._inflight)
+        pinned = pinned | self.inflight()
         recent = time.monotonic() - self.keep_recent_s
         return sorted(
             (s for s in self._sizes if s not in pinned and self._used_at.get(s, 0.0) <= recent),
@@ -246,9 +251,9 @@ class CodeCache:
         return await asyncio.shield(fut)
 
     def want(self, shas: Iterable[str]) -> None:
-        """Queue prefetches (a region: the code its POPs may forward), fetched a few
-        at a time by :meth:`prefetch_forever` so a burst of deploys never floods
-        the node with downloads."""
+        """Queue prefetches of zips (a region: the code its POPs may forward),
+        fetched a few at a time by :meth:`prefetch_forever` so a burst of deploys
+        never floods the node with downloads."""
         for sha in shas:
             if sha not in self._ready and sha not in self._inflight:
                 self._queued[sha] = None
@@ -273,15 +278,38 @@ class CodeCache:
                 await self._queue_changed.wait()
             sha = next(iter(self._queued))
             del self._queued[sha]
-            if self.ready(sha):
+            if self.ready(sha) or sha in self._sizes or sha in self._zips_inflight:
                 continue
             try:
-                await self.ensure(sha, prefetch=True)
+                await self._keep_zip(sha)
             except CodeCacheFull as exc:
                 log.warning("prefetching stopped, %d left: %s", len(self._queued), exc.message)
                 self._queued.clear()  # the rest is fetched when asked for
             except (BundleUnavailable, ApiError) as exc:
                 log.warning("prefetch of %s failed: %s", sha[:12], exc)
+
+    async def _keep_zip(self, sha: str) -> None:
+        """Download a bundle and keep its zip, not extracted: a region serves zips
+        to its POPs, and extracts one when it first runs it (half the work and
+        far fewer files for the code it only holds)."""
+        self._zips_inflight.add(sha)
+        try:
+            known = self._known.get(sha)
+            if known is not None:
+                self._take_room(sha, known[1])
+            data = await self._download(sha)
+            self._take_room(sha, len(data))  # a prefetch: up to the high-water mark
+            self._sizes[sha] = self._sizes.get(sha, 0) + len(data)
+            try:
+                await asyncio.to_thread(self.zips.put, data, sha)
+            finally:
+                size = await asyncio.to_thread(self._measure, sha)
+                if size:
+                    self._sizes[sha] = size
+                else:
+                    self._sizes.pop(sha, None)
+        finally:
+            self._zips_inflight.discard(sha)
 
     def _done(self, sha: str) -> None:
         self._inflight.pop(sha, None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from tests.conftest import make_zip
@@ -190,3 +192,75 @@ def test_trash_left_by_a_crash_is_swept_at_start(tmp_path: Path) -> None:
 
     assert list((tmp_path / "code").iterdir()) == []
     assert code.used_bytes == 0
+
+
+async def _drained(code: CodeCache, shas: set[str]) -> None:
+    """Run the prefetch workers until nothing is queued or in flight."""
+    task = asyncio.create_task(code.prefetch_forever(concurrency=2))
+    try:
+        with anyio.fail_after(10):
+            while code.queued or code.inflight() or not shas <= code.cached():
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+
+
+async def test_a_wanted_bundle_is_kept_as_a_zip_until_it_runs(tmp_path: Path) -> None:
+    shas = bundles("a", "b", size=1000)
+    a, b = shas
+    code = cache(tmp_path, shas)
+
+    code.want([a, b])
+    await _drained(code, {a, b})
+
+    assert code.zips.has(a) and code.zips.has(b)
+    assert not code.ready(a), "held, not extracted"
+    await code.ensure(a)  # the first run extracts what is on disk
+    assert code.ready(a)
+
+
+async def test_prefetches_run_a_few_at_a_time(tmp_path: Path) -> None:
+    shas = bundles(*"abcdefgh", size=1000)
+    running, most = 0, 0
+
+    async def serve(request: httpx.Request) -> httpx.Response:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return httpx.Response(200, content=shas[request.url.path.rsplit("/", 1)[-1]])
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(serve))
+    code = CodeCache(tmp_path, client, ["http://up"], max_uncompressed=100 * MB)
+
+    code.want(shas)
+    await _drained(code, set(shas))
+
+    assert most == 2
+
+
+async def test_a_full_cache_stops_prefetching_without_evicting(tmp_path: Path) -> None:
+    shas = bundles("a", "b", "c", "d", size=2 * MB)  # about 2 MB per zip
+    downloads: list[str] = []
+    code = cache(tmp_path, shas, limit_mb=5, downloads=downloads, in_use=lambda: set())
+
+    code.want(shas)
+    await _drained(code, set())
+
+    kept = code.cached()
+    assert 1 <= len(kept) < 4 and code.used_bytes <= 4 * MB  # the 80% high-water mark
+    assert code.queued == 0 and len(downloads) <= len(kept) + 2
+
+
+async def test_unwanted_bundles_leave_the_queue(tmp_path: Path) -> None:
+    shas = bundles("a", "b", size=1000)
+    a, b = shas
+    downloads: list[str] = []
+    code = cache(tmp_path, shas, downloads=downloads)
+
+    code.want([a, b])
+    code.unwant([a])
+    await _drained(code, {b})
+
+    assert downloads == [b]
