@@ -5,6 +5,7 @@ the explain endpoint, and the Lambda event on both paths."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from tests.integration.conftest import (
     deploy_folder,
     invoke,
     node_knows,
+    node_status,
     start_cluster,
     wait_for,
 )
@@ -60,10 +62,13 @@ def deployed(own: tuple[LocalCluster, Client]) -> dict[str, str]:
     return {"echo": sha}
 
 
-def test_a_first_call_starts_at_the_pop_when_no_region_holds_it_warm(
+def test_a_first_call_starts_at_the_pop_when_its_code_is_here_and_no_region_is_warm(
     pop: str, client: Client, cluster: LocalCluster, tmp_path
 ) -> None:
     (tmp_path / "main.py").write_text("def handler(event, context):\n    return 'hi'\n")
+    # The same code, already run at this POP by another function: no fetch to pay.
+    deploy_folder(client, "ran-here", tmp_path, handler="main.handler", placement="edge")
+    assert invoke(pop, "ran-here", {}).placement == "local-cold"
     sha = deploy_folder(client, "starts-here", tmp_path, handler="main.handler")
     wait_for(node_knows(cluster, "pop-1", "starts-here", sha), what="pop-1 to learn it")
     first = invoke(pop, "starts-here", {})
@@ -72,6 +77,36 @@ def test_a_first_call_starts_at_the_pop_when_no_region_holds_it_warm(
     assert float(first.headers["x-edgerun-start-ms"]) > 0
     second = invoke(pop, "starts-here", {})
     assert (second.placement, second.reason) == ("local-warm", "warm")
+
+
+def test_code_not_at_the_pop_counts_its_fetch_until_it_runs_there(
+    pop: str, client: Client, cluster: LocalCluster, tmp_path
+) -> None:
+    (tmp_path / "main.py").write_text("def handler(event, context):\n    return 'far'\n")
+    sha = deploy_folder(client, "code-elsewhere", tmp_path, handler="main.handler")
+    wait_for(node_knows(cluster, "pop-1", "code-elsewhere", sha), what="pop-1 to learn it")
+
+    def explain() -> dict[str, Any]:
+        return httpx.get(  # type: ignore[no-any-return]
+            f"{pop}/v1/placement/explain",
+            params={"function": "code-elsewhere"},
+            headers=admin(cluster),
+        ).json()
+
+    before = explain()
+    costs = before["inputs"]["costs_ms"]
+    assert costs["fetch_ms"] > 0
+    assert before["estimates_ms"]["here_cold"] >= costs["start_ms"] + costs["fetch_ms"]
+
+    first = invoke(pop, "code-elsewhere", {})
+
+    assert first.status == 200 and first.json() == "far"
+    cached = node_status(cluster, "pop-1")["functions"]["code-elsewhere"]["code_cached"]
+    after = explain()["inputs"]["costs_ms"]["fetch_ms"]
+    if first.placement.startswith("forwarded:"):
+        assert cached == [] and after > 0, "forwarded: the POP fetched nothing"
+    else:
+        assert cached == [sha] and after == 0, "ran here: its code is here now"
 
 
 def test_the_lambda_event_names_the_client_and_host_wherever_it_ran(
