@@ -285,12 +285,18 @@ class Accounts:
             revoked.append(_entry(row))
         return revoked
 
-    def changes(self, since: int, upto: int, limit: int = 1000) -> list[KeyEntry]:
-        """Keys changed in ``(since, upto]``, oldest first, at most ``limit``."""
-        with self.registry.read() as cur:
+    def changes(
+        self, since: int, upto: int, limit: int = 1000, *, live_only: bool = False
+    ) -> list[KeyEntry]:
+        """Keys changed in ``(since, upto]``, oldest first, at most ``limit``.
+
+        ``live_only`` leaves revoked keys out, for a node that holds no keys: its
+        keyring refuses a key it does not know, so it needs no revocation."""
+        with self.registry.snapshot() as cur:
             rows = cur.execute(
                 f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE revision > ? AND revision <= ?"
-                " ORDER BY revision LIMIT ?",
+                + (" AND revoked = 0" if live_only else "")
+                + " ORDER BY revision LIMIT ?",
                 (since, upto, limit),
             ).fetchall()
         return [_entry(r) for r in rows]

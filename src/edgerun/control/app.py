@@ -15,6 +15,7 @@ import re
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from edgerun.http import (
     EXCEPTION_HANDLERS,
     decode_json,
     json_response,
+    query_flag,
     query_int,
     read_body,
 )
@@ -64,8 +66,10 @@ log = logging.getLogger("edgerun.control")
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_FEED_WAIT_S = 60.0
 MAX_REVISION = 2**63 - 1
-_LIST_BATCH = 200
 """Revisions are SQLite integers."""
+_LIST_BATCH = 200
+FEED_PAGE = 1000
+"""Records per answer of the change feed: what a node far behind holds in memory."""
 
 
 class SecretRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -143,6 +147,10 @@ class ControlApp:
         self.gc_interval_s = gc_interval_s
         self.body_timeout_s = body_timeout_s
         self.fleet = Fleet()
+        self.feed_page = FEED_PAGE
+        self._feed_reader = ThreadPoolExecutor(1, thread_name_prefix="edgerun-feed")
+        """Feed pages are read and encoded here, off the event loop; one thread, as
+        reads share one connection, and none taken from the pool bundles go through."""
         self._changed = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,6 +244,7 @@ class ControlApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.ui.client.aclose()
+            self._feed_reader.shutdown(wait=False, cancel_futures=True)
 
     async def _collect_forever(self) -> None:
         while True:
@@ -546,25 +555,47 @@ class ControlApp:
         """Long-poll: answer at once if anything changed after ``since``, else wait.
 
         Functions and keys share one revision counter, so one answer carries both,
-        and a revoked key reaches a node as fast as a deploy."""
+        and a revoked key reaches a node as fast as a deploy. ``fresh=true`` from 0
+        (the caller holds nothing) leaves out deleted functions and revoked keys.
+        Pages are read and encoded off the event loop, so health checks and deploys
+        stay fast while nodes catch up."""
         since = query_int(request.query_params, "since", 0, lo=0, hi=MAX_REVISION)
         wait = min(query_int(request.query_params, "wait", 0, lo=0, hi=3600), MAX_FEED_WAIT_S)
-        body = self._changes(since)
-        if not body["functions"] and not body["keys"] and wait > 0 and not self._stopping:
-            waiter = self._changed
+        fresh = query_flag(request.query_params, "fresh", False) and since == 0
+        # Taken before the read: a change committed while it runs sets this event.
+        waiter = self._changed
+        changed, body = await self._read_feed(since, fresh)
+        if not changed and wait > 0 and not self._stopping:
             self.metrics.feed_waiters += 1
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter.wait(), wait)
             finally:
                 self.metrics.feed_waiters -= 1
-            body = self._changes(since)
+            changed, body = await self._read_feed(since, fresh)
         self.metrics.feed_answers += 1
-        return json_response(body)
+        return Response(body, media_type="application/json")
 
-    def _changes(self, since: int, limit: int = 1000) -> dict[str, Any]:
-        revision, records = self.registry.changes(since, limit)
-        keys = self.accounts.changes(since, revision, limit)
+    async def _read_feed(self, since: int, fresh: bool) -> tuple[bool, bytes]:
+        """Whether the registry moved past ``since``, and the page as JSON."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._feed_reader, self._encoded_changes, since, fresh)
+
+    def _encoded_changes(self, since: int, fresh: bool) -> tuple[bool, bytes]:
+        body = self._changes(since, self.feed_page, fresh=fresh)
+        # The revision, not the records: a fresh page may have none (all deleted)
+        # yet move the node on. Never "moved" for a node ahead of this registry,
+        # which would otherwise poll in a loop.
+        return body["revision"] > since, msgspec.json.encode(body)
+
+    def _changes(
+        self, since: int, limit: int = FEED_PAGE, *, fresh: bool = False
+    ) -> dict[str, Any]:
+        """One page; any thread. The keys are read after the functions, up to the
+        revision of the functions' page: later changes have higher revisions, so
+        they are the next page's, never lost between the two reads."""
+        revision, records = self.registry.changes(since, limit, live_only=fresh)
+        keys = self.accounts.changes(since, revision, limit, live_only=fresh)
         if len(keys) == limit:
             revision = keys[-1].revision
             records = [r for r in records if r.revision <= revision]

@@ -38,6 +38,7 @@ from edgerun.openapi import (
     Paths,
     document,
     ecma,
+    flag_param,
     int_param,
     json_content,
     string_param,
@@ -528,6 +529,11 @@ def openapi_document() -> dict[str, Any]:
         params=[
             int_param("since", 0, _MAX_REVISION, "the last revision seen"),
             int_param("wait", 0, 3600, "seconds to wait for a change (at most 60 are waited)"),
+            flag_param(
+                "fresh",
+                "true with since=0 from a node that holds nothing yet: deleted functions "
+                "and revoked keys are left out",
+            ),
         ],
     )
     p.add(

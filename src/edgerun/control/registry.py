@@ -5,6 +5,11 @@ function it touched, so the change feed is a single query ("functions whose
 revision is above N"), deletions included as tombstones. The SQL stays in the
 common subset of SQLite and PostgreSQL so a second backend is a new class,
 not a rewrite.
+
+Reads of many records load their versions and aliases a chunk of names at a
+time (``WHERE function IN (...)``), never a query per record, and the feed reads
+on a connection of its own, so a node catching up with 100k functions neither
+holds the writers' lock nor makes a deploy wait for its page.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ class Registry(Protocol):
     def set_alias(self, name: str, alias: str, sha256: str) -> FunctionRecord: ...
     def touch(self, name: str) -> bool: ...
     def delete_alias(self, name: str, alias: str) -> FunctionRecord: ...
-    def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]: ...
+    def changes(
+        self, since: int, limit: int = 1000, *, live_only: bool = False
+    ) -> tuple[int, list[FunctionRecord]]: ...
     def collect(self, retain: int) -> tuple[list[tuple[str, str]], set[str]]: ...
     def unreferenced(self, bundles: set[str]) -> set[str]: ...
     def close(self) -> None: ...
@@ -94,6 +101,9 @@ def retention(record: FunctionRecord, retain: int) -> dict[str, list[str]]:
 
 _encode_config = msgspec.json.Encoder().encode
 _decode_config = msgspec.json.Decoder(FunctionConfig).decode
+_FUNCTION_COLUMNS = "name, config, created_at, updated_at, revision, deleted"
+IN_CHUNK = 500
+"""Names per ``IN (...)``: under SQLite's oldest limit of 999 parameters."""
 
 
 class SqliteRegistry:
@@ -110,6 +120,13 @@ class SqliteRegistry:
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES ('revision', 0) ON CONFLICT (key) DO NOTHING"
         )
+        self._reader, self._reader_lock = self._db, self._lock
+        if str(path) not in ("", ":memory:"):  # those have no file another connection shares
+            self._reader = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._reader.execute("PRAGMA query_only=ON")
+            self._reader_lock = threading.Lock()
+        self._collected = (-1, 0)
+        """``retain`` and revision of the last :meth:`collect`."""
 
     def _migrate(self) -> None:
         """Registries made before versions had ids of their own: a version's id
@@ -121,6 +138,9 @@ class SqliteRegistry:
         self._db.execute("CREATE INDEX IF NOT EXISTS versions_bundle ON versions (bundle_sha256)")
 
     def close(self) -> None:
+        if self._reader is not self._db:
+            with self._reader_lock:
+                self._reader.close()
         with self._lock:
             self._db.close()
 
@@ -135,6 +155,18 @@ class SqliteRegistry:
     def read(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
         """A cursor for reads, holding the connection's lock."""
         return self._read()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Cursor]:
+        """A read transaction on the reader connection: one consistent view (WAL)
+        that neither waits for nor holds up the writers' lock, for the feed's pages."""
+        with self._reader_lock:
+            cur = self._reader.cursor()
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            finally:
+                cur.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
@@ -215,40 +247,47 @@ class SqliteRegistry:
 
     def _load(self, cur: sqlite3.Cursor, name: str) -> FunctionRecord | None:
         row = cur.execute(
-            "SELECT name, config, created_at, updated_at, revision, deleted"
-            " FROM functions WHERE name = ?",
-            (name,),
+            f"SELECT {_FUNCTION_COLUMNS} FROM functions WHERE name = ?", (name,)
         ).fetchone()
-        return None if row is None else self._record(cur, row)
+        return None if row is None else self._records(cur, [row])[0]
 
     @staticmethod
-    def _record(cur: sqlite3.Cursor, row: tuple[object, ...]) -> FunctionRecord:
-        name, config, created_at, updated_at, revision, deleted = row
-        versions = {
-            vid: Version(
-                sha256=vid, bundle_sha256=bundle, handler=handler, size=size, created_at=created
+    def _records(cur: sqlite3.Cursor, rows: list[tuple[object, ...]]) -> list[FunctionRecord]:
+        """The records of ``rows`` (functions' columns), in their order, with
+        versions (oldest first) and aliases (by name) read a chunk of names at a time."""
+        versions: dict[str, dict[str, Version]] = {}
+        aliases: dict[str, dict[str, str]] = {}
+        names = [str(row[0]) for row in rows]
+        for start in range(0, len(names), IN_CHUNK):
+            chunk = names[start : start + IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for name, vid, bundle, handler, size, created in cur.execute(
+                "SELECT function, sha256, bundle_sha256, handler, size, created_at FROM versions"
+                f" WHERE function IN ({marks}) ORDER BY function, created_at, sha256",
+                chunk,
+            ):
+                versions.setdefault(name, {})[vid] = Version(
+                    sha256=vid, bundle_sha256=bundle, handler=handler, size=size, created_at=created
+                )
+            for name, alias, vid in cur.execute(
+                f"SELECT function, alias, sha256 FROM aliases WHERE function IN ({marks})"
+                " ORDER BY function, alias",
+                chunk,
+            ):
+                aliases.setdefault(name, {})[alias] = vid
+        return [
+            FunctionRecord(
+                name=str(name),
+                config=_decode_config(str(config)),
+                versions=versions.get(str(name), {}),
+                aliases=aliases.get(str(name), {}),
+                created_at=float(created_at),  # type: ignore[arg-type]
+                updated_at=float(updated_at),  # type: ignore[arg-type]
+                revision=int(revision),  # type: ignore[call-overload]
+                deleted=bool(deleted),
             )
-            for vid, bundle, handler, size, created in cur.execute(
-                "SELECT sha256, bundle_sha256, handler, size, created_at FROM versions"
-                " WHERE function = ? ORDER BY created_at",
-                (name,),
-            ).fetchall()
-        }
-        aliases = dict(
-            cur.execute(
-                "SELECT alias, sha256 FROM aliases WHERE function = ? ORDER BY alias", (name,)
-            ).fetchall()
-        )
-        return FunctionRecord(
-            name=str(name),
-            config=_decode_config(str(config)),
-            versions=versions,
-            aliases=aliases,
-            created_at=float(created_at),  # type: ignore[arg-type]
-            updated_at=float(updated_at),  # type: ignore[arg-type]
-            revision=int(revision),  # type: ignore[call-overload]
-            deleted=bool(deleted),
-        )
+            for name, config, created_at, updated_at, revision, deleted in rows
+        ]
 
     def get(self, name: str) -> FunctionRecord | None:
         with self._lock:
@@ -265,11 +304,11 @@ class SqliteRegistry:
         with self._lock:
             cur = self._db.cursor()
             rows = cur.execute(
-                "SELECT name, config, created_at, updated_at, revision, deleted FROM functions"
+                f"SELECT {_FUNCTION_COLUMNS} FROM functions"
                 " WHERE deleted = 0 AND name > ? ORDER BY name LIMIT ?",
                 (after, limit),
             ).fetchall()
-            return [self._record(cur, row) for row in rows]
+            return self._records(cur, rows)
 
     def delete(self, name: str) -> FunctionRecord:
         with self._tx() as cur:
@@ -342,21 +381,41 @@ class SqliteRegistry:
 
         Each function that lost versions gets a new revision, so nodes learn
         it through the change feed. Returns the removed ``(function, version)``
-        pairs and the bundles no version refers to any more."""
+        pairs and the bundles no version refers to any more.
+
+        Only functions changed since the last pass with the same ``retain`` are
+        looked at (every change to versions or aliases gives a new revision, and
+        a pass leaves nothing collectable behind), so a pass over 100k quiet
+        functions does not scan them all every minute."""
         removed: list[tuple[str, str]] = []
         candidates: set[str] = set()
+        keep = max(retain, 0)
+        seen_retain, seen_revision = self._collected
+        since = seen_revision if seen_retain == retain else 0
         with self._tx() as cur:
-            names = [
-                str(row[0])
-                for row in cur.execute(
-                    "SELECT function FROM versions GROUP BY function HAVING COUNT(*) > ?",
-                    (max(retain, 0),),
+            if since:
+                found = cur.execute(
+                    "SELECT function FROM versions WHERE function IN"
+                    " (SELECT name FROM functions WHERE revision > ?)"
+                    " GROUP BY function HAVING COUNT(*) > ?",
+                    (since, keep),
+                )
+            else:
+                found = cur.execute(
+                    "SELECT function FROM versions GROUP BY function HAVING COUNT(*) > ?", (keep,)
+                )
+            names = [str(row[0]) for row in found.fetchall()]
+            records: list[FunctionRecord] = []
+            for start in range(0, len(names), IN_CHUNK):
+                chunk = names[start : start + IN_CHUNK]
+                rows = cur.execute(
+                    f"SELECT {_FUNCTION_COLUMNS} FROM functions"
+                    f" WHERE name IN ({', '.join('?' * len(chunk))}) AND deleted = 0",
+                    chunk,
                 ).fetchall()
-            ]
-            for name in names:
-                record = self._load(cur, name)
-                if record is None or record.deleted:
-                    continue
+                records += self._records(cur, rows)
+            for record in records:
+                name = record.name
                 gone = [vid for vid, why in retention(record, retain).items() if not why]
                 if not gone:
                     continue
@@ -372,6 +431,8 @@ class SqliteRegistry:
                     (rev, time.time(), name),
                 )
             unused = self._unreferenced(cur, candidates)
+            head = int(cur.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+        self._collected = (retain, head)  # committed: a rolled-back pass marks nothing
         return removed, unused
 
     def unreferenced(self, bundles: set[str]) -> set[str]:
@@ -390,21 +451,26 @@ class SqliteRegistry:
             is None
         }
 
-    def changes(self, since: int, limit: int = 1000) -> tuple[int, list[FunctionRecord]]:
+    def changes(
+        self, since: int, limit: int = 1000, *, live_only: bool = False
+    ) -> tuple[int, list[FunctionRecord]]:
         """Functions changed after ``since`` (tombstones included), oldest first.
 
         The returned revision is the last one included, so a client that
         passes it back as ``since`` never misses or repeats a change.
+        ``live_only`` leaves tombstones out, for a caller that holds nothing
+        (its first page from 0) and so has nothing to delete; past that page it
+        needs them, as what it was sent may have been deleted since.
         """
-        with self._lock:
-            cur = self._db.cursor()
+        with self.snapshot() as cur:
             head = int(cur.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
             rows = cur.execute(
-                "SELECT name, config, created_at, updated_at, revision, deleted FROM functions"
-                " WHERE revision > ? ORDER BY revision LIMIT ?",
+                f"SELECT {_FUNCTION_COLUMNS} FROM functions WHERE revision > ?"
+                + (" AND deleted = 0" if live_only else "")
+                + " ORDER BY revision LIMIT ?",
                 (since, limit),
             ).fetchall()
-            records = [self._record(cur, row) for row in rows]
+            records = self._records(cur, rows)
         if len(records) == limit:
             head = records[-1].revision
         return head, records

@@ -281,6 +281,21 @@ class Scheduler:
             if len(records) < _FEED_BATCH:
                 return
 
+    async def catch_up(self) -> None:
+        """:meth:`sync` with the pages read off the event loop: from 0 (at start) that
+        is the whole registry, 100 pages at 100k functions. A page :meth:`sync`
+        overtook meanwhile is read again, never applied over newer records."""
+        while True:
+            since = self._revision
+            revision, records = await asyncio.to_thread(self.registry.changes, since, _FEED_BATCH)
+            if self._revision != since:
+                continue
+            for record in records:
+                self._apply(record)
+            self._revision = max(self._revision, revision)
+            if len(records) < _FEED_BATCH:
+                return
+
     def _apply(self, record: FunctionRecord) -> None:
         name, expr = record.name, record.config.schedule
         if record.deleted or not expr:
@@ -312,7 +327,7 @@ class Scheduler:
             try:
                 while True:
                     try:
-                        self.sync()
+                        await self.catch_up()
                         wait = self.step()
                     except Exception:
                         log.exception("the scheduler's step failed")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from edgerun.control import registry as registry_module
 from edgerun.control.registry import SqliteRegistry, retention
 from edgerun.errors import ApiError
-from edgerun.models import FunctionConfig, version_id
+from edgerun.models import FunctionConfig, FunctionRecord, Version, version_id
 
 BUNDLE_A = "a" * 64
 BUNDLE_B = "b" * 64
@@ -434,3 +439,174 @@ def test_a_bundle_another_function_uses_is_not_unreferenced(registry):
     registry.delete("one")
 
     assert registry.unreferenced({BUNDLE_A, BUNDLE_B}) == {BUNDLE_B}
+
+
+# --- the feed at scale: fresh nodes, exact paging, bulk loading ------------------
+
+
+def test_a_fresh_node_gets_no_tombstones_but_a_node_past_zero_does(registry):
+    deploy(registry, name="kept")
+    deploy(registry, name="gone")
+    since = registry.revision()
+    registry.delete("gone")
+
+    head, fresh = registry.changes(0, live_only=True)
+    assert [r.name for r in fresh] == ["kept"]
+    assert head == registry.revision()  # past the tombstone: nothing to redo
+    _, everything = registry.changes(0)
+    assert [(r.name, r.deleted) for r in everything] == [("kept", False), ("gone", True)]
+    _, later = registry.changes(since, live_only=False)
+    assert [(r.name, r.deleted) for r in later] == [("gone", True)]
+
+
+def test_a_full_fresh_page_stops_at_its_last_live_record(registry):
+    for name in ("one", "two", "three"):
+        deploy(registry, name=name)
+    registry.delete("one")
+    deploy(registry, name="four")
+
+    head, page = registry.changes(0, limit=2, live_only=True)
+
+    assert [r.name for r in page] == ["two", "three"]
+    assert head == page[-1].revision  # not the head: "four" is still to come
+    _, rest = registry.changes(head)
+    assert [r.name for r in rest] == ["one", "four"]
+
+
+_names = st.sampled_from(["a", "b", "c", "d", "e", "f"])
+_ops = st.lists(
+    st.tuples(st.sampled_from(["deploy", "delete", "alias", "unalias", "touch"]), _names,
+              st.sampled_from([BUNDLE_A, BUNDLE_B, BUNDLE_C])),
+    max_size=25,
+)  # fmt: skip
+
+
+def _run(reg: SqliteRegistry, ops: list[tuple[str, str, str]]) -> None:
+    """Apply ``ops``, skipping those that do not apply (a 404 is not the point here)."""
+    for op, name, bundle in ops:
+        try:
+            if op == "deploy":
+                deploy(reg, name=name, bundle=bundle)
+            elif op == "delete":
+                reg.delete(name)
+            elif op == "alias":
+                reg.set_alias(name, "prod", version_id(bundle, HANDLER))
+            elif op == "unalias":
+                reg.delete_alias(name, "prod")
+            else:
+                reg.touch(name)
+        except ApiError:
+            pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    before=_ops,
+    during=st.lists(_ops, max_size=4),
+    limit=st.integers(1, 4),
+)
+def test_paging_from_zero_ends_at_the_live_registry(before, during, limit):
+    """A node paging from 0 (fresh on its first page) while the registry keeps
+    changing ends with exactly the live functions, each as the registry has it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = SqliteRegistry(Path(tmp) / "registry.db")
+        try:
+            _run(reg, before)
+            node: dict[str, FunctionRecord] = {}
+            since, pages = 0, 0
+            static_live: list[str] = []
+            while True:
+                head, page = reg.changes(since, limit, live_only=since == 0)
+                assert all(r.revision > since for r in page)
+                assert head >= since
+                if pages < len(during):
+                    _run(reg, during[pages])
+                elif not during:
+                    static_live += [r.name for r in page if not r.deleted]
+                for r in page:
+                    if r.deleted:
+                        node.pop(r.name, None)
+                    else:
+                        node[r.name] = r
+                since, pages = head, pages + 1
+                if len(page) < limit and pages > len(during):
+                    break
+            live = {r.name: r for r in reg.list_functions(limit=1000)}
+            assert node == live
+            if not during:  # nothing changed meanwhile: each live function sent once
+                assert sorted(static_live) == sorted(live)
+        finally:
+            reg.close()
+
+
+def _per_record(reg: SqliteRegistry, name: str) -> FunctionRecord:
+    """A record as the registry read it before bulk loading: queries of its own."""
+    with reg.read() as cur:
+        name, config, created, updated, revision, deleted = cur.execute(
+            "SELECT name, config, created_at, updated_at, revision, deleted FROM functions"
+            " WHERE name = ?",
+            (name,),
+        ).fetchone()
+        versions = {
+            vid: Version(sha256=vid, bundle_sha256=b, handler=h, size=s, created_at=c)
+            for vid, b, h, s, c in cur.execute(
+                "SELECT sha256, bundle_sha256, handler, size, created_at FROM versions"
+                " WHERE function = ? ORDER BY created_at, sha256",
+                (name,),
+            ).fetchall()
+        }
+        aliases = dict(
+            cur.execute(
+                "SELECT alias, sha256 FROM aliases WHERE function = ? ORDER BY alias", (name,)
+            ).fetchall()
+        )
+    return FunctionRecord(
+        name=name, config=msgspec.json.decode(config, type=FunctionConfig), versions=versions,
+        aliases=aliases, created_at=created, updated_at=updated, revision=revision,
+        deleted=bool(deleted),
+    )  # fmt: skip
+
+
+def test_bulk_loading_reads_the_records_per_record_queries_read(registry, monkeypatch):
+    monkeypatch.setattr(registry_module, "IN_CHUNK", 2)  # several chunks, one short
+    clock = iter(float(t // 2) for t in range(1000, 0, -1))  # going back, in ties
+    monkeypatch.setattr(registry_module.time, "time", lambda: next(clock))
+    names = ["e", "b", "d", "a", "c"]
+    for i, name in enumerate(names):
+        for bundle in (BUNDLE_C, BUNDLE_A, BUNDLE_B)[: 1 + i % 3]:
+            deploy(registry, name=name, bundle=bundle)
+        if i % 2:
+            registry.set_alias(name, "zeta", V_C)
+            registry.set_alias(name, "alpha", V_C)
+    registry.delete("e")
+
+    _, feed = registry.changes(0)
+    listed = registry.list_functions()
+
+    assert len(feed) == 5 and len(listed) == 4
+    assert list(registry.get("d").versions) == [V_B, V_A, V_C]  # by time, ties by id
+    for record in feed + listed:
+        expected = _per_record(registry, record.name)
+        assert record == expected
+        assert list(record.versions) == list(expected.versions)  # order, not just content
+        assert list(record.aliases) == list(expected.aliases)
+    assert list(registry.get("b").aliases) == ["alpha", "latest", "zeta"]
+
+
+def test_a_later_pass_collects_what_changed_since_the_last(registry):
+    for bundle in (BUNDLE_A, BUNDLE_B, BUNDLE_C):
+        deploy(registry, bundle=bundle)
+    registry.set_alias("hello", "prod", V_A)
+    assert registry.collect(1)[0] == [("hello", V_B)]
+
+    registry.delete_alias("hello", "prod")  # V_A is no longer kept by anything
+    assert registry.collect(1)[0] == [("hello", V_A)]
+    assert registry.collect(1)[0] == []
+
+
+def test_a_pass_with_another_retain_looks_at_every_function(registry):
+    for bundle in (BUNDLE_A, BUNDLE_B, BUNDLE_C):
+        deploy(registry, bundle=bundle)
+    assert registry.collect(3)[0] == []
+
+    assert registry.collect(1)[0] == [("hello", V_A), ("hello", V_B)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgerun import schedule
+from edgerun.control import scheduler as scheduler_module
 from edgerun.control.registry import SqliteRegistry
 from edgerun.control.scheduler import (
     Due,
@@ -130,3 +131,23 @@ async def test_a_refused_tick_stays_due_and_a_restart_does_not_resend(tmp_path: 
     await step(again)
     await step(again)
     assert again.sent == [("f", T0 + 300)]
+
+
+@pytest.mark.anyio
+async def test_catching_up_off_the_loop_sees_what_sync_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "_FEED_BATCH", 2)  # several pages
+    registry = SqliteRegistry(tmp_path / "registry.db")
+    for i in range(7):
+        registry.deploy(f"f{i}", FunctionConfig(schedule="rate(1 minute)"), "a" * 64, 1)
+    registry.deploy("f3", FunctionConfig(), "a" * 64, 1)  # no longer scheduled
+    registry.delete("f5")
+
+    def make() -> Scheduler:
+        return Scheduler(registry, ScheduleStore(":memory:"), list, "secret")
+
+    synced, caught_up = make(), make()
+    synced.sync()
+    await caught_up.catch_up()
+    assert sorted(caught_up.entries) == sorted(synced.entries) == ["f0", "f1", "f2", "f4", "f6"]
