@@ -215,6 +215,14 @@ class Catalog:
                 continue
         return out
 
+    def empty(self) -> bool:
+        """No function or key held (a node never fed, whose first answers may be a
+        snapshot without tombstones)."""
+        with self._read_lock:
+            return not self._reader.execute(
+                "SELECT 1 FROM functions UNION ALL SELECT 1 FROM keys LIMIT 1"
+            ).fetchone()
+
     def count(self) -> int:
         with self._read_lock:
             return int(self._reader.execute("SELECT count(*) FROM functions").fetchone()[0])
@@ -322,11 +330,12 @@ async def follow(
     backoff = 0.2
     while True:
         try:
-            resp = await client.get(
-                f"{control_url}/v1/changes",
-                params={"since": catalog.revision, "wait": int(wait_s)},
-                timeout=wait_s + 10,
-            )
+            params: dict[str, str | int] = {"since": catalog.revision, "wait": int(wait_s)}
+            if catalog.revision == 0 and catalog.empty():
+                # Nothing held: a snapshot of what lives (no deleted functions or
+                # revoked keys to replay), paged like any other answer.
+                params["fresh"] = "true"
+            resp = await client.get(f"{control_url}/v1/changes", params=params, timeout=wait_s + 10)
             resp.raise_for_status()
             body = resp.content
             if len(body) > _DECODE_IN_THREAD:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from pathlib import Path
 
+import anyio
+import httpx
 import msgspec
 import pytest
 
 from edgerun.auth import KeyEntry, Keyring
 from edgerun.models import FunctionConfig, FunctionRecord, Version
-from edgerun.node.catalog import Catalog
+from edgerun.node.catalog import Catalog, follow
 
 
 def record(
@@ -159,3 +162,55 @@ def test_a_copy_from_before_the_bundle_index_is_indexed_once(tmp_path: Path) -> 
 
     again = open_catalog(tmp_path)
     assert again.referenced({"3" * 64}) == {"3" * 64}
+
+
+@pytest.mark.anyio
+async def test_an_empty_copy_asks_for_a_snapshot_then_follows_changes(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    asked: list[dict[str, str]] = []
+    answers = [
+        {"revision": 5, "functions": [msgspec.to_builtins(record("a", revision=5))], "keys": []},
+        {"revision": 6, "functions": [msgspec.to_builtins(record("b", revision=6))], "keys": []},
+    ]
+
+    def feed(request: httpx.Request) -> httpx.Response:
+        asked.append(dict(request.url.params))
+        if len(asked) > len(answers):
+            raise httpx.ConnectError("done")
+        return httpx.Response(200, json=answers[len(asked) - 1])
+
+    applied = anyio.Event()
+
+    async def on_change(records: list[FunctionRecord], gone: set[str]) -> None:
+        if catalog.revision == 6:
+            applied.set()
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(feed)) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(
+            functools.partial(
+                follow,
+                catalog,
+                client,
+                "http://control",
+                wait_s=1,
+                on_change=on_change,
+                batch_window_s=0,
+            )
+        )
+        with anyio.fail_after(5):
+            await applied.wait()
+        tg.cancel_scope.cancel()
+
+    assert asked[0]["fresh"] == "true" and asked[0]["since"] == "0"
+    assert "fresh" not in asked[1] and asked[1]["since"] == "5"
+    assert names(catalog) == {"a", "b"}
+
+
+def test_a_copy_holding_anything_is_not_empty(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    assert catalog.empty()
+    catalog.apply(0, [], [key("k1")])
+    assert not catalog.empty()
