@@ -12,8 +12,9 @@ At each step it reports:
   200; the clock starts when the deploy call returns;
 - per node: RSS of the node's own process and PSS of its tree (sandboxes and
   zygotes included, shared pages counted once), its data folder on disk, code
-  bundles extracted there, and the feed lag (control revision minus the node's) at the end of the
-  deploys, plus how long the slowest node took to catch up;
+  bundles extracted there and zips held, and the feed lag (control revision
+  minus the node's) at the end of the deploys, plus how long the slowest node
+  took to catch up;
 - ``/v1/health`` latency of every node, sampled every 0.25 s throughout (p50,
   p99, max), i.e. while the nodes catch up.
 
@@ -161,15 +162,16 @@ def du_mb(path: Path) -> float:
     return total / (1 << 20)
 
 
-def bundles_on_disk(node_dir: Path) -> int:
-    """Extracted bundles (a multi-worker node keeps them per worker)."""
-    total = 0
+def bundles_on_disk(node_dir: Path) -> tuple[int, int]:
+    """Bundles extracted, and zips held (a multi-worker node keeps them per worker)."""
+    code = zips = 0
     for root in [node_dir, *node_dir.glob("w[0-9]*")]:
-        try:
-            total += sum(1 for name in os.listdir(root / "code") if len(name) == 64)
-        except OSError:
-            continue
-    return total
+        with contextlib.suppress(OSError):
+            code += sum(1 for name in os.listdir(root / "code") if len(name) == 64)
+        for shard in (root / "zips").glob("*"):
+            with contextlib.suppress(OSError):
+                zips += sum(1 for name in os.listdir(shard) if name.endswith(".zip"))
+    return code, zips
 
 
 # --- the topology --------------------------------------------------------------
@@ -347,7 +349,8 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
             "rss_mb": round(rss_mb({pids[n][0]}), 1) if n in pids else None,
             "tree_pss_mb": round(pss_mb(pids[n][1]), 1) if n in pids else None,
             "disk_mb": round(du_mb(home / n), 1),
-            "bundles": bundles_on_disk(home / n),
+            "bundles": bundles_on_disk(home / n)[0],
+            "zips": bundles_on_disk(home / n)[1],
             "lag_after_deploys": lag[n],
             "health_ms_p50": round(pct(watch.latency[n], 0.5), 1),
             "health_ms_p99": round(pct(watch.latency[n], 0.99), 1),
@@ -390,12 +393,12 @@ def show(s: dict[str, Any]) -> None:
     for phase, h in s["health_ms_by_phase"].items():
         print(f"  /v1/health while {phase}: p50 {h['p50']} p99 {h['p99']} max {h['max']} ms"
               f" ({h['samples']} samples, every node)")  # fmt: skip
-    print(f"  {'node':<10}{'RSS MB':>8}{'tree PSS':>9}{'disk MB':>9}{'bundles':>9}{'lag':>7}"
-          f"{'health p50':>12}{'p99':>8}{'max':>8}")  # fmt: skip
+    print(f"  {'node':<10}{'RSS MB':>8}{'tree PSS':>9}{'disk MB':>9}{'bundles':>9}"
+          f"{'zips':>7}{'lag':>7}{'health p50':>12}{'p99':>8}{'max':>8}")  # fmt: skip
     for name, n in s["nodes"].items():
         print(
             f"  {name:<10}{n['rss_mb']:>8}{n.get('tree_pss_mb', ''):>9}{n['disk_mb']:>9}"
-            f"{n.get('bundles', ''):>9}"
+            f"{n.get('bundles', ''):>9}{n.get('zips', ''):>7}"
             f"{n.get('lag_after_deploys', ''):>7}{n.get('health_ms_p50', ''):>12}"
             f"{n.get('health_ms_p99', ''):>8}{n.get('health_ms_max', ''):>8}",
             flush=True,
