@@ -20,7 +20,12 @@ At each step it reports:
 
 At the start and after the last step it times starting the topology (until every
 node is healthy and, after the last step, in sync with the control plane and a
-probe answers at every POP) and stopping it (SIGINT until no process is left).
+probe answers at every POP), restarting one POP (``edgerun stop``/``start``,
+until it answers a probe), a POP joining with an empty registry copy (how long
+it takes to hold every function, and its /v1/health latency meanwhile), and
+stopping it all (SIGINT until no process is left). After each step it also
+waits until both regions hold the zip of every function (they prefetch what
+their POPs may forward).
 The baseline in the same run is the first step: the figures at 10k and 100k are
 also given as ratios to those at 1k. Ends with one JSON line.
 
@@ -226,6 +231,47 @@ class Topology:
         self.proc = None
         return took
 
+    def restart_node(self, name: str, probe: str) -> float:
+        """``edgerun stop NAME`` then ``edgerun start NAME``: seconds from the start
+        command until the node answers ``probe``."""
+        env = {**os.environ, "EDGERUN_HOME": str(self.home)}
+        cli = [sys.executable, "-m", "edgerun"]
+        subprocess.run([*cli, "stop", name], env=env, check=True, capture_output=True)
+        began = time.perf_counter()
+        subprocess.run([*cli, "start", name], env=env, check=True, capture_output=True)
+        with httpx.Client(timeout=5) as http:
+            wait_invocable(http, self.token, NODES[name], probe, time.monotonic() + 60)
+        return time.perf_counter() - began
+
+    def fresh_catch_up(self, name: str, head: int) -> dict[str, float]:
+        """Drop ``name``'s registry copy (a node joining with nothing) and restart
+        it; its /v1/health sampled every 50 ms until it holds revision ``head``."""
+        env = {**os.environ, "EDGERUN_HOME": str(self.home)}
+        cli = [sys.executable, "-m", "edgerun"]
+        subprocess.run([*cli, "stop", name], env=env, check=True, capture_output=True)
+        for f in (self.home / "cluster" / name).glob("**/registry.db*"):
+            f.unlink()
+        subprocess.run([*cli, "start", name], env=env, check=True, capture_output=True)
+        began = time.perf_counter()
+        samples: list[float] = []
+        with httpx.Client(timeout=10) as http:
+            while True:
+                t = time.perf_counter()
+                revision = int(http.get(f"{NODES[name]}/v1/health").json()["revision"])
+                samples.append((time.perf_counter() - t) * 1000)
+                if revision >= head:
+                    break
+                if time.perf_counter() - began > 600:
+                    raise RuntimeError(f"{name} did not catch up in 600 s")
+                time.sleep(0.05)
+        return {
+            "catch_up_s": round(time.perf_counter() - began, 2),
+            "health_ms_p50": round(pct(samples, 0.5), 1),
+            "health_ms_p99": round(pct(samples, 0.99), 1),
+            "health_ms_max": round(max(samples), 1),
+            "samples": len(samples),
+        }
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             for pid in tree(self.proc.pid):
@@ -316,7 +362,9 @@ def deploy_range(token: str, start: int, stop: int, threads: int) -> float:
     return (stop - start) / (time.perf_counter() - began)
 
 
-def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict[str, Any]:
+def step(
+    top: Topology, have: int, want: int, threads: int, probes: int, steps_done: int
+) -> dict[str, Any]:
     home = top.home / "cluster"
     token = top.token
     with HealthWatch() as watch, httpx.Client(timeout=30) as http:
@@ -331,6 +379,13 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
                 raise RuntimeError("nodes did not catch up in 600 s")
             time.sleep(0.05)
         catch_up = time.perf_counter() - began
+        watch.phase = "region_prefetch"
+        expected = want + probes * steps_done
+        while min(bundles_on_disk(home / r)[1] for r in ("region-1", "region-2")) < expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError("regions did not fetch every zip in 600 s")
+            time.sleep(0.5)
+        prefetched = time.perf_counter() - began
         invocable: list[float] = []
         watch.phase = "probes"
         with Client(CONTROL, token) as client:
@@ -366,6 +421,7 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
         "functions": want,
         "deploys_per_s": round(rate, 1),
         "catch_up_s": round(catch_up, 2),
+        "regions_hold_every_zip_s": round(prefetched, 2),
         "invocable_ms_p50": round(pct(invocable, 0.5) * 1000, 1),
         "invocable_ms_p99": round(pct(invocable, 0.99) * 1000, 1),
         "invocable_ms_max": round(max(invocable) * 1000, 1),
@@ -386,7 +442,8 @@ def step(top: Topology, have: int, want: int, threads: int, probes: int) -> dict
 def show(s: dict[str, Any]) -> None:
     print(
         f"\n{s['functions']:>7} functions: {s['deploys_per_s']} deploys/s, nodes caught up"
-        f" {s['catch_up_s']} s after the last deploy; deploy->invocable at every POP"
+        f" {s['catch_up_s']} s after the last deploy, regions held every zip after"
+        f" {s['regions_hold_every_zip_s']} s; deploy->invocable at every POP"
         f" p50 {s['invocable_ms_p50']} ms p99 {s['invocable_ms_p99']} ms"
         f" (max {s['invocable_ms_max']})"
     )
@@ -424,7 +481,7 @@ def main() -> None:
         print(f"started empty in {result['start_empty_s']} s", flush=True)
         have = 0
         for want in steps:
-            s = step(top, have, want, args.threads, args.probes)
+            s = step(top, have, want, args.threads, args.probes, len(result["steps"]))
             show(s)
             result["steps"].append(s)
             have = want
@@ -432,10 +489,21 @@ def main() -> None:
             head = revisions(http)["control"]
         result["stop_full_s"] = round(top.stop(), 2)
         result["start_full_s"] = round(top.start(revision=head, probe=f"probe-{have}-0"), 2)
+        result["restart_pop_s"] = round(top.restart_node("pop-1", f"probe-{have}-1"), 2)
+        result["fresh_pop"] = top.fresh_catch_up("pop-2", head)
+        fresh = result["fresh_pop"]
+        print(
+            f"a POP with an empty registry copy caught up with {have} functions in"
+            f" {fresh['catch_up_s']} s; its /v1/health meanwhile p50 {fresh['health_ms_p50']}"
+            f" p99 {fresh['health_ms_p99']} max {fresh['health_ms_max']} ms"
+            f" ({fresh['samples']} samples)",
+            flush=True,
+        )
         result["stop_again_s"] = round(top.stop(), 2)
         print(
             f"\nat {have} functions: stop {result['stop_full_s']} s, start (every node in"
             f" sync, a probe answering at each POP) {result['start_full_s']} s,"
+            f" pop-1 restarted and answering in {result['restart_pop_s']} s,"
             f" stop {result['stop_again_s']} s"
         )
     finally:

@@ -164,16 +164,19 @@ class LocalCluster:
         for node in self.nodes.values():
             node.config_path.parent.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(dump_toml(node.config))
-        self.start_node("control")
-        self.wait_healthy(["control"], timeout)
-        self.issue_join_tokens()
         # Regions and POPs start side by side (a POP counts its regions up until a
-        # check says otherwise, and checks them every second): with 100k functions
-        # as with none, the topology is up within a few seconds.
+        # check says otherwise, and checks them every second); nodes that joined
+        # on an earlier run start with the control plane too (they serve what
+        # their registry copy holds, and follow the feed once it answers).
         names = [n.config.name for n in self.nodes.values() if n.config.role != "control"]
+        joined = all(credential_path(self.nodes[name].config).exists() for name in names)
+        self.start_node("control")
+        if not joined:
+            self.wait_healthy(["control"], timeout)
+            self.issue_join_tokens()
         for name in names:
             self.start_node(name)
-        self.wait_healthy(names, timeout)
+        self.wait_healthy(["control", *names], timeout)
 
     def issue_join_tokens(self) -> None:
         """One single-use join token per node that has no credential yet: the admin

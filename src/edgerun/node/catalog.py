@@ -347,7 +347,9 @@ async def follow(
                 log.warning("change feed unreachable (%s); serving last known state", exc)
             catalog.synced = False
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            # Until the first answer (a node starting beside its control plane) at
+            # least once a second; after that, up to every 5 s.
+            backoff = min(backoff * 2, 5.0 if catalog.answered_at else 1.0)
             continue
         backoff = 0.2
         catalog.synced = True
