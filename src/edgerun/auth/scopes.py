@@ -146,11 +146,16 @@ class Principal:
     def owns(self, function: str) -> bool:
         return self.is_cluster_admin or tenant_of(function) == self.tenant
 
+    def allows(self, kind: Kind, function: str) -> bool:
+        """:meth:`may`, worked out and not remembered: for listings that pass many
+        names once, which would only push the invoke path's decisions out."""
+        short = short_name(function)
+        return self.owns(function) and any(s.covers(kind, short) for s in self.scopes)
+
     def may(self, kind: Kind, function: str) -> bool:
         decided = self._decided.get((kind, function))
         if decided is None:
-            short = short_name(function)
-            decided = self.owns(function) and any(s.covers(kind, short) for s in self.scopes)
+            decided = self.allows(kind, function)
             if len(function) <= _MAX_CACHED_NAME:  # a caller picks the name: keep it small
                 if len(self._decided) >= _MAX_DECISIONS:
                     self._decided.clear()

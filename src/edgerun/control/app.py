@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, sigv4, tenant_of
+from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, Principal, sigv4, tenant_of
 from edgerun.auth.guard import ApiRoute, Need, principal_of, route
 from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
@@ -307,10 +307,17 @@ class ControlApp:
         return Response(data, media_type="application/zip", headers={"x-edgerun-sha256": sha})
 
     async def list_functions(self, request: Request) -> Response:
-        """The caller's functions: its tenant's that its scopes let it read."""
+        """The caller's functions: its tenant's that its scopes let it read. The scan
+        runs in a thread: a key that may read few names can pass many."""
         principal = principal_of(request)
         limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
         after = request.query_params.get("after", "")
+        page, more = await asyncio.to_thread(self._readable_functions, principal, after, limit)
+        return json_response({"functions": page, "next": page[-1].name if more and page else None})
+
+    def _readable_functions(
+        self, principal: Principal, after: str, limit: int
+    ) -> tuple[list[FunctionRecord], bool]:
         prefix = "" if principal.is_cluster_admin else _tenant_prefix(principal.tenant)
         page: list[FunctionRecord] = []
         cursor = max(after, prefix)
@@ -320,16 +327,14 @@ class ControlApp:
                 if prefix and not record.name.startswith(prefix):
                     batch = []  # past the tenant's names
                     break
-                if principal.may(Kind.READ, record.name):
+                if principal.allows(Kind.READ, record.name):
                     page.append(record)
                     if len(page) > limit:
                         break
             if len(batch) < _LIST_BATCH:
                 break
             cursor = batch[-1].name
-        more = len(page) > limit
-        page = page[:limit]
-        return json_response({"functions": page, "next": page[-1].name if more and page else None})
+        return page[:limit], len(page) > limit
 
     async def list_schedules(self, request: Request) -> Response:
         """The caller's scheduled functions (as :meth:`list_functions` filters them),
@@ -338,7 +343,7 @@ class ControlApp:
         limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
         after = request.query_params.get("after", "")
         prefix = "" if principal.is_cluster_admin else _tenant_prefix(principal.tenant)
-        self.scheduler.sync()
+        await self.scheduler.catch_up()
         names = sorted(
             n
             for n in self.scheduler.entries

@@ -96,33 +96,41 @@ def api_routes(node: NodeApp) -> list[ApiRoute]:
     return [ApiRoute(m, path, need, getattr(admin, attr)) for m, path, need, attr in ROUTES]
 
 
-_SCAN_PAGES = 10
-"""A status page reads at most this many pages' worth of records to fill itself."""
+_SCAN_BATCH = 2000
 
 
-def _readable_page(
+def _readable_names(
+    node: NodeApp, principal: Principal, after: str, limit: int
+) -> tuple[list[FunctionRecord], list[str], str | None]:
+    """A page of the functions ``principal`` may read, by name, the names found
+    unreadable, and the page's last name if more follow. In a thread: a node may hold 100k
+    functions and a key may read few of them, so this may scan many names (only
+    names: records are read for the page). Never a name the key may not read
+    leaves here, not even as a cursor."""
+    everything = principal.is_cluster_admin or principal.is_observer
+    tenant = None if everything else tenant_prefix(principal.tenant)
+    names: list[str] = []
+    cursor = after
+    while len(names) <= limit:
+        batch = node.catalog.names(after=cursor, limit=_SCAN_BATCH, tenant_prefix=tenant)
+        names += [n for n in batch if everything or principal.allows(Kind.READ, n)]
+        if len(batch) < _SCAN_BATCH:
+            break
+        cursor = batch[-1]
+    page = names[:limit]
+    records, broken = node.catalog.read_many(page)
+    return records, broken, page[-1] if len(names) > limit else None
+
+
+async def _readable_page(
     node: NodeApp, principal: Principal, params: Mapping[str, str]
 ) -> tuple[list[FunctionRecord], str | None]:
-    """A page of the functions ``principal`` may read, by name, and the name to go
-    on after (None: no more). A node may know 100k functions: the page is read
-    from the registry copy in order, and the scan is bounded (a short page with a
-    ``next`` when a key may read few of the names it passes)."""
+    """A page of readable functions and the name to go on after (None: no more)."""
     limit = query_int(params, "limit", 100, lo=1, hi=1000)
-    cursor = params.get("after", "")
-    everything = principal.is_cluster_admin or principal.is_observer
-    prefix = "" if everything else tenant_prefix(principal.tenant)
-    page: list[FunctionRecord] = []
-    for _ in range(_SCAN_PAGES):
-        batch = node.catalog.page(after=cursor, limit=limit + 1, prefix=prefix)
-        for fn in batch:
-            if everything or principal.may(Kind.READ, fn.name):
-                if len(page) == limit:
-                    return page, page[-1].name
-                page.append(fn)
-            cursor = fn.name
-        if len(batch) <= limit:
-            return page, None
-    return page, cursor
+    after = params.get("after", "")
+    records, broken, more = await asyncio.to_thread(_readable_names, node, principal, after, limit)
+    node.catalog.unreadable(broken)
+    return records, records[-1].name if more and records else None
 
 
 def _workers(node: NodeApp) -> dict[str, object]:
@@ -175,7 +183,7 @@ class _Admin:
         """The cluster admin sees the whole node; any other key, its readable functions."""
         node = self.node
         principal = principal_of(request)
-        page, more = _readable_page(node, principal, request.query_params)
+        page, more = await _readable_page(node, principal, request.query_params)
         functions = {}
         for fn in page:
             name = fn.name
@@ -193,7 +201,7 @@ class _Admin:
         placements = [
             r
             for r in node.counters.rows()
-            if everything or principal.may(Kind.READ, str(r["function"]))
+            if everything or principal.allows(Kind.READ, str(r["function"]))
         ]
         if not everything:
             return json_response(

@@ -240,6 +240,8 @@ class NodeApp:
             self._first_to_stop.append(self._tasks[-1])
         if self.warmer is not None:
             self._tasks.append(asyncio.create_task(self.warmer.run_forever()))
+        if self.cfg.role == "region":
+            self._tasks.append(asyncio.create_task(self._fill_code_cache()))
         if self.seat is not None:
             self._tasks += [
                 asyncio.create_task(self._hits_link().run()),
@@ -280,7 +282,7 @@ class NodeApp:
 
     async def _on_change(self, records: list[FunctionRecord], unreferenced: set[str]) -> None:
         """Stop what deleted functions still run, drop code nothing refers to, and
-        (a region) queue the code aliases point at: a region keeps everything its
+        (a region) queue the code of every version: a region keeps everything its
         POPs may forward, while a POP fetches code when it first runs it here, or
         ahead of a peak its time-of-day profile expects (the warmer)."""
         deleted = [r.name for r in records if r.deleted]
@@ -288,11 +290,7 @@ class NodeApp:
             await asyncio.gather(*(self._stop_function(name) for name in deleted))
         if self.cfg.role == "region":
             self.code.want(
-                r.versions[vid].bundle_sha256
-                for r in records
-                if not r.deleted
-                for vid in set(r.aliases.values())
-                if vid in r.versions
+                v.bundle_sha256 for r in records if not r.deleted for v in r.versions.values()
             )
         if unreferenced:
             self.code.unwant(unreferenced)
@@ -312,7 +310,11 @@ class NodeApp:
         """:meth:`collect_code` over every bundle on disk, the index read in a thread
         (a region holds every bundle of the cluster)."""
         on_disk = self.code.cached()
-        return self._collect(on_disk, await asyncio.to_thread(self.catalog.referenced, on_disk))
+        referenced = await asyncio.to_thread(self.catalog.referenced, on_disk)
+        # A batch applied meanwhile may refer to some again (a redeploy of the same
+        # code, a rollback): the few that look unused are checked once more here.
+        unused = on_disk - referenced
+        return self._collect(unused, self.catalog.referenced(unused))
 
     def _collect(self, on_disk: set[str], referenced: set[str]) -> list[str]:
         if not self.catalog.synced:
@@ -352,6 +354,14 @@ class NodeApp:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _fill_code_cache(self) -> None:
+        """A region, once in sync after a start: queue the code it does not hold yet
+        (what a previous run had queued and not fetched, or lost to a full cache)."""
+        while not self.catalog.synced:
+            await asyncio.sleep(0.5)
+        missing = await asyncio.to_thread(self.catalog.all_bundles)
+        self.code.want(sorted(missing - self.code.cached()))
 
     async def _reap_forever(self) -> None:
         while True:

@@ -44,6 +44,7 @@ reaches the node as a few batches, not one answer per change (each answer
 costs every node a request and a transaction). A node catching up (big
 answers) does not wait."""
 _SMALL_BATCH = 100
+_CHUNK = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, record BLOB NOT NULL);
@@ -102,14 +103,21 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
-        """Writes, and reads made off the event loop (the writer's connection)."""
+        """The writer's connection: the feed's batches (in a thread) and repairs."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         path.chmod(0o600)
         self._reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        """Point reads on the event loop: WAL lets them run beside a write."""
+        """Reads (point reads on the loop, scans in threads in short chunks): WAL lets
+        them run beside a write."""
         self._read_lock = threading.Lock()
+        self._broken: set[str] = set()
+        """Records found unreadable: deleted, and the feed followed from 0, by
+        :meth:`repair` (in a thread, between two polls of the feed)."""
+        self.generation = 0
+        """Moves when a record is found unreadable: a feed answer asked for before
+        that is dropped, not applied over the reset."""
         self._upgrade()
         self._load()
         self._migrate(path.with_name("registry.json"))
@@ -128,7 +136,7 @@ class Catalog:
                 try:
                     shas = _bundles(_decode_record(blob))
                 except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue  # found by _load's check below
+                    continue  # repaired when first read (see _unreadable)
                 cur.executemany(
                     "INSERT OR IGNORE INTO bundles (function, sha) VALUES (?, ?)",
                     [(name, sha) for sha in shas],
@@ -165,14 +173,28 @@ class Catalog:
         old.unlink(missing_ok=True)
 
     def close(self) -> None:
-        self._reader.close()
-        self._db.close()
+        """After the last batch: waits for a commit or a scan still running in a thread."""
+        with self._lock, self._read_lock:
+            self._reader.close()
+            self._db.close()
 
     # --- reads ------------------------------------------------------------------
     def get(self, name: str) -> FunctionRecord | None:
         record = self._cache.get(name)
         if record is not None:
             self._cache.move_to_end(name)
+            return record
+        record = self.peek(name)
+        if record is not None:
+            self._cache[name] = record
+            if len(self._cache) > self._cache_records:
+                self._cache.popitem(last=False)
+        return record
+
+    def peek(self, name: str) -> FunctionRecord | None:
+        """:meth:`get` without keeping the record in memory (listings)."""
+        record = self._cache.get(name)
+        if record is not None:
             return record
         with self._read_lock:
             row = self._reader.execute(
@@ -181,39 +203,79 @@ class Catalog:
         if row is None:
             return None
         try:
-            record = _decode_record(row[0])
+            return _decode_record(row[0])
         except (msgspec.DecodeError, msgspec.ValidationError):
             self._unreadable(name)
             return None
-        self._cache[name] = record
-        if len(self._cache) > self._cache_records:
-            self._cache.popitem(last=False)
-        return record
+
+    def read_many(self, names: list[str]) -> tuple[list[FunctionRecord], list[str]]:
+        """The records of ``names`` (in a thread: nothing cached) and the names whose
+        record is unreadable (for the loop to pass to :meth:`unreadable`)."""
+        records, broken = [], []
+        for i in range(0, len(names), _CHUNK):
+            chunk = names[i : i + _CHUNK]
+            with self._read_lock:
+                rows = dict(
+                    self._reader.execute(
+                        "SELECT name, record FROM functions WHERE name IN"
+                        f" ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                )
+            for name in chunk:
+                blob = rows.get(name)
+                if blob is None:
+                    continue
+                try:
+                    records.append(_decode_record(blob))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    broken.append(name)
+        return records, broken
+
+    def unreadable(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._unreadable(name)
 
     def _unreadable(self, name: str) -> None:
-        """A record that cannot be decoded: forget it and every revision, so the
-        feed sends the whole registry again (a snapshot) and repairs it."""
-        log.warning("unreadable record %r in %s: following the feed from 0", name, self._path)
-        with transaction(self._db, self._lock) as cur:
-            cur.execute("DELETE FROM functions WHERE name = ?", (name,))
-            cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('revision', 0)")
+        """A record that cannot be decoded: from now on the node follows the feed
+        from 0, which sends the whole registry again and repairs it. The disk is
+        changed by :meth:`repair`, off the loop."""
+        if name not in self._broken:
+            log.warning("unreadable record %r in %s: following the feed from 0", name, self._path)
+        self._broken.add(name)
         self.revision = 0
+        self.generation += 1
 
-    def page(self, *, after: str = "", limit: int = 100, prefix: str = "") -> list[FunctionRecord]:
-        """Records by name after ``after`` (only names starting with ``prefix``)."""
+    async def repair(self) -> None:
+        """Delete the unreadable records and the stored revision (so a restart also
+        follows from 0); ``follow`` calls it between two polls."""
+        broken, self._broken = self._broken, set()
+        if broken:
+            await asyncio.to_thread(self._delete_broken, broken)
+
+    def _delete_broken(self, names: set[str]) -> None:
+        with transaction(self._db, self._lock) as cur:
+            for name in names:
+                cur.execute("DELETE FROM functions WHERE name = ?", (name,))
+                cur.execute("DELETE FROM bundles WHERE function = ?", (name,))
+            cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('revision', 0)")
+
+    def names(
+        self, *, after: str = "", limit: int = 100, tenant_prefix: str | None = None
+    ) -> list[str]:
+        """Names in order after ``after``: all of them (``tenant_prefix`` None), or one
+        tenant's (``"acme."``: a range of the index; ``""``: the default tenant's,
+        which have no dot). Names only, no record decoded: cheap to scan."""
+        sql, args = "SELECT name FROM functions WHERE name > ?", [after]
+        if tenant_prefix:
+            end = tenant_prefix[:-1] + chr(ord(tenant_prefix[-1]) + 1)
+            sql += " AND name >= ? AND name < ?"
+            args += [tenant_prefix, end]
+        elif tenant_prefix == "":
+            sql += " AND instr(name, '.') = 0"
         with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT record FROM functions WHERE name > ? AND substr(name, 1, ?) = ?"
-                " ORDER BY name LIMIT ?",
-                (max(after, prefix), len(prefix), prefix, limit),
-            ).fetchall()
-        out = []
-        for (blob,) in rows:
-            try:
-                out.append(_decode_record(blob))
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-        return out
+            rows = self._reader.execute(sql + " ORDER BY name LIMIT ?", (*args, limit)).fetchall()
+        return [name for (name,) in rows]
 
     def empty(self) -> bool:
         """No function or key held (a node never fed, whose first answers may be a
@@ -227,16 +289,28 @@ class Catalog:
         with self._read_lock:
             return int(self._reader.execute("SELECT count(*) FROM functions").fetchone()[0])
 
-    def referenced(self, shas: Iterable[str]) -> set[str]:
-        """Which of ``shas`` a version of some function runs (safe in any thread)."""
+    def all_bundles(self) -> set[str]:
+        """Every bundle some version runs (a region's whole working set; in a thread)."""
         with self._read_lock:
-            return {
-                sha
-                for sha in shas
-                if self._reader.execute(
-                    "SELECT 1 FROM bundles WHERE sha = ? LIMIT 1", (sha,)
-                ).fetchone()
-            }
+            return {sha for (sha,) in self._reader.execute("SELECT DISTINCT sha FROM bundles")}
+
+    def referenced(self, shas: Iterable[str]) -> set[str]:
+        """Which of ``shas`` a version of some function runs. Safe in any thread; a
+        long list is read in chunks, so the loop's point reads wait for one chunk
+        at most."""
+        wanted, found = list(shas), set[str]()
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            with self._read_lock:
+                found.update(
+                    sha
+                    for (sha,) in self._reader.execute(
+                        "SELECT DISTINCT sha FROM bundles WHERE sha IN"
+                        f" ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                )
+        return found
 
     # --- writes -----------------------------------------------------------------
     def apply(
@@ -253,13 +327,15 @@ class Catalog:
     async def apply_async(
         self, revision: int, records: list[FunctionRecord], keys: list[KeyEntry] | None = None
     ) -> set[str]:
-        """:meth:`apply` with the disk work in a thread. The cache and revision
-        change on the loop after the commit, so a reader meanwhile sees the batch
-        wholly before or wholly after."""
+        """:meth:`apply` with the disk work in a thread. The cache and the revision
+        change on the loop after the commit; until then a record not in memory
+        may already read as its new state. A record found unreadable meanwhile
+        keeps the revision at 0 (the feed is followed again from there)."""
         if keys:
             self.keyring.apply(keys)
+        generation = self.generation
         unreferenced = await asyncio.to_thread(self._commit, revision, records, keys or [])
-        self._applied(revision, records)
+        self._applied(revision if generation == self.generation else 0, records)
         return unreferenced
 
     def _commit(
@@ -313,7 +389,8 @@ class Catalog:
                     del self._cache[record.name]
                 else:
                     self._cache[record.name] = record
-        self.revision = max(self.revision, revision)
+        if revision:
+            self.revision = max(self.revision, revision)
 
 
 async def follow(
@@ -330,20 +407,28 @@ async def follow(
     backoff = 0.2
     while True:
         try:
-            params: dict[str, str | int] = {"since": catalog.revision, "wait": int(wait_s)}
-            if catalog.revision == 0 and catalog.empty():
-                # Nothing held: a snapshot of what lives (no deleted functions or
-                # revoked keys to replay), paged like any other answer.
-                params["fresh"] = "true"
-            resp = await client.get(f"{control_url}/v1/changes", params=params, timeout=wait_s + 10)
-            resp.raise_for_status()
-            body = resp.content
-            if len(body) > _DECODE_IN_THREAD:
-                changes = await asyncio.to_thread(_decode_changes, body)
-            else:
-                changes = _decode_changes(body)
-        except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            if catalog.synced:
+            await catalog.repair()
+            generation = catalog.generation
+            changes = await _poll(catalog, client, control_url, wait_s)
+            if generation != catalog.generation:
+                continue  # asked for before a reset to 0: ask again from there
+            catalog.synced = True
+            catalog.control_revision, catalog.answered_at = changes.revision, time.monotonic()
+            backoff = 0.2
+            if not (changes.functions or changes.keys or changes.revision != catalog.revision):
+                continue
+            # Shielded: a node told to stop mid-batch still finishes it in memory too.
+            unreferenced = await asyncio.shield(
+                catalog.apply_async(changes.revision, changes.functions, changes.keys)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Unreachable, a bad answer, or a disk that failed a write: serve what is
+            # held, and try again (the revision moved only with a committed batch).
+            if not isinstance(exc, httpx.HTTPError | msgspec.DecodeError | msgspec.ValidationError):
+                log.exception("applying the change feed failed; serving last known state")
+            elif catalog.synced:
                 log.warning("change feed unreachable (%s); serving last known state", exc)
             catalog.synced = False
             await asyncio.sleep(backoff)
@@ -351,13 +436,25 @@ async def follow(
             # least once a second; after that, up to every 5 s.
             backoff = min(backoff * 2, 5.0 if catalog.answered_at else 1.0)
             continue
-        backoff = 0.2
-        catalog.synced = True
-        catalog.control_revision, catalog.answered_at = changes.revision, time.monotonic()
-        if changes.functions or changes.keys or changes.revision != catalog.revision:
-            unreferenced = await catalog.apply_async(
-                changes.revision, changes.functions, changes.keys
-            )
+        try:
             await on_change(changes.functions, unreferenced)
-            if len(changes.functions) + len(changes.keys) < _SMALL_BATCH:
-                await asyncio.sleep(batch_window_s)
+        except Exception:
+            log.exception("acting on a change of the registry failed")
+        if len(changes.functions) + len(changes.keys) < _SMALL_BATCH:
+            await asyncio.sleep(batch_window_s)
+
+
+async def _poll(
+    catalog: Catalog, client: httpx.AsyncClient, control_url: str, wait_s: float
+) -> _Changes:
+    params: dict[str, str | int] = {"since": catalog.revision, "wait": int(wait_s)}
+    if catalog.revision == 0 and catalog.empty():
+        # Nothing held: a snapshot of what lives (no deleted functions or revoked
+        # keys to replay), paged like any other answer.
+        params["fresh"] = "true"
+    resp = await client.get(f"{control_url}/v1/changes", params=params, timeout=wait_s + 10)
+    resp.raise_for_status()
+    body = resp.content
+    if len(body) > _DECODE_IN_THREAD:
+        return await asyncio.to_thread(_decode_changes, body)
+    return _decode_changes(body)

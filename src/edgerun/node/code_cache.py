@@ -12,7 +12,7 @@ with a 507; a prefetch stops at a high-water mark and never evicts. The node's
 collector removes bundles nothing refers to (:meth:`CodeCache.remove`).
 
 A POP fetches code when it first runs it (or its warmer expects a peak); a
-region queues the zip of every aliased version (:meth:`CodeCache.want`), as it
+region queues the zip of every version (:meth:`CodeCache.want`), as it
 serves them to its POPs, and extracts one when it first runs it.
 """
 
@@ -122,7 +122,8 @@ class CodeCache:
         self._queued: dict[str, None] = {}
         """Prefetches waiting for :meth:`prefetch_forever` (an ordered set)."""
         self._queue_changed = asyncio.Event()
-        self._zips_inflight: set[str] = set()
+        self._zips_inflight: dict[str, asyncio.Event] = {}
+        """Zips a prefetch is downloading: a request for one waits for it."""
         self._code_root.mkdir(parents=True, exist_ok=True)
         found = set()
         for p in self._code_root.iterdir():
@@ -157,7 +158,7 @@ class CodeCache:
 
     def inflight(self) -> set[str]:
         """Bundles being fetched or extracted right now: never collected."""
-        return set(self._inflight) | self._zips_inflight
+        return set(self._inflight) | set(self._zips_inflight)
 
     def remove(self, sha: str) -> None:
         """Drop a bundle's zip and extracted copy (the caller checked nothing uses it).
@@ -278,7 +279,7 @@ class CodeCache:
                 await self._queue_changed.wait()
             sha = next(iter(self._queued))
             del self._queued[sha]
-            if self.ready(sha) or sha in self._sizes or sha in self._zips_inflight:
+            if sha in self._sizes or sha in self._inflight or sha in self._zips_inflight:
                 continue
             try:
                 await self._keep_zip(sha)
@@ -287,12 +288,14 @@ class CodeCache:
                 self._queued.clear()  # the rest is fetched when asked for
             except (BundleUnavailable, ApiError) as exc:
                 log.warning("prefetch of %s failed: %s", sha[:12], exc)
+            except Exception:  # a full disk, say: the next one may fare better
+                log.exception("prefetch of %s failed", sha[:12])
 
     async def _keep_zip(self, sha: str) -> None:
         """Download a bundle and keep its zip, not extracted: a region serves zips
         to its POPs, and extracts one when it first runs it (half the work and
         far fewer files for the code it only holds)."""
-        self._zips_inflight.add(sha)
+        self._zips_inflight[sha] = done = asyncio.Event()
         try:
             known = self._known.get(sha)
             if known is not None:
@@ -309,7 +312,8 @@ class CodeCache:
                 else:
                     self._sizes.pop(sha, None)
         finally:
-            self._zips_inflight.discard(sha)
+            del self._zips_inflight[sha]
+            done.set()
 
     def _done(self, sha: str) -> None:
         self._inflight.pop(sha, None)
@@ -326,6 +330,9 @@ class CodeCache:
         return data
 
     async def _fetch_and_extract(self, sha: str) -> Path:
+        prefetching = self._zips_inflight.get(sha)
+        if prefetching is not None:  # not twice the download, nor twice the charge
+            await prefetching.wait()
         data = self.zips.get(sha)
         have_zip = data is not None
         if data is None:

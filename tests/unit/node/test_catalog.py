@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 from pathlib import Path
@@ -38,7 +39,7 @@ def open_catalog(path: Path, **kw: int) -> Catalog:
 
 
 def names(catalog: Catalog) -> set[str]:
-    return {r.name for r in catalog.page(limit=1000)}
+    return set(catalog.names(limit=1000))
 
 
 def test_functions_keys_and_revision_survive_a_restart(tmp_path: Path) -> None:
@@ -72,7 +73,8 @@ def test_a_json_copy_of_an_earlier_release_is_migrated_once(tmp_path: Path) -> N
     assert not (tmp_path / "registry.json").exists()
 
 
-def test_an_unreadable_row_makes_the_node_follow_the_feed_from_zero(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_an_unreadable_row_makes_the_node_follow_the_feed_from_zero(tmp_path: Path) -> None:
     first = open_catalog(tmp_path)
     first.apply(9, [record("a"), record("b")])
     first.close()
@@ -81,9 +83,29 @@ def test_an_unreadable_row_makes_the_node_follow_the_feed_from_zero(tmp_path: Pa
 
     again = open_catalog(tmp_path)
     assert again.revision == 9 and again.get("a") is not None
+    generation = again.generation
     assert again.get("b") is None
-    assert again.revision == 0  # so every record comes again
-    assert open_catalog(tmp_path).revision == 0  # and after a restart too
+    assert again.revision == 0 and again.generation > generation  # so every record comes again
+    await again.repair()
+    again.close()
+    third = open_catalog(tmp_path)
+    assert third.revision == 0 and names(third) == {"a"}  # and after a restart too
+
+
+@pytest.mark.anyio
+async def test_a_batch_in_flight_when_a_record_turns_out_unreadable_keeps_revision_zero(
+    tmp_path: Path,
+) -> None:
+    catalog = open_catalog(tmp_path)
+    catalog.apply(3, [record("a")])
+    catalog._lock.acquire()  # the commit waits in its thread
+    applying = asyncio.ensure_future(catalog.apply_async(4, [record("b", revision=4)]))
+    await asyncio.sleep(0)
+    catalog.unreadable(["a"])
+    catalog._lock.release()
+    await applying
+
+    assert catalog.revision == 0
 
 
 def test_the_file_is_for_the_node_only(tmp_path: Path) -> None:
@@ -144,12 +166,26 @@ async def test_applying_off_the_loop_gives_the_same_copy(tmp_path: Path) -> None
     assert catalog.get("a") is None and names(catalog) == set()
 
 
-def test_pages_follow_names_within_a_prefix(tmp_path: Path) -> None:
+def test_names_follow_one_tenant_or_all(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path)
-    catalog.apply(1, [record(n) for n in ("a", "t.x", "t.y", "t.z", "u.a")])
-    assert [r.name for r in catalog.page(prefix="t.", limit=2)] == ["t.x", "t.y"]
-    assert [r.name for r in catalog.page(prefix="t.", after="t.y")] == ["t.z"]
-    assert [r.name for r in catalog.page(after="t.z")] == ["u.a"]
+    catalog.apply(1, [record(n) for n in ("a", "b", "t.x", "t.y", "t.z", "t0", "u.a")])
+    assert catalog.names(tenant_prefix="t.", limit=2) == ["t.x", "t.y"]
+    assert catalog.names(tenant_prefix="t.", after="t.y") == ["t.z"]
+    assert catalog.names(tenant_prefix="") == ["a", "b", "t0"]  # the default tenant's
+    assert catalog.names(after="t.z") == ["t0", "u.a"]
+
+
+def test_many_records_are_read_at_once_and_unreadable_ones_named(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    catalog.apply(1, [record(f"f{i:04d}") for i in range(1200)])
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        db.execute("UPDATE functions SET record = x'00ff' WHERE name = 'f0700'")
+    wanted = [f"f{i:04d}" for i in range(0, 1200, 2)] + ["missing"]
+
+    records, broken = catalog.read_many(wanted)
+
+    assert [r.name for r in records] == [n for n in wanted[:-1] if n != "f0700"]
+    assert broken == ["f0700"] and len(catalog._cache) == 0
 
 
 def test_a_copy_from_before_the_bundle_index_is_indexed_once(tmp_path: Path) -> None:
