@@ -8,8 +8,10 @@ At each step it reports:
 
 - deploys/s (each function its own bundle: upload, then PUT);
 - deploy -> invocable at every POP (p50/p99): after the step, ``--probes`` new
-  functions are deployed one at a time, and each POP is called until it answers
-  200; the clock starts when the deploy call returns;
+  functions are deployed one at a time, and both POPs are called (side by side)
+  until they answer 200; the clock starts when the deploy call returns; and
+  where those first calls ran, and what a POP measured a bundle fetch (a cache
+  miss) to cost, as its placement counts it (``/v1/placement/explain``);
 - per node: RSS of the node's own process and PSS of its tree (sandboxes and
   zygotes included, shared pages counted once), its data folder on disk, code
   bundles extracted there and zips held, and the feed lag (control revision
@@ -281,6 +283,13 @@ class Topology:
 
 def wait_invocable(http: httpx.Client, token: str, url: str, name: str, deadline: float) -> float:
     """Seconds until ``url`` answers 200 for ``name`` (polled every 5 ms)."""
+    return answered(http, token, url, name, deadline)[0]
+
+
+def answered(
+    http: httpx.Client, token: str, url: str, name: str, deadline: float
+) -> tuple[float, str]:
+    """:func:`wait_invocable`, and where the first answer ran (x-edgerun-placement)."""
     began = time.perf_counter()
     while True:
         try:
@@ -291,7 +300,7 @@ def wait_invocable(http: httpx.Client, token: str, url: str, name: str, deadline
                 timeout=30,
             )
             if resp.status_code == 200:
-                return time.perf_counter() - began
+                return time.perf_counter() - began, resp.headers.get("x-edgerun-placement", "")
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
@@ -387,17 +396,38 @@ def step(
             time.sleep(0.5)
         prefetched = time.perf_counter() - began
         invocable: list[float] = []
+        placements: dict[str, int] = {}
         watch.phase = "probes"
-        with Client(CONTROL, token) as client:
+        with Client(CONTROL, token) as client, ThreadPoolExecutor(len(POPS)) as both:
             for k in range(probes):
                 name = f"probe-{want}-{k}"
                 client.deploy(name, bundle(name), CONFIG)
                 deployed = time.perf_counter()
-                ready = {}
-                for pop in POPS:
-                    wait_invocable(http, token, NODES[pop], name, time.monotonic() + 60)
-                    ready[pop] = time.perf_counter() - deployed
-                invocable += ready.values()
+
+                def at(pop: str, name: str = name, deployed: float = deployed) -> str:
+                    with httpx.Client(timeout=30) as own:
+                        _s, placement = answered(
+                            own, token, NODES[pop], name, time.monotonic() + 60
+                        )
+                    invocable.append(time.perf_counter() - deployed)
+                    return placement.split(":")[0]
+
+                for placement in both.map(at, POPS):
+                    placements[placement] = placements.get(placement, 0) + 1
+            # What a miss costs a POP: its measured fetch of a bundle from its region.
+            name = f"fetch-{want}"
+            client.deploy(name, bundle(name), CONFIG)
+            deadline = time.monotonic() + 60
+            while True:
+                resp = http.get(
+                    f"{NODES['pop-1']}/v1/placement/explain",
+                    params={"function": name},
+                    headers={"authorization": f"Bearer {token}"},
+                )
+                if resp.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            fetch_ms = resp.json()["inputs"]["costs_ms"]["fetch_ms"]
     pids = node_pids(top.proc.pid) if top.proc else {}
     nodes = {
         n: {
@@ -425,6 +455,8 @@ def step(
         "invocable_ms_p50": round(pct(invocable, 0.5) * 1000, 1),
         "invocable_ms_p99": round(pct(invocable, 0.99) * 1000, 1),
         "invocable_ms_max": round(max(invocable) * 1000, 1),
+        "first_call_ran": placements,
+        "pop_fetch_ms": round(fetch_ms, 2),
         "health_errors": watch.errors,
         "health_ms_by_phase": {
             phase: {
@@ -445,7 +477,8 @@ def show(s: dict[str, Any]) -> None:
         f" {s['catch_up_s']} s after the last deploy, regions held every zip after"
         f" {s['regions_hold_every_zip_s']} s; deploy->invocable at every POP"
         f" p50 {s['invocable_ms_p50']} ms p99 {s['invocable_ms_p99']} ms"
-        f" (max {s['invocable_ms_max']})"
+        f" (max {s['invocable_ms_max']}); first calls ran {s['first_call_ran']};"
+        f" a POP's fetch of a bundle (miss) {s['pop_fetch_ms']} ms"
     )
     for phase, h in s["health_ms_by_phase"].items():
         print(f"  /v1/health while {phase}: p50 {h['p50']} p99 {h['p99']} max {h['max']} ms"

@@ -712,7 +712,7 @@ def status(token: TokenOpt = "") -> None:
     with httpx.Client(timeout=2.0, headers={"authorization": f"Bearer {token}"}) as http:
         for n in nodes:
             try:
-                path = "/v1/health" if n["role"] == "control" else "/v1/status"
+                path = "/v1/health" if n["role"] == "control" else "/v1/status?limit=1"
                 resp = http.get(f"{n['url']}{path}")
                 body = resp.json()
             except (httpx.HTTPError, ValueError):

@@ -40,6 +40,8 @@ from edgerun.models import SHA256_RE
 
 log = logging.getLogger("edgerun.node.code")
 
+PREFETCH_TRIES = 3
+"""A prefetch that fails is queued again this many times in all."""
 PREFETCH_HIGH_WATER = 0.8
 """Prefetches fill the cache up to this share of its limit, evicting nothing."""
 _KNOWN_SIZES = 4096
@@ -122,6 +124,8 @@ class CodeCache:
         self._queued: dict[str, None] = {}
         """Prefetches waiting for :meth:`prefetch_forever` (an ordered set)."""
         self._queue_changed = asyncio.Event()
+        self._tries: dict[str, int] = {}
+        """Failed prefetches of bundles still queued (bounded by the queue)."""
         self._zips_inflight: dict[str, asyncio.Event] = {}
         """Zips a prefetch is downloading: a request for one waits for it."""
         self._code_root.mkdir(parents=True, exist_ok=True)
@@ -264,6 +268,7 @@ class CodeCache:
     def unwant(self, shas: Iterable[str]) -> None:
         for sha in shas:
             self._queued.pop(sha, None)
+            self._tries.pop(sha, None)
 
     @property
     def queued(self) -> int:
@@ -283,13 +288,26 @@ class CodeCache:
                 continue
             try:
                 await self._keep_zip(sha)
+                self._tries.pop(sha, None)
             except CodeCacheFull as exc:
                 log.warning("prefetching stopped, %d left: %s", len(self._queued), exc.message)
                 self._queued.clear()  # the rest is fetched when asked for
+                self._tries.clear()
             except (BundleUnavailable, ApiError) as exc:
-                log.warning("prefetch of %s failed: %s", sha[:12], exc)
-            except Exception:  # a full disk, say: the next one may fare better
+                self._again(sha, str(exc))
+            except Exception as exc:  # a full disk, say: the next one may fare better
                 log.exception("prefetch of %s failed", sha[:12])
+                self._again(sha, str(exc))
+
+    def _again(self, sha: str, why: str) -> None:
+        """A failed prefetch goes to the back of the queue, up to a few times."""
+        tries = self._tries.get(sha, 0) + 1
+        if tries < PREFETCH_TRIES:
+            self._tries[sha] = tries
+            self._queued[sha] = None
+            return
+        self._tries.pop(sha, None)
+        log.warning("prefetch of %s failed %d times, left for a request: %s", sha[:12], tries, why)
 
     async def _keep_zip(self, sha: str) -> None:
         """Download a bundle and keep its zip, not extracted: a region serves zips
@@ -365,11 +383,19 @@ class CodeCache:
                 self._sizes.pop(sha, None)
         return dest
 
+    async def _get(self, url: str) -> httpx.Response:
+        """One GET, tried once more on a fresh connection when the first broke: a
+        kept-alive connection the server closed as it was reused is not an outage."""
+        try:
+            return await self._client.get(url, timeout=60)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+            return await self._client.get(url, timeout=60)
+
     async def _download(self, sha: str) -> bytes:
         errors: list[str] = []
         for base in self._upstreams:
             try:
-                resp = await self._client.get(f"{base}/v1/bundles/{sha}", timeout=60)
+                resp = await self._get(f"{base}/v1/bundles/{sha}")
             except httpx.HTTPError as exc:
                 errors.append(f"{base}: {type(exc).__name__}")
                 continue

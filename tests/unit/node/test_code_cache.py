@@ -264,3 +264,62 @@ async def test_unwanted_bundles_leave_the_queue(tmp_path: Path) -> None:
     await _drained(code, {b})
 
     assert downloads == [b]
+
+
+async def test_a_failed_prefetch_is_tried_again_a_few_times(tmp_path: Path) -> None:
+    shas = bundles("a", "b", size=1000)
+    a, b = shas
+    calls: list[str] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        sha = request.url.path.rsplit("/", 1)[-1]
+        calls.append(sha)
+        if sha == a and calls.count(a) < 3:
+            return httpx.Response(503)
+        return httpx.Response(200, content=shas[sha])
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(serve))
+    code = CodeCache(tmp_path, client, ["http://up"], max_uncompressed=100 * MB)
+
+    code.want([a, b])
+    await _drained(code, {a, b})
+
+    assert calls.count(a) == 3 and code.zips.has(a)
+
+
+async def test_a_prefetch_that_keeps_failing_is_left_for_a_request(tmp_path: Path) -> None:
+    data = bundle("a", 1000)
+    a = sha256_hex(data)
+    calls: list[str] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(503)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(serve))
+    code = CodeCache(tmp_path, client, ["http://up"], max_uncompressed=100 * MB)
+
+    code.want([a])
+    await _drained(code, set())
+
+    assert len(calls) == 3 and not code.zips.has(a) and code.queued == 0
+
+
+async def test_a_connection_broken_on_reuse_is_tried_once_more(tmp_path: Path) -> None:
+    data = bundle("a", 1000)
+    a = sha256_hex(data)
+    calls = 0
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise httpx.ReadError("connection closed by the server")
+        return httpx.Response(200, content=data)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(serve))
+    code = CodeCache(tmp_path, client, ["http://up"], max_uncompressed=100 * MB)
+
+    await code.ensure(a)
+
+    assert calls == 2 and code.ready(a)
