@@ -599,12 +599,20 @@ class ControlApp:
         """One page; any thread. The keys are read after the functions, up to the
         revision of the functions' page: later changes have higher revisions, so
         they are the next page's, never lost between the two reads."""
+        head = self.registry.revision()
         revision, records = self.registry.changes(since, limit, live_only=fresh)
         keys = self.accounts.changes(since, revision, limit, live_only=fresh)
         if len(keys) == limit:
             revision = keys[-1].revision
             records = [r for r in records if r.revision <= revision]
-        return {"revision": revision, "functions": records, "keys": keys}
+        # ``head``: where the registry is, so a node paging through knows how far it
+        # has to go (and does not act as if it held everything before it does).
+        return {
+            "revision": revision,
+            "head": max(head, revision),
+            "functions": records,
+            "keys": keys,
+        }
 
     # --- tenants, keys, nodes ----------------------------------------------------
     async def list_tenants(self, request: Request) -> Response:

@@ -122,6 +122,9 @@ class NodeSecrets(_Closed):
 
 class Changes(_Closed):
     revision: int
+    """Pass it back as ``since``: the last change this page holds."""
+    head: int
+    """The registry's revision: the page is the last one once ``revision`` reaches it."""
     functions: list[FunctionRecord]
     keys: list[KeyEntry]
 

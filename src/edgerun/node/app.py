@@ -299,8 +299,8 @@ class NodeApp:
     def collect_code(self, candidates: set[str] | None = None) -> list[str]:
         """Remove bundles no version in the registry refers to (of ``candidates``, or
         of all on disk), unless a sandbox, a zygote or a fetch still uses them;
-        returns the removed hashes. Only once the registry copy is in sync: a node
-        serving from a stale copy keeps all."""
+        returns the removed hashes. Only once the registry copy is caught up: a
+        node serving from a stale or partial copy keeps all."""
         on_disk = self.code.cached()
         if candidates is not None:
             on_disk &= candidates
@@ -317,7 +317,7 @@ class NodeApp:
         return self._collect(unused, self.catalog.referenced(unused))
 
     def _collect(self, on_disk: set[str], referenced: set[str]) -> list[str]:
-        if not self.catalog.synced:
+        if not self.catalog.caught_up:
             return []
         in_use = self._code_in_use()
         if in_use is None:
@@ -356,9 +356,10 @@ class NodeApp:
         task.add_done_callback(self._background.discard)
 
     async def _fill_code_cache(self) -> None:
-        """A region, once in sync after a start: queue the code it does not hold yet
-        (what a previous run had queued and not fetched, or lost to a full cache)."""
-        while not self.catalog.synced:
+        """A region, once caught up after a start: queue the code it does not hold
+        yet (what a previous run had queued and not fetched, or lost to a full
+        cache)."""
+        while not self.catalog.caught_up:
             await asyncio.sleep(0.5)
         missing = await asyncio.to_thread(self.catalog.all_bundles)
         self.code.want(sorted(missing - self.code.cached()))

@@ -69,6 +69,8 @@ class _Changes(msgspec.Struct):
     revision: int
     functions: list[FunctionRecord]
     keys: list[KeyEntry] = []
+    head: int = 0
+    """The control plane's revision (0 from a control plane that does not say)."""
 
 
 _decode_changes = msgspec.json.Decoder(_Changes).decode
@@ -95,7 +97,7 @@ class Catalog:
         self.synced = False
         """True once the control plane has answered since start-up."""
         self.control_revision = 0
-        """The control plane's revision at its last answer (for the lag in /metrics)."""
+        """The control plane's revision at its last answer (the lag in /metrics)."""
         self.answered_at = 0.0
         """``time.monotonic()`` of the feed's last answer (0: none yet)."""
         self._cache: OrderedDict[str, FunctionRecord] = OrderedDict()
@@ -121,6 +123,13 @@ class Catalog:
         self._upgrade()
         self._load()
         self._migrate(path.with_name("registry.json"))
+
+    @property
+    def caught_up(self) -> bool:
+        """In sync and holding everything up to the control plane's last answer: a
+        node paging through the feed does not yet know every function (so must
+        not, say, delete code it thinks nobody runs)."""
+        return self.synced and self.revision >= self.control_revision
 
     def _meta(self, name: str) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -413,7 +422,8 @@ async def follow(
             if generation != catalog.generation:
                 continue  # asked for before a reset to 0: ask again from there
             catalog.synced = True
-            catalog.control_revision, catalog.answered_at = changes.revision, time.monotonic()
+            catalog.control_revision = max(changes.head, changes.revision)
+            catalog.answered_at = time.monotonic()
             backoff = 0.2
             if not (changes.functions or changes.keys or changes.revision != catalog.revision):
                 continue

@@ -194,3 +194,21 @@ async def test_a_change_during_the_read_ends_the_long_poll_at_once(
         release.set()
     assert [f["name"] for f in result["body"]["functions"]] == ["g"]
     assert result["took"] < 5
+
+
+@pytest.mark.anyio
+async def test_every_page_says_where_the_registry_is(
+    app: ControlApp, api: httpx.AsyncClient
+) -> None:
+    app.feed_page = 2
+    for i in range(5):
+        deploy(app, f"f{i}")
+    head = app.registry.revision()
+
+    first = await feed(api, since=0)
+    last = first
+    while last["revision"] < last["head"]:
+        last = await feed(api, since=last["revision"])
+
+    assert first["revision"] < first["head"] == head
+    assert last["revision"] == last["head"] == head

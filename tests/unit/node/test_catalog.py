@@ -201,13 +201,14 @@ def test_a_copy_from_before_the_bundle_index_is_indexed_once(tmp_path: Path) -> 
 
 
 @pytest.mark.anyio
-async def test_an_empty_copy_asks_for_a_snapshot_then_follows_changes(tmp_path: Path) -> None:
+async def test_an_empty_copy_asks_for_a_snapshot_then_pages_up_to_the_head(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path)
     asked: list[dict[str, str]] = []
     answers = [
-        {"revision": 5, "functions": [msgspec.to_builtins(record("a", revision=5))], "keys": []},
-        {"revision": 6, "functions": [msgspec.to_builtins(record("b", revision=6))], "keys": []},
+        {"revision": 5, "head": 6, "functions": [msgspec.to_builtins(record("a", 5))], "keys": []},
+        {"revision": 6, "head": 6, "functions": [msgspec.to_builtins(record("b", 6))], "keys": []},
     ]
+    caught_up: list[bool] = []
 
     def feed(request: httpx.Request) -> httpx.Response:
         asked.append(dict(request.url.params))
@@ -218,6 +219,7 @@ async def test_an_empty_copy_asks_for_a_snapshot_then_follows_changes(tmp_path: 
     applied = anyio.Event()
 
     async def on_change(records: list[FunctionRecord], gone: set[str]) -> None:
+        caught_up.append(catalog.caught_up)
         if catalog.revision == 6:
             applied.set()
 
@@ -243,6 +245,7 @@ async def test_an_empty_copy_asks_for_a_snapshot_then_follows_changes(tmp_path: 
     assert asked[0]["fresh"] == "true" and asked[0]["since"] == "0"
     assert "fresh" not in asked[1] and asked[1]["since"] == "5"
     assert names(catalog) == {"a", "b"}
+    assert caught_up == [False, True], "a page short of the head is not everything"
 
 
 def test_a_copy_holding_anything_is_not_empty(tmp_path: Path) -> None:
