@@ -274,7 +274,9 @@ class Scheduler:
     def sync(self) -> None:
         """Catch up with the registry: functions scheduled, rescheduled or gone."""
         while True:
-            revision, records = self.registry.changes(self._revision, _FEED_BATCH)
+            revision, records = self.registry.changes(
+                self._revision, _FEED_BATCH, configs_only=True
+            )
             for record in records:
                 self._apply(record)
             self._revision = max(self._revision, revision)
@@ -287,7 +289,9 @@ class Scheduler:
         overtook meanwhile is read again, never applied over newer records."""
         while True:
             since = self._revision
-            revision, records = await asyncio.to_thread(self.registry.changes, since, _FEED_BATCH)
+            revision, records = await asyncio.to_thread(
+                functools.partial(self.registry.changes, since, _FEED_BATCH, configs_only=True)
+            )
             if self._revision != since:
                 continue
             for record in records:

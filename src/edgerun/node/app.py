@@ -229,7 +229,7 @@ class NodeApp:
             asyncio.create_task(self._reap_forever()),
             asyncio.create_task(self._flush_logs_forever()),
             asyncio.create_task(self.dispatcher.run_forever()),
-            asyncio.create_task(self.code.prefetch_forever()),
+            asyncio.create_task(self._keep_code()),
         ]
         self._first_to_stop = [self._tasks[0]]  # follow()
         if self.seat is None or self.seat.index == 0:  # one heartbeat per node
@@ -240,8 +240,6 @@ class NodeApp:
             self._first_to_stop.append(self._tasks[-1])
         if self.warmer is not None:
             self._tasks.append(asyncio.create_task(self.warmer.run_forever()))
-        if self.cfg.role == "region":
-            self._tasks.append(asyncio.create_task(self._fill_code_cache()))
         if self.seat is not None:
             self._tasks += [
                 asyncio.create_task(self._hits_link().run()),
@@ -354,6 +352,15 @@ class NodeApp:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _keep_code(self) -> None:
+        """Count the code on disk (off the start-up path), then prefetch what is
+        queued; a region also queues what it misses once caught up."""
+        await self.code.scan()
+        jobs = [self.code.prefetch_forever()]
+        if self.cfg.role == "region":
+            jobs.append(self._fill_code_cache())
+        await asyncio.gather(*jobs)
 
     async def _fill_code_cache(self) -> None:
         """A region, once caught up after a start: queue the code it does not hold

@@ -19,6 +19,7 @@ serves them to its POPs, and extracts one when it first runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -128,17 +129,44 @@ class CodeCache:
         """Failed prefetches of bundles still queued (bounded by the queue)."""
         self._zips_inflight: dict[str, asyncio.Event] = {}
         """Zips a prefetch is downloading: a request for one waits for it."""
+        self._used = 0
+        """The sum of ``_sizes`` (kept as they change: a region holds 100k bundles)."""
         self._code_root.mkdir(parents=True, exist_ok=True)
-        found = set()
-        for p in self._code_root.iterdir():
-            if p.name.startswith((".trash-", ".extract-")):  # left by a crash
-                shutil.rmtree(p, ignore_errors=True)
-            elif SHA256_RE.match(p.name):
-                found.add(p.name)
+
+    async def scan(self) -> None:
+        """Count what a previous run left on disk, in a thread (the node serves
+        meanwhile; until it is done, this cache may go slightly over its limit)."""
+        for sha, size in (await asyncio.to_thread(self._scan)).items():
+            if sha not in self._sizes:
+                self._size(sha, size)
+
+    def _size(self, sha: str, size: int | None) -> None:
+        """Set (None: forget) a bundle's disk use, keeping the total."""
+        self._used -= self._sizes.pop(sha, 0)
+        if size:
+            self._sizes[sha] = size
+            self._used += size
+
+    def _scan(self) -> dict[str, int]:
+        """What a previous run left on disk, measured: one stat per zip, and a walk
+        of each extracted copy (a region holds a zip of every bundle, and few
+        extracted: at 100k bundles this is what start-up waits for)."""
+        sizes: dict[str, int] = {}
         if self.zips.root.is_dir():
-            found |= {p.stem for p in self.zips.root.glob("*/*.zip") if SHA256_RE.match(p.stem)}
-        for sha in found:
-            self._sizes[sha] = self._measure(sha)
+            for shard in os.scandir(self.zips.root):
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                for entry in os.scandir(shard.path):
+                    sha = entry.name.removesuffix(".zip")
+                    if entry.name.endswith(".zip") and SHA256_RE.match(sha):
+                        with contextlib.suppress(OSError):
+                            sizes[sha] = entry.stat(follow_symlinks=False).st_size
+        for entry in os.scandir(self._code_root):
+            if entry.name.startswith((".trash-", ".extract-")):  # left by a crash
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif SHA256_RE.match(entry.name):
+                sizes[entry.name] = sizes.get(entry.name, 0) + _tree_bytes(Path(entry.path))
+        return sizes
 
     # --- accounting and collection -------------------------------------------
     def _measure(self, sha: str) -> int:
@@ -146,7 +174,7 @@ class CodeCache:
 
     @property
     def used_bytes(self) -> int:
-        return sum(self._sizes.values())
+        return self._used
 
     def usage(self) -> dict[str, object]:
         """For /v1/status: the disk this cache uses and its limit."""
@@ -172,7 +200,7 @@ class CodeCache:
         if sha in self._inflight or sha in self._zips_inflight:
             return
         self._ready.discard(sha)
-        self._sizes.pop(sha, None)
+        self._size(sha, None)
         self._used_at.pop(sha, None)
         self.zips.delete(sha)
         dest = self.code_dir(sha)
@@ -320,15 +348,11 @@ class CodeCache:
                 self._take_room(sha, known[1])
             data = await self._download(sha)
             self._take_room(sha, len(data))  # a prefetch: up to the high-water mark
-            self._sizes[sha] = self._sizes.get(sha, 0) + len(data)
+            self._size(sha, self._sizes.get(sha, 0) + len(data))
             try:
                 await asyncio.to_thread(self.zips.put, data, sha)
             finally:
-                size = await asyncio.to_thread(self._measure, sha)
-                if size:
-                    self._sizes[sha] = size
-                else:
-                    self._sizes.pop(sha, None)
+                self._size(sha, await asyncio.to_thread(self._measure, sha))
         finally:
             del self._zips_inflight[sha]
             done.set()
@@ -365,7 +389,7 @@ class CodeCache:
         need = expands + (0 if have_zip else len(data))
         # Check and charge in one step (no await between).
         self._take_room(sha, need)
-        self._sizes[sha] = self._sizes.get(sha, 0) + need
+        self._size(sha, self._sizes.get(sha, 0) + need)
         dest = self.code_dir(sha)
         try:
             if not have_zip:
@@ -376,11 +400,7 @@ class CodeCache:
         except BundleError as exc:
             raise BundleUnavailable(f"bundle {sha} cannot be unpacked: {exc.message}") from None
         finally:
-            size = await asyncio.to_thread(self._measure, sha)
-            if size:
-                self._sizes[sha] = size
-            else:
-                self._sizes.pop(sha, None)
+            self._size(sha, await asyncio.to_thread(self._measure, sha))
         return dest
 
     async def _get(self, url: str) -> httpx.Response:

@@ -59,7 +59,9 @@ async def test_the_cache_counts_the_disk_its_zips_and_code_use(tmp_path: Path) -
     assert MB + len(data) <= code.used_bytes < 2 * MB + len(data)
     assert code.usage()["bundles"] == 1
     # A restarted node measures what is on disk.
-    assert cache(tmp_path, {}).used_bytes == code.used_bytes
+    again = cache(tmp_path, {})
+    await again.scan()
+    assert again.used_bytes == code.used_bytes and again.cached() == {sha}
 
 
 async def test_extracting_past_the_limit_is_refused_with_a_507(tmp_path: Path) -> None:
@@ -183,12 +185,13 @@ async def test_a_bundle_that_is_not_a_zip_is_refused_without_charging(tmp_path: 
     assert code.cached() == set()
 
 
-def test_trash_left_by_a_crash_is_swept_at_start(tmp_path: Path) -> None:
+async def test_trash_left_by_a_crash_is_swept_at_start(tmp_path: Path) -> None:
     for name in (".trash-" + "a" * 64 + "-1-2", ".extract-xyz"):
         (tmp_path / "code" / name / "sub").mkdir(parents=True)
         (tmp_path / "code" / name / "sub" / "f").write_bytes(b"x" * 100)
 
     code = cache(tmp_path, {})
+    await code.scan()
 
     assert list((tmp_path / "code").iterdir()) == []
     assert code.used_bytes == 0
