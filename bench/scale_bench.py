@@ -3,6 +3,8 @@ taken to 1k, 10k and 100k tiny functions through the SDK, as a user would.
 
     .venv/bin/python bench/scale_bench.py [--steps 1000,10000,100000]
         [--threads 8] [--probes 20] [--keep DIR]
+    .venv/bin/python bench/scale_bench.py --reuse DIR --steps 100000
+        (a kept cluster: only its start, restarts and stop)
 
 At each step it reports:
 
@@ -267,6 +269,7 @@ class Topology:
                     raise RuntimeError(f"{name} did not catch up in 600 s")
                 time.sleep(0.05)
         return {
+            "over_50ms": sum(1 for ms in samples if ms > 50),
             "catch_up_s": round(time.perf_counter() - began, 2),
             "health_ms_p50": round(pct(samples, 0.5), 1),
             "health_ms_p99": round(pct(samples, 0.99), 1),
@@ -476,6 +479,7 @@ def step(
                 "p99": round(pct(v, 0.99), 1),
                 "max": round(max(v), 1),
                 "samples": len(v),
+                "over_50ms": sum(1 for ms in v if ms > 50),
             }
             for phase, v in watch.by_phase.items()
         },
@@ -494,7 +498,7 @@ def show(s: dict[str, Any]) -> None:
     )
     for phase, h in s["health_ms_by_phase"].items():
         print(f"  /v1/health while {phase}: p50 {h['p50']} p99 {h['p99']} max {h['max']} ms"
-              f" ({h['samples']} samples, every node)")  # fmt: skip
+              f" ({h['samples']} samples, every node; {h['over_50ms']} over 50 ms)")  # fmt: skip
     print(f"  {'node':<10}{'RSS MB':>8}{'tree PSS':>9}{'disk MB':>9}{'bundles':>9}"
           f"{'zips':>7}{'lag':>7}{'health p50':>12}{'p99':>8}{'max':>8}")  # fmt: skip
     for name, n in s["nodes"].items():
@@ -513,58 +517,74 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--keep", type=Path, help="keep the cluster's data here")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="a folder a --keep run left: no deploys, only start, restarts and stop"
+        " (the last of --steps must be the number of functions it holds)",
+    )
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
-    home = args.keep or Path(tempfile.mkdtemp(prefix="edgerun-scale-"))
-    if args.keep and home.exists():
+    home = args.reuse or args.keep or Path(tempfile.mkdtemp(prefix="edgerun-scale-"))
+    if args.keep and not args.reuse and home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
     top = Topology(home)
-    result: dict[str, Any] = {"bench": "scale", "steps": []}
+    result: dict[str, Any] = {"bench": "scale", "steps": [], "reused": bool(args.reuse)}
     try:
-        result["start_empty_s"] = round(top.start(), 2)
-        print(f"started empty in {result['start_empty_s']} s", flush=True)
         have = 0
-        for want in steps:
-            s = step(top, have, want, args.threads, args.probes, len(result["steps"]))
-            show(s)
-            result["steps"].append(s)
-            have = want
+        if args.reuse:
+            top.start()
+            have = steps[-1]
+        else:
+            result["start_empty_s"] = round(top.start(), 2)
+            print(f"started empty in {result['start_empty_s']} s", flush=True)
+            for want in steps:
+                s = step(top, have, want, args.threads, args.probes, len(result["steps"]))
+                show(s)
+                result["steps"].append(s)
+                have = want
         with httpx.Client() as http:
             head = revisions(http)["control"]
-        result["stop_full_s"] = round(top.stop(), 2)
-        result["start_full_s"] = round(top.start(revision=head, probe=f"probe-{have}-0"), 2)
-        result["restart_pop_s"] = round(top.restart_node("pop-1", f"probe-{have}-1"), 2)
-        result["fresh_pop"] = top.fresh_catch_up("pop-2", head)
-        fresh = result["fresh_pop"]
-        print(
-            f"a POP with an empty registry copy caught up with {have} functions in"
-            f" {fresh['catch_up_s']} s; its /v1/health meanwhile p50 {fresh['health_ms_p50']}"
-            f" p99 {fresh['health_ms_p99']} max {fresh['health_ms_max']} ms"
-            f" ({fresh['samples']} samples)",
-            flush=True,
-        )
-        result["stop_again_s"] = round(top.stop(), 2)
-        print(
-            f"\nat {have} functions: stop {result['stop_full_s']} s, start (every node in"
-            f" sync, a probe answering at each POP) {result['start_full_s']} s,"
-            f" pop-1 restarted and answering in {result['restart_pop_s']} s,"
-            f" stop {result['stop_again_s']} s"
-        )
+        finish(top, have, head, result)
     finally:
         top.kill()
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(home, ignore_errors=True)
-    base = result["steps"][0]
-    for s in result["steps"][1:]:
-        s["ratio_to_first"] = {
-            "deploys_per_s": round(s["deploys_per_s"] / base["deploys_per_s"], 2),
-            "invocable_ms_p99": round(s["invocable_ms_p99"] / base["invocable_ms_p99"], 2),
-        }
+    if result["steps"]:
+        base = result["steps"][0]
+        for s in result["steps"][1:]:
+            s["ratio_to_first"] = {
+                "deploys_per_s": round(s["deploys_per_s"] / base["deploys_per_s"], 2),
+                "invocable_ms_p99": round(s["invocable_ms_p99"] / base["invocable_ms_p99"], 2),
+            }
+    result["functions"] = have
     result["threads"] = args.threads
     result["probes"] = args.probes
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(json.dumps(result))
+
+
+def finish(top: Topology, have: int, head: int, result: dict[str, Any]) -> None:
+    """Stop, start (until in sync and serving), restart a POP, a POP joining empty, stop."""
+    result["stop_full_s"] = round(top.stop(), 2)
+    result["start_full_s"] = round(top.start(revision=head, probe=f"probe-{have}-0"), 2)
+    result["restart_pop_s"] = round(top.restart_node("pop-1", f"probe-{have}-1"), 2)
+    result["fresh_pop"] = fresh = top.fresh_catch_up("pop-2", head)
+    print(
+        f"a POP with an empty registry copy caught up with {have} functions in"
+        f" {fresh['catch_up_s']} s; its /v1/health meanwhile p50 {fresh['health_ms_p50']}"
+        f" p99 {fresh['health_ms_p99']} max {fresh['health_ms_max']} ms"
+        f" ({fresh['samples']} samples)",
+        flush=True,
+    )
+    result["stop_again_s"] = round(top.stop(), 2)
+    print(
+        f"\nat {have} functions: stop {result['stop_full_s']} s, start (every node in"
+        f" sync, a probe answering at each POP) {result['start_full_s']} s,"
+        f" pop-1 restarted and answering in {result['restart_pop_s']} s,"
+        f" stop {result['stop_again_s']} s"
+    )
 
 
 if __name__ == "__main__":

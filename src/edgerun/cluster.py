@@ -164,19 +164,22 @@ class LocalCluster:
         for node in self.nodes.values():
             node.config_path.parent.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(dump_toml(node.config))
-        # Regions and POPs start side by side (a POP counts its regions up until a
-        # check says otherwise, and checks them every second); nodes that joined
-        # on an earlier run start with the control plane too (they serve what
-        # their registry copy holds, and follow the feed once it answers).
-        names = [n.config.name for n in self.nodes.values() if n.config.role != "control"]
-        joined = all(credential_path(self.nodes[name].config).exists() for name in names)
+        # Nodes that joined on an earlier run start with the control plane (they
+        # serve what their registry copy holds and follow the feed once it
+        # answers); POPs start once their regions answer, so they find them up.
+        regions = [n.config.name for n in self.by_role("region")]
+        pops = [n.config.name for n in self.by_role("pop")]
+        joined = all(credential_path(self.nodes[name].config).exists() for name in regions + pops)
         self.start_node("control")
         if not joined:
             self.wait_healthy(["control"], timeout)
             self.issue_join_tokens()
-        for name in names:
+        for name in regions:
             self.start_node(name)
-        self.wait_healthy(["control", *names], timeout)
+        self.wait_healthy(["control", *regions], timeout)
+        for name in pops:
+            self.start_node(name)
+        self.wait_healthy(pops, timeout)
 
     def issue_join_tokens(self) -> None:
         """One single-use join token per node that has no credential yet: the admin

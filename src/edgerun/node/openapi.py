@@ -363,6 +363,7 @@ def openapi_document() -> dict[str, Any]:
         "The node as the key may see it: the cluster admin all of it, other keys their "
         "readable functions (a page of them, by name)",
         {"200": json_content({"anyOf": [admin_status, tenant_status]}, "Status")},
+        errors=[400],
         params=[
             string_param("after", "query", description="the previous page's next"),
             int_param("limit", 1, 1000, "functions per page (default 100)"),
