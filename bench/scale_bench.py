@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from proctree import alive, children, pss_mb, rss_mb, tree
 
 from edgerun.client import Client
 from edgerun.models import FunctionConfig
@@ -89,62 +90,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 # --- processes -----------------------------------------------------------------
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def tree(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p not in found:
-            found.add(p)
-            todo += children(p)
-    return found
-
-
-def alive(pids: set[int]) -> bool:
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if stat.rsplit(")", 1)[1].split()[0] != "Z":
-            return True
-    return False
-
-
-def rss_mb(pids: set[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def pss_mb(pids: set[int]) -> float:
-    """Proportional set size: pages shared by forked sandboxes are counted once."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
 def node_pids(up_pid: int) -> dict[str, tuple[int, set[int]]]:
     """Each node's process and its tree, found by the node's name in its command line."""
     found: dict[str, tuple[int, set[int]]] = {}

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+from proctree import alive, tree
 
 from edgerun.build import build_bundle
 from edgerun.client import Client
@@ -33,29 +34,6 @@ from edgerun.models import FunctionConfig
 ROOT = Path(__file__).resolve().parent.parent
 SLEEPER = ROOT / "tests" / "functions" / "sleeper"
 CONTROL, POP = "http://127.0.0.1:8700", "http://127.0.0.1:8720"
-
-
-def tree(pid: int) -> set[int]:
-    """The process and its descendants (nodes run in process groups of their own)."""
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            children = (task / "children").read_text().split() if task.exists() else []
-            todo += [int(c) for c in children if int(c) not in found]
-    return found
-
-
-def alive(pids: set[int]) -> bool:
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if stat.rsplit(")", 1)[1].split()[0] != "Z":
-            return True
-    return False
 
 
 def one_stop(home: Path, call_s: float) -> float:
