@@ -599,7 +599,7 @@ class ControlApp:
         """One page; any thread. The keys are read after the functions, up to the
         revision of the functions' page: later changes have higher revisions, so
         they are the next page's, never lost between the two reads."""
-        head = self.registry.revision()
+        head = self.registry.head()
         revision, records = self.registry.changes(since, limit, live_only=fresh)
         keys = self.accounts.changes(since, revision, limit, live_only=fresh)
         if len(keys) == limit:

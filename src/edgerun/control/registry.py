@@ -40,6 +40,7 @@ from edgerun.models import (
 
 class Registry(Protocol):
     def revision(self) -> int: ...
+    def head(self) -> int: ...
     def deploy(
         self, name: str, config: FunctionConfig, sha256: str, size: int
     ) -> tuple[FunctionRecord, bool]: ...
@@ -189,6 +190,12 @@ class SqliteRegistry:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
         return int(row[0])
+
+    def head(self) -> int:
+        """:meth:`revision` read on the reader connection: for the feed's thread,
+        which must not wait for (or hold up) the writers."""
+        with self.snapshot() as cur:
+            return int(cur.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
 
     def deploy(
         self, name: str, config: FunctionConfig, sha256: str, size: int

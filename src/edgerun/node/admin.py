@@ -103,10 +103,10 @@ def _readable_names(
     node: NodeApp, principal: Principal, after: str, limit: int
 ) -> tuple[list[FunctionRecord], list[str], str | None]:
     """A page of the functions ``principal`` may read, by name, the names found
-    unreadable, and the page's last name if more follow. In a thread: a node may hold 100k
-    functions and a key may read few of them, so this may scan many names (only
-    names: records are read for the page). Never a name the key may not read
-    leaves here, not even as a cursor."""
+    unreadable, and the page's last name if more follow. In a thread: a node may
+    hold 100k functions and a key may read few of them, so this may scan many
+    names (only names: records are read for the page). Never a name the key may
+    not read leaves here, not even as a cursor."""
     everything = principal.is_cluster_admin or principal.is_observer
     tenant = None if everything else tenant_prefix(principal.tenant)
     names: list[str] = []
@@ -128,9 +128,11 @@ async def _readable_page(
     """A page of readable functions and the name to go on after (None: no more)."""
     limit = query_int(params, "limit", 100, lo=1, hi=1000)
     after = params.get("after", "")
-    records, broken, more = await asyncio.to_thread(_readable_names, node, principal, after, limit)
+    records, broken, cursor = await asyncio.to_thread(
+        _readable_names, node, principal, after, limit
+    )
     node.catalog.unreadable(broken)
-    return records, records[-1].name if more and records else None
+    return records, cursor
 
 
 def _workers(node: NodeApp) -> dict[str, object]:

@@ -53,6 +53,8 @@ from edgerun.tracing import cold_started, make_tracer
 log = logging.getLogger("edgerun.node")
 
 RELIEVE_EVERY_S = 0.05
+REFILL_S = 600.0
+"""How often a region looks for code it should hold and does not."""
 LOG_FLUSH_S = 0.2
 """Invocation records reach the disk (and the other workers' queries) this often."""
 
@@ -355,21 +357,29 @@ class NodeApp:
 
     async def _keep_code(self) -> None:
         """Count the code on disk (off the start-up path), then prefetch what is
-        queued; a region also queues what it misses once caught up."""
-        await self.code.scan()
+        queued; a region also queues, now and then, what it misses."""
+        try:
+            await self.code.scan()
+        except Exception:  # the cache then counts only what this run fetches
+            log.exception("counting the code on disk failed")
         jobs = [self.code.prefetch_forever()]
         if self.cfg.role == "region":
-            jobs.append(self._fill_code_cache())
+            jobs.append(self._fill_code_cache_forever())
         await asyncio.gather(*jobs)
 
-    async def _fill_code_cache(self) -> None:
-        """A region, once caught up after a start: queue the code it does not hold
-        yet (what a previous run had queued and not fetched, or lost to a full
-        cache)."""
-        while not self.catalog.caught_up:
-            await asyncio.sleep(0.5)
-        missing = await asyncio.to_thread(self.catalog.all_bundles)
-        self.code.want(sorted(missing - self.code.cached()))
+    async def _fill_code_cache_forever(self) -> None:
+        """A region, once caught up after a start and every ``REFILL_S`` after: queue
+        the code it does not hold (what a previous run had queued and not
+        fetched, prefetches that failed every try, what a full cache dropped)."""
+        while True:
+            while not self.catalog.caught_up:
+                await asyncio.sleep(0.5)
+            try:
+                missing = await asyncio.to_thread(self.catalog.all_bundles)
+                self.code.want(sorted(missing - self.code.cached()))
+            except Exception:
+                log.exception("listing the code this region should hold failed")
+            await asyncio.sleep(REFILL_S)
 
     async def _reap_forever(self) -> None:
         while True:

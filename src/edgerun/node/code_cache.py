@@ -42,7 +42,9 @@ from edgerun.models import SHA256_RE
 log = logging.getLogger("edgerun.node.code")
 
 PREFETCH_TRIES = 3
-"""A prefetch that fails is queued again this many times in all."""
+"""A prefetch that fails is tried this many times in all."""
+PREFETCH_RETRY_S = 5.0
+"""...after this long, then twice as long."""
 PREFETCH_HIGH_WATER = 0.8
 """Prefetches fill the cache up to this share of its limit, evicting nothing."""
 _KNOWN_SIZES = 4096
@@ -131,17 +133,34 @@ class CodeCache:
         """Zips a prefetch is downloading: a request for one waits for it."""
         self._used = 0
         """The sum of ``_sizes`` (kept as they change: a region holds 100k bundles)."""
+        self._touched: set[str] | None = None
+        """While :meth:`scan` runs: bundles charged or removed meanwhile, which its
+        older view of the disk must not overwrite."""
         self._code_root.mkdir(parents=True, exist_ok=True)
+        # Left by a crash: named now, before anything extracts here, and deleted
+        # by the scan (an extraction of this run must never be taken for one).
+        self._leftovers = [
+            Path(e.path)
+            for e in os.scandir(self._code_root)
+            if e.name.startswith((".trash-", ".extract-"))
+        ]
 
     async def scan(self) -> None:
         """Count what a previous run left on disk, in a thread (the node serves
         meanwhile; until it is done, this cache may go slightly over its limit)."""
-        for sha, size in (await asyncio.to_thread(self._scan)).items():
-            if sha not in self._sizes:
-                self._size(sha, size)
+        self._touched = set()
+        try:
+            found = await asyncio.to_thread(self._scan)
+            for sha, size in found.items():
+                if sha not in self._sizes and sha not in self._touched:
+                    self._size(sha, size)
+        finally:
+            self._touched = None
 
     def _size(self, sha: str, size: int | None) -> None:
         """Set (None: forget) a bundle's disk use, keeping the total."""
+        if self._touched is not None:
+            self._touched.add(sha)
         self._used -= self._sizes.pop(sha, 0)
         if size:
             self._sizes[sha] = size
@@ -151,20 +170,21 @@ class CodeCache:
         """What a previous run left on disk, measured: one stat per zip, and a walk
         of each extracted copy (a region holds a zip of every bundle, and few
         extracted: at 100k bundles this is what start-up waits for)."""
+        for path in self._leftovers:
+            shutil.rmtree(path, ignore_errors=True)
         sizes: dict[str, int] = {}
-        if self.zips.root.is_dir():
-            for shard in os.scandir(self.zips.root):
-                if not shard.is_dir(follow_symlinks=False):
-                    continue
+        shards: list[os.DirEntry[str]] = (
+            list(os.scandir(self.zips.root)) if self.zips.root.is_dir() else []
+        )
+        for shard in shards:
+            with contextlib.suppress(OSError):  # a shard removed meanwhile, say
                 for entry in os.scandir(shard.path):
                     sha = entry.name.removesuffix(".zip")
                     if entry.name.endswith(".zip") and SHA256_RE.match(sha):
                         with contextlib.suppress(OSError):
                             sizes[sha] = entry.stat(follow_symlinks=False).st_size
         for entry in os.scandir(self._code_root):
-            if entry.name.startswith((".trash-", ".extract-")):  # left by a crash
-                shutil.rmtree(entry.path, ignore_errors=True)
-            elif SHA256_RE.match(entry.name):
+            if SHA256_RE.match(entry.name):
                 sizes[entry.name] = sizes.get(entry.name, 0) + _tree_bytes(Path(entry.path))
         return sizes
 
@@ -199,6 +219,8 @@ class CodeCache:
         deleted in the background."""
         if sha in self._inflight or sha in self._zips_inflight:
             return
+        if self._touched is not None:
+            self._touched.add(sha)
         self._ready.discard(sha)
         self._size(sha, None)
         self._used_at.pop(sha, None)
@@ -302,6 +324,11 @@ class CodeCache:
     def queued(self) -> int:
         return len(self._queued)
 
+    @property
+    def retrying(self) -> int:
+        """Failed prefetches waiting for another try."""
+        return len(self._tries)
+
     async def prefetch_forever(self, concurrency: int = 2) -> None:
         await asyncio.gather(*(self._prefetch_worker() for _ in range(concurrency)))
 
@@ -313,6 +340,7 @@ class CodeCache:
             sha = next(iter(self._queued))
             del self._queued[sha]
             if sha in self._sizes or sha in self._inflight or sha in self._zips_inflight:
+                self._tries.pop(sha, None)
                 continue
             try:
                 await self._keep_zip(sha)
@@ -332,7 +360,9 @@ class CodeCache:
         tries = self._tries.get(sha, 0) + 1
         if tries < PREFETCH_TRIES:
             self._tries[sha] = tries
-            self._queued[sha] = None
+            # Later, not at once: an upstream restarting for a few seconds must
+            # not use up every try of a short queue.
+            asyncio.get_running_loop().call_later(PREFETCH_RETRY_S * tries, self.want, [sha])
             return
         self._tries.pop(sha, None)
         log.warning("prefetch of %s failed %d times, left for a request: %s", sha[:12], tries, why)

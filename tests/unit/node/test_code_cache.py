@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from tests.conftest import make_zip
 
 from edgerun.control.bundles import sha256_hex
 from edgerun.errors import ApiError
+from edgerun.node import code_cache
 from edgerun.node.code_cache import BundleUnavailable, CodeCache
 
 pytestmark = pytest.mark.anyio
@@ -202,7 +204,7 @@ async def _drained(code: CodeCache, shas: set[str]) -> None:
     task = asyncio.create_task(code.prefetch_forever(concurrency=2))
     try:
         with anyio.fail_after(10):
-            while code.queued or code.inflight() or not shas <= code.cached():
+            while code.queued or code.retrying or code.inflight() or not shas <= code.cached():
                 await asyncio.sleep(0.01)
     finally:
         task.cancel()
@@ -269,7 +271,10 @@ async def test_unwanted_bundles_leave_the_queue(tmp_path: Path) -> None:
     assert downloads == [b]
 
 
-async def test_a_failed_prefetch_is_tried_again_a_few_times(tmp_path: Path) -> None:
+async def test_a_failed_prefetch_is_tried_again_a_few_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(code_cache, "PREFETCH_RETRY_S", 0.01)
     shas = bundles("a", "b", size=1000)
     a, b = shas
     calls: list[str] = []
@@ -290,7 +295,10 @@ async def test_a_failed_prefetch_is_tried_again_a_few_times(tmp_path: Path) -> N
     assert calls.count(a) == 3 and code.zips.has(a)
 
 
-async def test_a_prefetch_that_keeps_failing_is_left_for_a_request(tmp_path: Path) -> None:
+async def test_a_prefetch_that_keeps_failing_is_left_for_a_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(code_cache, "PREFETCH_RETRY_S", 0.01)
     data = bundle("a", 1000)
     a = sha256_hex(data)
     calls: list[str] = []
@@ -326,3 +334,39 @@ async def test_a_connection_broken_on_reuse_is_tried_once_more(tmp_path: Path) -
     await code.ensure(a)
 
     assert calls == 2 and code.ready(a)
+
+
+async def test_a_scan_never_deletes_an_extraction_of_this_run(tmp_path: Path) -> None:
+    code = cache(tmp_path, {})
+    (tmp_path / "code" / ".extract-live" / "lib").mkdir(parents=True)  # after start
+
+    await code.scan()
+
+    assert (tmp_path / "code" / ".extract-live" / "lib").is_dir()
+
+
+async def test_a_scan_does_not_bring_back_a_bundle_removed_meanwhile(tmp_path: Path) -> None:
+    data = bundle("a", 1000)
+    sha = sha256_hex(data)
+    await cache(tmp_path, {sha: data}).ensure(sha)  # a previous run left it
+    again = cache(tmp_path, {sha: data})
+    measured, go = threading.Event(), threading.Event()
+    real = again._scan
+
+    def slow_scan() -> dict[str, int]:
+        found = real()  # sees the bundle on disk
+        measured.set()
+        go.wait(5)
+        return found
+
+    again._scan = slow_scan  # type: ignore[method-assign]
+    scanning = asyncio.create_task(again.scan())
+    with anyio.fail_after(5):
+        while not measured.is_set():
+            await asyncio.sleep(0.01)
+    await again.ensure(sha)  # a request uses it meanwhile...
+    again.remove(sha)  # ...and it is collected
+    go.set()
+    await scanning
+
+    assert again.cached() == set() and again.used_bytes == 0
