@@ -20,7 +20,9 @@ At each step it reports:
   minus the node's) at the end of the deploys, plus how long the slowest node
   took to catch up;
 - ``/v1/health`` latency of every node, sampled every 0.25 s throughout (p50,
-  p99, max), i.e. while the nodes catch up.
+  p99, max, and how many took over 50 ms), by phase, from a process of its own
+  (a thread beside the deploying threads would wait for their GIL and report
+  it as the node's latency).
 
 At the start and after the last step it times starting the topology (until every
 node is healthy and, after the last step, in sync with the control plane and a
@@ -42,6 +44,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -52,6 +55,8 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
@@ -256,41 +261,62 @@ def answered(
         time.sleep(0.005)
 
 
+def _sample_health(conn: Connection, stop: Event) -> None:
+    """In a process of its own: samples every node's /v1/health every 0.25 s and
+    sends back ``(time, node, ms or None)``. Not a thread of the bench, whose
+    deploying threads would hold the GIL and inflate the latencies it reads."""
+    samples: list[tuple[float, str, float | None]] = []
+    with httpx.Client(timeout=10) as http:
+        while not stop.wait(0.25):
+            for name, url in NODES.items():
+                began = time.perf_counter()
+                try:
+                    http.get(f"{url}/v1/health").raise_for_status()
+                except httpx.HTTPError:
+                    samples.append((time.time(), name, None))
+                    continue
+                samples.append((time.time(), name, (time.perf_counter() - began) * 1000))
+    conn.send(samples)
+    conn.close()
+
+
 class HealthWatch:
-    """Samples every node's /v1/health (latency, revision) every 0.25 s."""
+    """Every node's /v1/health latency, sampled from another process, by phase."""
 
     def __init__(self) -> None:
         self.latency: dict[str, list[float]] = {n: [] for n in NODES}
-        self.phase = "deploy"
         self.by_phase: dict[str, list[float]] = {}
         """Every node's samples by what the bench was doing then."""
-        self.revision: dict[str, int] = {}
         self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._phases: list[tuple[float, str]] = [(0.0, "deploy")]
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_sample_health, args=(child, self._stop), daemon=True)
+
+    @property
+    def phase(self) -> str:
+        return self._phases[-1][1]
+
+    @phase.setter
+    def phase(self, name: str) -> None:
+        self._phases.append((time.time(), name))
 
     def __enter__(self) -> HealthWatch:
-        self._thread.start()
+        self._proc.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as http:
-            while not self._stop.wait(0.25):
-                for name, url in NODES.items():
-                    began = time.perf_counter()
-                    try:
-                        resp = http.get(f"{url}/v1/health")
-                        self.revision[name] = int(resp.json()["revision"])
-                    except (httpx.HTTPError, ValueError, KeyError):
-                        self.errors += 1
-                        continue
-                    ms = (time.perf_counter() - began) * 1000
-                    self.latency[name].append(ms)
-                    self.by_phase.setdefault(self.phase, []).append(ms)
+        samples = self._conn.recv() if self._conn.poll(30) else []
+        self._proc.join(10)
+        for at, name, ms in samples:
+            if ms is None:
+                self.errors += 1
+                continue
+            phase = next(p for t, p in reversed(self._phases) if t <= at)
+            self.latency[name].append(ms)
+            self.by_phase.setdefault(phase, []).append(ms)
 
 
 def code_bundles(http: httpx.Client, token: str, node: str) -> int:
