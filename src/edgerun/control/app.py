@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from edgerun.auth import DEFAULT_TENANT, KeyEntry, Kind, Principal, sigv4, tenant_of
 from edgerun.auth.guard import ApiRoute, Need, principal_of, route
+from edgerun.auth.scopes import tenant_prefix
 from edgerun.control.accounts import Accounts
 from edgerun.control.bundles import BundleStore, verify_bundle
 from edgerun.control.fleet import Fleet, check_heartbeat, url_points_at
@@ -318,7 +319,7 @@ class ControlApp:
     def _readable_functions(
         self, principal: Principal, after: str, limit: int
     ) -> tuple[list[FunctionRecord], bool]:
-        prefix = "" if principal.is_cluster_admin else _tenant_prefix(principal.tenant)
+        prefix = "" if principal.is_cluster_admin else tenant_prefix(principal.tenant)
         page: list[FunctionRecord] = []
         cursor = max(after, prefix)
         while len(page) <= limit:
@@ -342,7 +343,7 @@ class ControlApp:
         principal = principal_of(request)
         limit = query_int(request.query_params, "limit", 100, lo=1, hi=1000)
         after = request.query_params.get("after", "")
-        prefix = "" if principal.is_cluster_admin else _tenant_prefix(principal.tenant)
+        prefix = "" if principal.is_cluster_admin else tenant_prefix(principal.tenant)
         await self.scheduler.catch_up()
         names = sorted(
             n
@@ -747,10 +748,6 @@ def _node_view(entry: KeyEntry, alive: dict[str, object]) -> dict[str, Any]:
     if view.get("role") is None and sep:
         view["role"] = role
     return view
-
-
-def _tenant_prefix(tenant: str) -> str:
-    return "" if tenant == DEFAULT_TENANT else tenant + "."
 
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:

@@ -466,7 +466,7 @@ class SqliteRegistry:
     ) -> tuple[int, list[FunctionRecord]]:
         """Functions changed after ``since`` (tombstones included), oldest first.
         ``configs_only``: without versions and aliases (the scheduler reads only
-        configs: a fifth of the work over the whole registry at start).
+        configs, over the whole registry at start).
 
         The returned revision is the last one included, so a client that
         passes it back as ``since`` never misses or repeats a change.
